@@ -1,0 +1,39 @@
+# frontforce: two commands matter.
+#   make demo          everything on this machine + a realistic scenario (Ctrl-C stops)
+#   make demo ONCE=1   same, prints the summary, stops everything, exits
+#   make test          lint, types, and the test suite on a real broker and registry
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+
+.PHONY: venv demo test lint stack-start stack-stop stack-status clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	bash deploy/stack.sh fetch
+	$(BIN)/frontforce demo $(if $(filter 1 true yes,$(ONCE)),--once)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy frontforce sources streams sinks schemas emulators
+
+test: lint
+	bash deploy/stack.sh fetch
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+stack-start:
+	bash deploy/stack.sh start
+stack-stop:
+	bash deploy/stack.sh stop
+stack-status:
+	bash deploy/stack.sh status
+
+clean: stack-stop
+	rm -rf .run
