@@ -1,0 +1,1 @@
+"""Local, faithful emulators of the external services frontforce talks to (test/dev only)."""

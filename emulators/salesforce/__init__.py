@@ -1,0 +1,50 @@
+"""Faithful local emulator of the Salesforce REST API (contract: reference/salesforce-api.md).
+
+Public API
+    create_app(state=None, **settings) -> Starlette
+        settings: Settings fields (client_id, client_secret, jwt_consumer_key, jwt_public_key,
+        jwt_audiences, instance_url, persist_path, admin_loopback_only) and org overrides
+        daily_limit, page_size, session_timeout.
+    OrgState            in-memory org; OrgState.load(path) / state.save(path) (JSON)
+    Settings, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+    checksum, to18, canonical_id    record-id helpers (15/18-char, case-safe suffix)
+
+Program
+    python -m emulators.salesforce --host 127.0.0.1 --port 8443 --state-dir DIR [--persist]
+        [--daily-limit N] [--page-size N] [--session-timeout S] [--client-id X]
+        [--client-secret Y] [--jwt-consumer-key K] [--jwt-public-key PEM] [--instance-url U]
+    prints ``salesforce emulator ready on https://127.0.0.1:PORT (ca: DIR/ca.pem)``.
+
+Auth
+    POST /services/oauth2/token: client_credentials (Basic or body) and JWT bearer. JWT
+    assertions are verified against ``jwt_public_key`` when configured; otherwise any
+    well-formed, unexpired RS256 JWT with ``iss`` == consumer key and a known active ``sub``
+    is accepted WITHOUT checking the signature (test mode).
+
+Admin API (loopback only, no bearer token, never charged to the API allocation)
+    POST /__admin/reset                 clear data/usage/stats (keeps org, user, sessions)
+    POST /__admin/seed                  {"records": {"Type": [{...}]}} -> {"ids": {...}};
+                                        "@Type[i]" refers to an id seeded earlier in the call
+    GET  /__admin/records/{Type}        every row, deleted ones included
+    GET  /__admin/stats                 API calls per endpoint kind, refusals, 401s, logins
+    GET|POST /__admin/config            daily_limit, page_size, session_timeout,
+                                        clock_offset (s), api_usage (sets used calls)
+    POST /__admin/sessions/expire       drop all sessions, or {"access_token": ...}
+    POST /__admin/save                  write the state file now (with --persist)
+"""
+
+from emulators.salesforce._app import create_app
+from emulators.salesforce._ids import canonical_id, checksum, to18
+from emulators.salesforce._settings import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Settings
+from emulators.salesforce._store import OrgState
+
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "OrgState",
+    "Settings",
+    "canonical_id",
+    "checksum",
+    "create_app",
+    "to18",
+]

@@ -1,0 +1,188 @@
+"""Admin API under /__admin/ — test control, not part of Salesforce's public contract.
+
+Loopback-only, no bearer auth, never counted against the API allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from emulators.salesforce._errors import SfError
+from emulators.salesforce._schema import get_sobject
+from emulators.salesforce._settings import Settings
+from emulators.salesforce._store import OrgState
+from emulators.salesforce._writes import Ctx, create, wire_record
+
+__all__ = ["admin_routes", "json_response"]
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+_SEED_REF = re.compile(r"^@(\w+)\[(\d+)\]$")
+_CONFIG_KEYS = {"daily_limit": int, "page_size": int, "session_timeout": float,
+                "clock_offset": float}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), status_code=status,
+                    media_type="application/json;charset=UTF-8", headers=headers)
+
+
+def _error(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    return json.loads(raw) if raw.strip() else {}
+
+
+def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
+    def allowed(request: Request) -> bool:
+        host = request.client.host if request.client else ""
+        return not settings.admin_loopback_only or host in _LOOPBACK or host.startswith("127.")
+
+    def guard(handler: Any) -> Any:
+        async def wrapped(request: Request) -> Response:
+            if not allowed(request):
+                return _error(403, "admin API is loopback-only")
+            try:
+                return await handler(request)
+            except json.JSONDecodeError as exc:
+                return _error(400, f"invalid JSON: {exc}")
+        return wrapped
+
+    async def reset(request: Request) -> Response:
+        state.reset()
+        return json_response({"ok": True})
+
+    async def seed(request: Request) -> Response:
+        body = await _json(request)
+        groups = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(groups, dict):
+            return _error(400, 'expected {"records": {"Type": [{...}]}}')
+        ctx = Ctx(state, state.integration_user_id, admin=True)
+        created: dict[str, list[str]] = {}
+        with state.lock:
+            savepoint = state.begin()
+            try:
+                for type_name, rows in groups.items():
+                    sobj = get_sobject(type_name)
+                    if sobj is None or not isinstance(rows, list):
+                        raise SfError(400, "INVALID_TYPE", f"unknown type {type_name}")
+                    ids = created.setdefault(sobj.name, [])
+                    for row in rows:
+                        fields = _resolve_refs(row, created)
+                        if sobj.name == "User":
+                            fields = _user_defaults(fields)
+                        ids.append(create(ctx, sobj.name, fields, status=400))
+            except SfError as err:
+                state.rollback(savepoint)
+                return json_response(err.rest_body(), err.status)
+            finally:
+                state.end()
+        return json_response({"ids": created})
+
+    async def records(request: Request) -> Response:
+        sobj = get_sobject(request.path_params["type"])
+        if sobj is None:
+            return _error(404, "unknown sObject type")
+        ctx = Ctx(state, state.integration_user_id)
+        with state.lock:
+            rows = [wire_record(ctx, sobj.name, r) for r in state.tables[sobj.name].values()]
+        return json_response({"totalSize": len(rows), "records": rows})
+
+    async def stats(request: Request) -> Response:
+        with state.lock:
+            by_kind = dict(state.stats["by_kind"])
+            return json_response({
+                "api_calls": sum(by_kind.values()),
+                "by_kind": by_kind,
+                "api_usage": {"used": state.api_used(), "max": state.config["daily_limit"]},
+                "refused": state.stats["refused"],
+                "unauthorized": state.stats["unauthorized"],
+                "token_requests": state.stats["token_requests"],
+                "sessions": len(state.sessions),
+            })
+
+    async def config(request: Request) -> Response:
+        if request.method == "POST":
+            body = await _json(request)
+            if not isinstance(body, dict):
+                return _error(400, "expected a JSON object")
+            unknown = set(body) - set(_CONFIG_KEYS) - {"api_usage"}
+            if unknown:
+                return _error(400, f"unknown config keys: {sorted(unknown)}")
+            with state.lock:
+                for key, cast in _CONFIG_KEYS.items():
+                    if key in body:
+                        state.config[key] = cast(body[key])
+                if "api_usage" in body:
+                    state.set_usage(int(body["api_usage"]))
+        with state.lock:
+            return json_response({**state.config, "api_usage": state.api_used(),
+                                  "org_id": state.org_id,
+                                  "integration_user_id": state.integration_user_id,
+                                  "integration_username": state.integration_username})
+
+    async def expire_sessions(request: Request) -> Response:
+        body = await _json(request)
+        token = body.get("access_token") if isinstance(body, dict) else None
+        with state.lock:
+            if token:
+                removed = 1 if state.sessions.pop(token, None) is not None else 0
+            else:
+                removed = len(state.sessions)
+                state.sessions.clear()
+        return json_response({"expired": removed})
+
+    async def save(request: Request) -> Response:
+        if settings.persist_path is None:
+            return _error(409, "persistence is not enabled")
+        with state.lock:
+            state.save(settings.persist_path)
+        return json_response({"saved": str(settings.persist_path)})
+
+    return [
+        Route("/__admin/reset", guard(reset), methods=["POST"]),
+        Route("/__admin/seed", guard(seed), methods=["POST"]),
+        Route("/__admin/records/{type}", guard(records), methods=["GET"]),
+        Route("/__admin/stats", guard(stats), methods=["GET"]),
+        Route("/__admin/config", guard(config), methods=["GET", "POST"]),
+        Route("/__admin/sessions/expire", guard(expire_sessions), methods=["POST"]),
+        Route("/__admin/save", guard(save), methods=["POST"]),
+    ]
+
+
+def _resolve_refs(row: Any, created: dict[str, list[str]]) -> Any:
+    """``"@Account[0]"`` in a seed row means the id of the first Account seeded earlier."""
+    if not isinstance(row, dict):
+        return row
+    out = {}
+    for key, value in row.items():
+        match = _SEED_REF.match(value) if isinstance(value, str) else None
+        if match:
+            ids = created.get(match.group(1), [])
+            index = int(match.group(2))
+            if index >= len(ids):
+                raise SfError(400, "INVALID_CROSS_REFERENCE_KEY", f"no seeded {value}")
+            value = ids[index]
+        out[key] = value
+    return out
+
+
+def _user_defaults(fields: Any) -> Any:
+    if not isinstance(fields, dict):
+        return fields
+    out = dict(fields)
+    email = out.get("Email") or out.get("Username")
+    out.setdefault("Email", email)
+    out.setdefault("Username", email)
+    out.setdefault("LastName", str(email or "User").split("@")[0])
+    out.setdefault("Alias", str(out["LastName"])[:8])
+    return out
