@@ -1,0 +1,3 @@
+from frontforce.cli import main
+
+main()

@@ -1,0 +1,217 @@
+"""The one configuration file: YAML, validated into a frozen, typed model.
+
+Errors are collected all at once and reported as ``file:line field: message`` so a user can
+fix a file in one pass. Secrets never sit in the file: a value ``${NAME}`` is read from the
+environment (``${NAME:-default}`` gives a fallback), and secret fields are ``SecretStr`` so
+they never print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from frontforce.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Model):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    schema_registry_url: str = Field(
+        "http://127.0.0.1:8081/apis/ccompat/v7",
+        description="Confluent-compatible schema registry base URL.",
+    )
+    topic_prefix: str = Field("", description="Prefix for every topic name (isolates tenants).")
+    partitions: int = Field(3, ge=1, description="Partitions for topics frontforce creates.")
+    replication_factor: int = Field(1, ge=1, description="Replication for created topics.")
+    delivery_timeout_s: float = Field(
+        10.0, gt=0, description="How long a producer waits for the broker's ack before failing."
+    )
+
+
+class Topics(_Model):
+    """Topic names, derived from the prefix so tests and tenants never collide."""
+
+    front_events: str
+    salesforce_changes: str
+    commands_salesforce: str
+    audit: str
+    deadletter: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        return cls(
+            front_events=f"{prefix}front.events",
+            salesforce_changes=f"{prefix}salesforce.changes",
+            commands_salesforce=f"{prefix}commands.salesforce",
+            audit=f"{prefix}audit",
+            deadletter=f"{prefix}deadletter",
+        )
+
+
+class FrontConfig(_Model):
+    app_secret: SecretStr = Field(description="Application webhook secret (HMAC-SHA256 key).")
+    rule_secret: SecretStr | None = Field(
+        None, description="Webhooks-app API secret for rule webhooks (HMAC-SHA1 key)."
+    )
+    max_clock_skew_s: int = Field(
+        300, ge=1, description="Reject application webhooks whose timestamp is older than this."
+    )
+
+
+class ReceiverConfig(_Model):
+    host: str = Field("127.0.0.1", description="Address the webhook receiver binds.")
+    port: int = Field(8090, ge=0, le=65535, description="Port of the webhook receiver.")
+
+
+class SalesforceConfig(_Model):
+    login_url: str = Field(
+        description="Base URL of the OAuth token endpoint (My Domain, or the emulator)."
+    )
+    client_id: str = Field(description="Connected app consumer key.")
+    client_secret: SecretStr = Field(description="Connected app consumer secret.")
+    api_version: str = Field("59.0", description="REST API version, without the leading v.")
+    ca_bundle: Path | None = Field(
+        None, description="PEM bundle to trust instead of the system store (local CA)."
+    )
+    task_external_id_field: str = Field(
+        "Front_Message_Id__c", description="External id field on Task holding the Front message id."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="HTTP timeout for one Salesforce call.")
+
+    @field_validator("api_version")
+    @classmethod
+    def _no_v(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+\.\d", v):
+            raise ValueError("must look like 59.0 (no leading v)")
+        return v
+
+
+class WorkerConfig(_Model):
+    app_id: str = Field("frontforce", description="Faust app id (consumer group, table topics).")
+    data_dir: Path = Field(Path(".run/worker"), description="RocksDB table storage directory.")
+    web_port: int = Field(6066, ge=0, le=65535, description="Faust worker web port.")
+
+
+class SinkConfig(_Model):
+    group_id: str = Field("frontforce-sink-salesforce", description="Consumer group of the sink.")
+    batch_size: int = Field(
+        200, ge=1, le=200, description="Records per sObject Collections call (Salesforce max 200)."
+    )
+    batch_wait_ms: int = Field(
+        250, ge=0, description="How long to wait for a batch to fill before writing it."
+    )
+    max_attempts: int = Field(
+        8, ge=1, description="Retries of a retriable failure before the process gives up."
+    )
+    salesforce_quota_share: float = Field(
+        0.5, gt=0, le=1,
+        description="Share of the org's daily API allocation this sink may use before pausing.",
+    )
+
+
+class Settings(_Model):
+    kafka: KafkaConfig = KafkaConfig()  # type: ignore[call-arg]
+    front: FrontConfig
+    receiver: ReceiverConfig = ReceiverConfig()  # type: ignore[call-arg]
+    salesforce: SalesforceConfig
+    worker: WorkerConfig = WorkerConfig()  # type: ignore[call-arg]
+    sink: SinkConfig = SinkConfig()  # type: ignore[call-arg]
+
+    @property
+    def topics(self) -> Topics:
+        return Topics.with_prefix(self.kafka.topic_prefix)
+
+
+def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    """Record the 1-based line of every key/value in the YAML tree, by path."""
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _lines(value_node, path + (key,), out)
+            out[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _lines(item, path + (i,), out)
+
+
+def _expand_env(value: Any, path: tuple[str | int, ...], missing: list[tuple[tuple[str | int, ...], str]]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, path + (k,), missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, path + (i,), missing) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            missing.append((path, name))
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    return value
+
+
+def parse_settings(text: str, source: str = "<config>") -> Settings:
+    """Parse and validate; raise ``ConfigError`` listing every problem with its line."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        raise ConfigError([f"{source}:{line} (yaml): {exc}"]) from exc
+    lines: dict[tuple[str | int, ...], int] = {}
+    if root is not None:
+        _lines(root, (), lines)
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1 (root): expected a mapping of sections"])
+    missing: list[tuple[tuple[str | int, ...], str]] = []
+    data = _expand_env(data, (), missing)
+    problems = [
+        f"{source}:{lines.get(p, 0)} {'.'.join(map(str, p))}: environment variable {name} is not set"
+        for p, name in missing
+    ]
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = _nearest_line(loc, lines)
+            problems.append(f"{source}:{line} {'.'.join(map(str, loc))}: {err['msg']}")
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _nearest_line(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int:
+    # A missing field has no line of its own: point at its closest existing parent.
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 0
+
+
+def load_settings(path: str | Path) -> Settings:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}:0 (file): cannot read: {exc.strerror}"]) from exc
+    return parse_settings(text, str(p))

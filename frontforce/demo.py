@@ -1,0 +1,144 @@
+"""``frontforce demo``: everything on one machine, a realistic scenario, a summary a person
+can check against what was sent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from frontforce.lag import wait_settled
+from frontforce.localstack import REPO, LocalStack
+
+
+def read_topic(bootstrap: str, registry_url: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
+    """Every record of a topic, decoded by an independent consumer through the registry."""
+    import uuid
+
+    de = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out: list[dict[str, Any]] = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle_s:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            last = time.monotonic()
+            out.append(de(m.value(), SerializationContext(topic, MessageField.VALUE)))
+    finally:
+        c.close()
+    return out
+
+
+def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple[str, bool]:
+    from frontforce.config import load_settings
+    from frontforce.salesforce import connect
+
+    settings = load_settings(stack.state_dir / "frontforce.yaml")
+    t = settings.topics
+    events = read_topic(stack.bootstrap, stack.registry_url, t.front_events)
+    audit = read_topic(stack.bootstrap, stack.registry_url, t.audit)
+    dead = read_topic(stack.bootstrap, stack.registry_url, t.deadletter)
+    conn = connect(settings.salesforce)
+    tasks = conn.client.query_all(
+        f"SELECT Id, WhoId, {settings.salesforce.task_external_id_field} FROM Task "
+        f"WHERE {settings.salesforce.task_external_id_field} != null")["records"]
+    usage = conn.client.api_usage.get("api-usage")
+    outcomes = Counter(a["outcome"] for a in audit if a["target"] == "salesforce")
+    unmatched = {a["error"] for a in audit if a["target"] == "streams" and a["outcome"] == "SKIPPED"}
+    sink_calls = sum(sum(a["api_calls"].values()) for a in audit)
+    expected_tasks = sum(n for email, n in sent["sent_from"].items() if email in known)
+    distinct_events = len({e["event_id"] for e in events})
+    ok = (len(tasks) == expected_tasks and distinct_events == sent["messages"]
+          and len(unmatched) == sent["senders"] - sent["known_senders"])
+    lines = [
+        "",
+        "frontforce demo summary",
+        f"  webhooks accepted         {sent['deliveries']:>5}  "
+        f"({sent['duplicates']} re-deliveries of the same event, as Front may do)",
+        f"  messages received         {distinct_events:>5}  distinct events on {t.front_events}"
+        f" (sent: {sent['messages']})",
+        f"  Tasks written             {len(tasks):>5}  in Salesforce (expected {expected_tasks}:"
+        f" messages from known Contacts)",
+        f"  sink outcomes             created {outcomes['CREATED']}, updated "
+        f"{outcomes['UPDATED']} (a re-delivery upserts the same Task)",
+        f"  senders                   {sent['senders']:>5}  ({sent['known_senders']} known Contacts)",
+        f"  unmatched senders         {len(unmatched):>5}  (no Contact; Lead creation is a later step)",
+        f"  dead letters              {len(dead):>5}",
+        f"  Salesforce API calls      {sink_calls:>5.0f}  by the sink for {len(tasks)} Tasks"
+        + (f"; org usage {usage.used}/{usage.total}" if usage else ""),
+        f"  result                    {'OK' if ok else 'MISMATCH'}",
+    ]
+    return "\n".join(lines), ok
+
+
+def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
+    state = REPO / ".run" / "demo"
+    state.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(state_dir=state, persist=not once,
+                       topic_prefix=f"demo{int(time.time())}." if once else "")
+    say = lambda s: print(f"==> {s}", flush=True)  # noqa: E731
+    try:
+        say("starting Kafka and the schema registry (first run downloads them from Maven Central)")
+        stack.start_infra()
+        say("starting the Salesforce emulator (HTTPS, local CA)")
+        stack.start_salesforce()
+        assert stack.ca_file is not None
+        stack.write_config()
+        say("creating topics and registering schemas")
+        print(stack.frontforce("setup").stdout.strip())
+        say(f"seeding Salesforce: {known} known Contacts and their Accounts")
+        seeded = json.loads(subprocess.run(
+            [sys.executable, "-m", "emulators.scenario", "seed", "--salesforce",
+             stack.salesforce_url, "--ca", str(stack.ca_file), "--senders", str(senders),
+             "--known", str(known)], check=True, capture_output=True, text=True, cwd=REPO).stdout)
+        say("initial load of Salesforce Contacts into Kafka")
+        print(stack.frontforce("load", "salesforce").stdout.strip())
+        say("starting the pipeline: receiver, stream worker, Salesforce sink")
+        stack.start_pipeline()
+        if not wait_settled(stack.bootstrap, {stack.app_id: stack.worker_groups[stack.app_id][:2]},
+                            timeout_s=120):
+            say("worker did not index the snapshot in time")
+            return 1
+        say(f"Front sends {messages} inbound emails from {senders} senders (signed webhooks)")
+        sent = json.loads(subprocess.run(
+            [sys.executable, "-m", "emulators.scenario", "send", "--receiver",
+             stack.receiver_url, "--secret", stack.app_secret, "--messages", str(messages),
+             "--senders", str(senders), "--known", str(known)],
+            check=True, capture_output=True, text=True, cwd=REPO).stdout)
+        say("waiting for the pipeline to settle")
+        settled = wait_settled(stack.bootstrap, stack.worker_groups, timeout_s=180)
+        text, ok = summarize(stack, sent, set(seeded["known"]))
+        print(text, flush=True)
+        if not settled:
+            print("  (pipeline did not settle within 180 s)")
+        if once:
+            return 0 if ok and settled else 1
+        print(f"\nRunning. Webhook URL {stack.receiver_url}; logs in {stack.logs}. Ctrl-C stops.",
+              flush=True)
+        while all(p.poll() is None for p in stack.procs.values()):
+            time.sleep(1)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except subprocess.CalledProcessError as exc:
+        print(f"step failed: {exc.cmd}\n{exc.stdout or ''}\n{exc.stderr or ''}", file=sys.stderr)
+        return 1
+    finally:
+        say("stopping everything")
+        stack.stop_all()
+
+
+__all__ = ["run_demo", "read_topic", "summarize", "Path"]

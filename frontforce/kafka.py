@@ -1,0 +1,126 @@
+"""Kafka plumbing shared by sources, streams and sinks: client configs, topics, an async
+producer that resolves only when the broker acknowledged the record."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from frontforce.config import Settings
+from frontforce.errors import RetriableError
+
+
+def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """Idempotent, acks=all producer; murmur2 partitioning like the Java client and Faust,
+    so a key lands on the same partition whoever produced it."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "delivery.timeout.ms": int(settings.kafka.delivery_timeout_s * 1000),
+        "request.timeout.ms": min(30000, int(settings.kafka.delivery_timeout_s * 1000)),
+    }
+    conf.update(extra)
+    return conf
+
+
+def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str, Any]:
+    """Offsets are committed by hand, only after the effect is durable."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    }
+    conf.update(extra)
+    return conf
+
+
+def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
+    """Create the pipeline's topics if missing; return the ones created."""
+    topics = settings.topics
+    wanted = list(names) if names is not None else list(topics.model_dump().values())
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    existing = set(admin.list_topics(timeout=10).topics)
+    new = [
+        NewTopic(n, num_partitions=settings.kafka.partitions,
+                 replication_factor=settings.kafka.replication_factor)
+        for n in wanted
+        if n not in existing
+    ]
+    if not new:
+        return []
+    created = []
+    for name, fut in admin.create_topics(new, operation_timeout=15).items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+class AsyncProducer:
+    """confluent-kafka producer for asyncio code: ``await produce(...)`` returns once the
+    broker acknowledged the record (acks=all), or raises ``RetriableError``.
+
+    librdkafka calls delivery callbacks from ``poll()``; a daemon thread polls so the event
+    loop never blocks on it.
+    """
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self._producer = Producer(conf)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_loop, name="producer-poll", daemon=True)
+        self._thread.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                      headers: list[tuple[str, str | bytes | None]] | None = None) -> Message:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Message] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                loop.call_soon_threadsafe(_set_exc, fut, RetriableError(f"kafka: {err.str()}"))
+            else:
+                loop.call_soon_threadsafe(_set_result, fut, msg)
+
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers,
+                                       on_delivery=on_delivery)
+                break
+            except BufferError:
+                # Local queue full: let deliveries drain, then try again.
+                await asyncio.sleep(0.05)
+        return await fut
+
+    def close(self, timeout: float = 10.0) -> int:
+        remaining = self._producer.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout=2)
+        return int(remaining)
+
+
+def _set_result(fut: asyncio.Future[Message], msg: Message) -> None:
+    if not fut.done():
+        fut.set_result(msg)
+
+
+def _set_exc(fut: asyncio.Future[Message], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

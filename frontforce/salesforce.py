@@ -1,0 +1,66 @@
+"""An authenticated simple-salesforce client from configuration.
+
+simple-salesforce builds its own token URL on ``*.salesforce.com`` (see
+reference/salesforce-api.md §1.2), so we do the OAuth client-credentials POST against the
+configured login URL ourselves and hand the token to ``Salesforce(session_id=...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+from simple_salesforce import Salesforce
+
+from frontforce.config import SalesforceConfig
+from frontforce.errors import FatalError, RetriableError
+
+
+@dataclass(frozen=True)
+class SalesforceConnection:
+    client: Salesforce
+    user_id: str  # the integration user: every change it makes is an echo of ours
+    org_id: str
+
+
+def make_session(cfg: SalesforceConfig) -> requests.Session:
+    session = requests.Session()
+    # REQUESTS_CA_BUNDLE would override session.verify for every call simple-salesforce
+    # makes (it never passes verify=); ignore the environment and pin our trust explicitly.
+    session.trust_env = False
+    session.verify = str(cfg.ca_bundle) if cfg.ca_bundle else True
+    return session
+
+
+def connect(cfg: SalesforceConfig) -> SalesforceConnection:
+    session = make_session(cfg)
+    url = cfg.login_url.rstrip("/") + "/services/oauth2/token"
+    try:
+        resp = session.post(
+            url,
+            data={"grant_type": "client_credentials"},
+            auth=(cfg.client_id, cfg.client_secret.get_secret_value()),
+            timeout=cfg.timeout_s,
+        )
+    except requests.RequestException as exc:
+        raise RetriableError(f"salesforce login: {type(exc).__name__}: {exc}") from exc
+    if resp.status_code >= 500:
+        raise RetriableError(f"salesforce login: HTTP {resp.status_code}")
+    if resp.status_code != 200:
+        try:
+            body = resp.json()
+            why = f"{body.get('error')}: {body.get('error_description')}"
+        except ValueError:
+            why = resp.text[:200]
+        raise FatalError(f"salesforce login refused (HTTP {resp.status_code}) {why}")
+    token = resp.json()
+    # id URL: .../id/<org id>/<user id>
+    parts = str(token.get("id", "")).rstrip("/").split("/")
+    org_id, user_id = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", "")
+    client = Salesforce(
+        session_id=token["access_token"],
+        instance_url=token["instance_url"],
+        session=session,
+        version=cfg.api_version,
+    )
+    return SalesforceConnection(client=client, user_id=user_id, org_id=org_id)

@@ -1,0 +1,32 @@
+"""Avro contracts of every topic, one ``.avsc`` per subject (``<topic>-value``).
+
+The files are the source of truth; this module only finds and loads them.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+__all__ = ["SCHEMA_FILES", "load_schema_str", "load_schema"]
+
+# logical topic name (without prefix) -> schema file
+SCHEMA_FILES: dict[str, str] = {
+    "front.events": "front_event.avsc",
+    "salesforce.changes": "salesforce_change.avsc",
+    "commands.salesforce": "salesforce_command.avsc",
+    "audit": "audit.avsc",
+    "deadletter": "deadletter.avsc",
+}
+
+
+@cache
+def load_schema_str(logical_topic: str) -> str:
+    name = SCHEMA_FILES[logical_topic]
+    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+
+
+def load_schema(logical_topic: str) -> dict[str, object]:
+    parsed: dict[str, object] = json.loads(load_schema_str(logical_topic))
+    return parsed

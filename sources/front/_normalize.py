@@ -1,0 +1,120 @@
+"""Front event object (webhook payload or Events API item) -> ``FrontEvent`` record.
+
+Normalize on ``payload.type`` + ``payload.id`` (reference/front-api.md §7.1); the app-webhook
+envelope ``type`` is only a fallback. Unknown types are kept as OTHER: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+_TYPES = {
+    "inbound": "INBOUND_MESSAGE",
+    "outbound": "OUTBOUND_MESSAGE",
+    "out_reply": "OUTBOUND_MESSAGE",
+    "forward": "OUTBOUND_MESSAGE",
+    "comment": "COMMENT",
+    "mention": "COMMENT",
+    "tag": "TAG",
+    "untag": "UNTAG",
+    "assign": "ASSIGN",
+    "unassign": "UNASSIGN",
+    "archive": "ARCHIVE",
+    "reopen": "REOPEN",
+    "move": "MOVE",
+}
+
+# Envelope types of application webhooks, when the payload lacks its own type.
+_ENVELOPE_TYPES = {
+    "inbound_received": "inbound",
+    "outbound_sent": "outbound",
+    "new_comment_added": "comment",
+    "tag_added": "tag",
+    "tag_removed": "untag",
+    "assignee_changed": "assign",
+    "conversation_archived": "archive",
+    "conversation_reopened": "reopen",
+    "conversation_moved": "move",
+}
+
+
+class UnsupportedEvent(ValueError):
+    """The body is JSON but not a Front event we can normalize: answer 422."""
+
+
+def _ms(seconds: Any) -> int:
+    return int(round(float(seconds) * 1000))
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def normalize_event(payload: dict[str, Any], source: str, envelope_type: str | None = None,
+                    company_id: str | None = None) -> dict[str, Any]:
+    event_id = payload.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise UnsupportedEvent("event has no id")
+    front_type = payload.get("type") or _ENVELOPE_TYPES.get(envelope_type or "", envelope_type)
+    if not isinstance(front_type, str):
+        raise UnsupportedEvent("event has no type")
+    emitted = payload.get("emitted_at")
+    if not isinstance(emitted, int | float):
+        raise UnsupportedEvent("event has no numeric emitted_at")
+    conv = payload.get("conversation") or {}
+    if not isinstance(conv, dict):
+        raise UnsupportedEvent("conversation is not an object")
+    source_obj = payload.get("source") or {}
+    target = payload.get("target") or {}
+    actor_email = None
+    if isinstance(source_obj, dict) and (source_obj.get("_meta") or {}).get("type") == "teammate":
+        actor_email = _str_or_none((source_obj.get("data") or {}).get("email"))
+    inbox_ids: list[str] = []
+    if isinstance(source_obj, dict) and (source_obj.get("_meta") or {}).get("type") == "inboxes":
+        data = source_obj.get("data")
+        if isinstance(data, list):
+            inbox_ids = [i["id"] for i in data if isinstance(i, dict) and isinstance(i.get("id"), str)]
+    message = None
+    if isinstance(target, dict) and (target.get("_meta") or {}).get("type") == "message":
+        message = _message(target.get("data") or {"id": target.get("id")}, emitted)
+    return {
+        "event_id": event_id,
+        "event_type": _TYPES.get(front_type, "OTHER"),
+        "front_type": front_type,
+        "occurred_at": _ms(emitted),
+        "received_at": int(time.time() * 1000),
+        "source": source,
+        "company_id": company_id,
+        "conversation_id": _str_or_none(conv.get("id")),
+        "conversation_subject": _str_or_none(conv.get("subject")),
+        "inbox_ids": inbox_ids,
+        "actor_email": actor_email,
+        "message": message,
+    }
+
+
+def _message(data: dict[str, Any], emitted: float) -> dict[str, Any]:
+    msg_id = data.get("id")
+    if not isinstance(msg_id, str):
+        raise UnsupportedEvent("message target has no id")
+    recipients = []
+    for r in data.get("recipients") or []:
+        if isinstance(r, dict) and isinstance(r.get("handle"), str):
+            recipients.append({
+                "handle": r["handle"],
+                "role": str(r.get("role") or ""),
+                "name": _str_or_none(r.get("name")),
+            })
+    author = data.get("author")
+    created = data.get("created_at", emitted)
+    return {
+        "id": msg_id,
+        "channel_type": str(data.get("type") or "email"),
+        "is_inbound": bool(data.get("is_inbound", True)),
+        "created_at": _ms(created if isinstance(created, int | float) else emitted),
+        "subject": _str_or_none(data.get("subject")),
+        "text": _str_or_none(data.get("text")) or _str_or_none(data.get("blurb")),
+        "author_email": _str_or_none(author.get("email")) if isinstance(author, dict) else None,
+        "recipients": recipients,
+    }

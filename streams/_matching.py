@@ -1,0 +1,89 @@
+"""Matching keys and the rule for choosing among candidates.
+
+Keys are strings ``email:<lower-cased address>`` (later ``phone:<E.164>``,
+``domain:<domain>``). Both sides of the join are re-keyed by these strings so the lookup is
+co-partitioned (see _app.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Priority of record kinds when several match the same key (configurable later).
+DEFAULT_PRIORITY = ("Contact", "Lead")
+
+
+def normalize_email(address: str | None) -> str | None:
+    if not address:
+        return None
+    addr = address.strip().lower()
+    if "@" not in addr or addr.startswith("@") or addr.endswith("@"):
+        return None
+    return addr
+
+
+def match_entries(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Index entries a Salesforce change contributes: (match key, entry)."""
+    if change["sobject"] not in DEFAULT_PRIORITY:
+        return []
+    email = normalize_email(change.get("email"))
+    if email is None:
+        return []
+    entry = {
+        "kind": change["sobject"],
+        "id": change["record_id"],
+        "account_id": change.get("account_id"),
+        "owner_id": change.get("owner_id"),
+        "ts": _ts(change.get("commit_timestamp")),
+        "deleted": change["change_type"] == "DELETE",
+    }
+    return [(f"email:{email}", entry)]
+
+
+def _ts(value: Any) -> int:
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    return int(value or 0)
+
+
+def merge_entry(current: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any]:
+    """Table value: {record id: entry}. A change older than what we hold is ignored, so
+    replays and out-of-order snapshots converge to the newest state."""
+    merged = dict(current or {})
+    held = merged.get(entry["id"])
+    if held is not None and held["ts"] > entry["ts"]:
+        return merged
+    if entry["deleted"]:
+        merged.pop(entry["id"], None)
+    else:
+        merged[entry["id"]] = entry
+    return merged
+
+
+def choose_match(candidates: dict[str, Any] | None,
+                 priority: tuple[str, ...] = DEFAULT_PRIORITY) -> dict[str, Any] | None:
+    """Highest-priority kind wins; among duplicates of one kind, the most recently modified
+    record, then the lowest id (deterministic on every worker and every replay)."""
+    if not candidates:
+        return None
+    for kind in priority:
+        of_kind = [c for c in candidates.values() if c["kind"] == kind]
+        if of_kind:
+            return sorted(of_kind, key=lambda c: (-c["ts"], c["id"]))[0]
+    return None
+
+
+def counterpart_handles(event: dict[str, Any]) -> list[str]:
+    """Customer-side email handles of a message event: the sender of an inbound message,
+    the to/cc recipients of an outbound one."""
+    message = event.get("message")
+    if not message:
+        return []
+    roles = ("from",) if message["is_inbound"] else ("to", "cc")
+    keys = []
+    for r in message["recipients"]:
+        if r["role"] in roles:
+            email = normalize_email(r["handle"])
+            if email:
+                keys.append(f"email:{email}")
+    return keys
