@@ -132,6 +132,14 @@ class Settings(_Model):
     def topics(self) -> Topics:
         return Topics.with_prefix(self.kafka.topic_prefix)
 
+    @property
+    def worker_topics(self) -> dict[str, str]:
+        """Repartition topics of the stream worker, named after its app id. ``setup``
+        creates them up front: a Faust worker that subscribes before a topic exists ignores
+        it until the next rebalance."""
+        a = self.worker.app_id
+        return {"match_keys": f"{a}-match-keys", "by_handle": f"{a}-front-by-handle"}
+
 
 def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
     """Record the 1-based line of every key/value in the YAML tree, by path."""

@@ -4,6 +4,8 @@ can check against what was sent."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,10 +45,9 @@ def read_topic(bootstrap: str, registry_url: str, topic: str, idle_s: float = 3.
 
 
 def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple[str, bool]:
-    from frontforce.config import load_settings
     from frontforce.salesforce import connect
 
-    settings = load_settings(stack.state_dir / "frontforce.yaml")
+    settings = stack.settings()
     t = settings.topics
     events = read_topic(stack.bootstrap, stack.registry_url, t.front_events)
     audit = read_topic(stack.bootstrap, stack.registry_url, t.audit)
@@ -72,8 +73,9 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         f" (sent: {sent['messages']})",
         f"  Tasks written             {len(tasks):>5}  in Salesforce (expected {expected_tasks}:"
         f" messages from known Contacts)",
-        f"  sink outcomes             created {outcomes['CREATED']}, updated "
-        f"{outcomes['UPDATED']} (a re-delivery upserts the same Task)",
+        f"  sink upserts              {outcomes['CREATED'] + outcomes['UPDATED']:>5}  "
+        f"({outcomes['CREATED']} created a Task, {outcomes['UPDATED']} re-deliveries updated"
+        " the same Task)",
         f"  senders                   {sent['senders']:>5}  ({sent['known_senders']} known Contacts)",
         f"  unmatched senders         {len(unmatched):>5}  (no Contact; Lead creation is a later step)",
         f"  dead letters              {len(dead):>5}",
@@ -86,9 +88,14 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
 
 def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
     state = REPO / ".run" / "demo"
-    state.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack(state_dir=state, persist=not once,
-                       topic_prefix=f"demo{int(time.time())}." if once else "")
+    # Every demo starts from a clean slate (broker data, registry, org), so the summary
+    # speaks only of this run; downloads stay cached outside the repo.
+    subprocess.run(["bash", str(REPO / "deploy" / "stack.sh"), "stop"], check=False,
+                   env={**os.environ, "FRONTFORCE_STATE": str(state / "stack")},
+                   stdout=subprocess.DEVNULL)
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    stack = LocalStack(state_dir=state, persist=True)
     say = lambda s: print(f"==> {s}", flush=True)  # noqa: E731
     try:
         say("starting Kafka and the schema registry (first run downloads them from Maven Central)")
@@ -115,7 +122,7 @@ def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
         say(f"Front sends {messages} inbound emails from {senders} senders (signed webhooks)")
         sent = json.loads(subprocess.run(
             [sys.executable, "-m", "emulators.scenario", "send", "--receiver",
-             stack.receiver_url, "--secret", stack.app_secret, "--messages", str(messages),
+             stack.receiver_url, f"--secret={stack.app_secret}", "--messages", str(messages),
              "--senders", str(senders), "--known", str(known)],
             check=True, capture_output=True, text=True, cwd=REPO).stdout)
         say("waiting for the pipeline to settle")

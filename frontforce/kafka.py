@@ -48,7 +48,8 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
     """Create the pipeline's topics if missing; return the ones created."""
     topics = settings.topics
-    wanted = list(names) if names is not None else list(topics.model_dump().values())
+    wanted = (list(names) if names is not None
+              else [*topics.model_dump().values(), *settings.worker_topics.values()])
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     existing = set(admin.list_topics(timeout=10).topics)
     new = [

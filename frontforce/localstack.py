@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from frontforce.config import Settings, load_settings
+
 REPO = Path(__file__).resolve().parents[1]
 STACK_SH = REPO / "deploy" / "stack.sh"
 
@@ -100,8 +102,9 @@ class LocalStack:
     def start_salesforce(self) -> None:
         args = [sys.executable, "-m", "emulators.salesforce", "--host", "127.0.0.1",
                 "--port", str(self.ports.salesforce), "--state-dir",
-                str(self.state_dir / "salesforce"), "--client-id", self.sf_client_id,
-                "--client-secret", self.sf_client_secret]
+                str(self.state_dir / "salesforce"), f"--client-id={self.sf_client_id}",
+                # '=' form: a random secret may start with '-'
+                f"--client-secret={self.sf_client_secret}"]
         if self.persist:
             args.append("--persist")
         log = (self.logs / "salesforce-emulator.log").open("ab")
@@ -147,6 +150,12 @@ sink:
   group_id: "{self.app_id}-sink-salesforce"
 """)
         return path
+
+    def settings(self) -> Settings:
+        """The pipeline's settings as its processes see them (secrets from our env)."""
+        os.environ["FRONTFORCE_FRONT_APP_SECRET"] = self.app_secret
+        os.environ["FRONTFORCE_SF_CLIENT_SECRET"] = self.sf_client_secret
+        return load_settings(self.state_dir / "frontforce.yaml")
 
     def frontforce(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "frontforce", *args,

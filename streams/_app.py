@@ -65,8 +65,9 @@ def create_app(settings: Settings) -> faust.App:
     commands = app.topic(topics.commands_salesforce, **_RAW)
     audit = app.topic(topics.audit, **_RAW)
     deadletter = app.topic(topics.deadletter, **_RAW)
-    match_keys = app.topic(f"{w.app_id}-match-keys", partitions=n, internal=True, **_RAW)
-    by_handle = app.topic(f"{w.app_id}-front-by-handle", partitions=n, internal=True, **_RAW)
+    internal = settings.worker_topics
+    match_keys = app.topic(internal["match_keys"], partitions=n, internal=True, **_RAW)
+    by_handle = app.topic(internal["by_handle"], partitions=n, internal=True, **_RAW)
     # Values are small JSON dicts {record id: entry} (the app's default json codec); the
     # changelog topic is internal to the worker group.
     table = app.Table("record-match", default=None, partitions=n, key_type=str)
@@ -172,7 +173,7 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

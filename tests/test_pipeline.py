@@ -113,9 +113,8 @@ def test_redelivered_webhook_still_writes_one_task(pipeline: Pipeline) -> None:
     assert pipeline.emitter.deliver(ev) == 200
     pipeline.settle()
     audits = [a for a in pipeline.topic("audit") if a["correlation_id"] == ev["id"]]
-    # Both deliveries went all the way through the sink (CREATED then UPDATED, or CREATED
-    # twice when both landed in one batch and were written once)...
-    assert len(audits) == 2 and audits[0]["outcome"] == "CREATED"
+    # Both deliveries went all the way through the sink...
+    assert sorted(a["outcome"] for a in audits) == ["CREATED", "UPDATED"]
     # ...and upserted the same Task.
     tasks = [t for t in pipeline.tasks() if t.get("Front_Message_Id__c") == f"msg_{tag}0"]
     assert len(tasks) == 1

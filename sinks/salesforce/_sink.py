@@ -238,10 +238,11 @@ class SalesforceSink:
                 continue
             share = 1.0 / len(keys)
             for k, res in zip(keys, results, strict=True):
-                for it in groups[k]:
+                for n, it in enumerate(groups[k]):
                     it.attempts += 1
                     if res.get("success"):
-                        outcome = "CREATED" if res.get("created") else "UPDATED"
+                        # Later commands for the same record found it existing: updates.
+                        outcome = "CREATED" if res.get("created") and n == 0 else "UPDATED"
                         self.stats[outcome.lower()] += 1
                         self._audit(it, outcome, res.get("id"), None, share)
                     else:
