@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test lint stack-start stack-stop stack-status clean
+.PHONY: venv demo test lint tools stack-start stack-stop stack-status clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy frontforce sources streams sinks schemas emulators
 
-test: lint
+# kcat (Debian package) is how the tests prove a tool that is not ours reads our topics.
+tools:
+	@command -v kcat >/dev/null || { echo "installing kcat (apt)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat) >/dev/null \
+	  || { echo "kcat is required: apt-get install kcat" >&2; exit 1; }; }
+
+test: lint tools
 	bash deploy/stack.sh fetch
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -17,6 +17,8 @@ sink_app = typer.Typer(no_args_is_help=True, help="Run a sink.")
 load_app = typer.Typer(no_args_is_help=True, help="Load a snapshot into Kafka.")
 app.add_typer(sink_app, name="sink")
 app.add_typer(load_app, name="load")
+schemas_app = typer.Typer(no_args_is_help=True, help="Schema contracts in the registry.")
+app.add_typer(schemas_app, name="schemas")
 
 ConfigOpt = typer.Option(
     Path(os.environ.get("FRONTFORCE_CONFIG", "frontforce.yaml")), "--config", "-c",
@@ -44,15 +46,55 @@ def check_config(config: Path = ConfigOpt) -> None:
 
 @app.command()
 def setup(config: Path = ConfigOpt) -> None:
-    """Create the pipeline's topics and register their schemas (BACKWARD_TRANSITIVE)."""
+    """Create the pipeline's topics and register their schemas (FULL_TRANSITIVE)."""
+    from frontforce.contracts import Contracts
     from frontforce.kafka import ensure_topics
-    from frontforce.serialization import Serde
 
     s = _settings(config)
     created = ensure_topics(s)
-    ids = Serde(s).register_all()
+    ids = Contracts(s).register()
     typer.echo(f"topics created: {len(created)}; subjects registered: "
                + ", ".join(f"{k}={v}" for k, v in sorted(ids.items())))
+
+
+@schemas_app.command("register")
+def schemas_register(config: Path = ConfigOpt) -> None:
+    """Register every subject and set its compatibility level."""
+    from frontforce.contracts import COMPATIBILITY, Contracts
+
+    for subject, schema_id in Contracts(_settings(config)).register().items():
+        typer.echo(f"{subject}: id {schema_id} ({COMPATIBILITY})")
+
+
+@schemas_app.command("check")
+def schemas_check(
+    config: Path = ConfigOpt,
+    schemas_dir: Path | None = typer.Option(None, help="Check these .avsc files instead of ours."),
+) -> None:
+    """Check local schemas against every registered version; explain what breaks."""
+    from frontforce.contracts import Contracts
+
+    bad = 0
+    for r in Contracts(_settings(config), schemas_dir=schemas_dir).check():
+        typer.echo(f"{r.subject}: {r.status}")
+        for reason in r.reasons:
+            typer.echo(f"  - {reason}")
+        bad += r.status == "incompatible"
+    if bad:
+        typer.echo(f"{bad} subject(s) incompatible: the registry would refuse them", err=True)
+        raise typer.Exit(1)
+
+
+@schemas_app.command("diff")
+def schemas_diff(
+    config: Path = ConfigOpt,
+    schemas_dir: Path | None = typer.Option(None, help="Diff these .avsc files instead of ours."),
+) -> None:
+    """Show how local schemas differ from the registry's latest versions."""
+    from frontforce.contracts import Contracts
+
+    for subject, text in Contracts(_settings(config), schemas_dir=schemas_dir).diff().items():
+        typer.echo(text if text else f"{subject}: no difference")
 
 
 @app.command()

@@ -45,8 +45,10 @@ class Topics(_Model):
     front_events: str
     salesforce_changes: str
     commands_salesforce: str
+    commands_front: str
     audit: str
     deadletter: str
+    source_cursors: str
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -54,8 +56,10 @@ class Topics(_Model):
             front_events=f"{prefix}front.events",
             salesforce_changes=f"{prefix}salesforce.changes",
             commands_salesforce=f"{prefix}commands.salesforce",
+            commands_front=f"{prefix}commands.front",
             audit=f"{prefix}audit",
             deadletter=f"{prefix}deadletter",
+            source_cursors=f"{prefix}source.cursors",
         )
 
 

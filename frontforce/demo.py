@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from frontforce.lag import wait_settled
 from frontforce.localstack import REPO, LocalStack
+from frontforce.serialization import registry_client
 
 
 def read_topic(bootstrap: str, registry_url: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
     """Every record of a topic, decoded by an independent consumer through the registry."""
     import uuid
 
-    de = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    de = AvroDeserializer(registry_client(registry_url))
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe([topic])

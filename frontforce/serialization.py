@@ -1,8 +1,8 @@
 """Avro in Confluent wire format (magic byte 0 + 4-byte schema id + Avro body), through
 confluent-kafka's schema-registry client and fastavro, for every topic.
 
-Subjects follow the topic-name strategy (``<topic>-value``); compatibility is
-BACKWARD_TRANSITIVE. Readers decode with the local schema as reader schema, so a record
+Subjects follow the topic-name strategy (``<topic>-value``); registration and the
+compatibility level live in ``frontforce.contracts``. Readers decode with the local schema as reader schema, so a record
 written with an older (or newer, compatible) schema resolves into today's shape.
 """
 
@@ -11,15 +11,20 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError
-from schemas import SCHEMA_FILES, load_schema_str
+from schemas import COMMAND_TOPICS, SCHEMA_FILES, load_schema_str
 
-COMPATIBILITY = "BACKWARD_TRANSITIVE"
+
+def registry_client(url: str) -> SchemaRegistryClient:
+    """A registry client that never waits forever: httpx's default here is no timeout, and
+    one stalled registry request must not hang a worker (the client retries transport
+    errors, timeouts included)."""
+    return SchemaRegistryClient({"url": url, "timeout": 15})
 
 
 class Serde:
@@ -27,7 +32,7 @@ class Serde:
     for our use (the registry client caches ids)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.registry = SchemaRegistryClient({"url": settings.kafka.schema_registry_url})
+        self.registry = registry_client(settings.kafka.schema_registry_url)
         prefix = settings.kafka.topic_prefix
         # physical topic -> logical topic (the schema's name in schemas/)
         self._logical = {f"{prefix}{logical}": logical for logical in SCHEMA_FILES}
@@ -39,17 +44,6 @@ class Serde:
             return self._logical[topic]
         except KeyError:
             raise KeyError(f"no schema for topic {topic!r}") from None
-
-    def register_all(self) -> dict[str, int]:
-        """Register every subject with its compatibility level; return subject -> id."""
-        ids = {}
-        for topic, logical in self._logical.items():
-            subject = f"{topic}-value"
-            self.registry.set_compatibility(subject, level=COMPATIBILITY)
-            ids[subject] = self.registry.register_schema(
-                subject, Schema(load_schema_str(logical), "AVRO")
-            )
-        return ids
 
     def encode(self, topic: str, record: dict[str, Any]) -> bytes:
         ser = self._ser.get(topic)
@@ -74,7 +68,9 @@ class Serde:
             )
         de = self._de.get(topic)
         if de is None:
-            de = AvroDeserializer(self.registry, load_schema_str(self.logical(topic)))
+            logical = self.logical(topic)
+            de = AvroDeserializer(self.registry, load_schema_str(logical),
+                                  return_record_name=logical in COMMAND_TOPICS)
             self._de[topic] = de
         try:
             value = de(data, SerializationContext(topic, MessageField.VALUE))

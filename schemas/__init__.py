@@ -9,16 +9,22 @@ import json
 from functools import cache
 from importlib import resources
 
-__all__ = ["SCHEMA_FILES", "load_schema_str", "load_schema"]
+__all__ = ["COMMAND_TOPICS", "SCHEMA_FILES", "load_schema", "load_schema_str"]
 
 # logical topic name (without prefix) -> schema file
 SCHEMA_FILES: dict[str, str] = {
     "front.events": "front_event.avsc",
     "salesforce.changes": "salesforce_change.avsc",
     "commands.salesforce": "salesforce_command.avsc",
+    "commands.front": "front_command.avsc",
     "audit": "audit.avsc",
     "deadletter": "deadletter.avsc",
+    "source.cursors": "source_cursor.avsc",
 }
+
+# Topics whose operation field is a union of records: decoded with return_record_name so a
+# reader knows which operation it holds.
+COMMAND_TOPICS = frozenset({"commands.salesforce", "commands.front"})
 
 
 @cache

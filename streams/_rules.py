@@ -34,7 +34,7 @@ def task_command(event: dict[str, Any], match: dict[str, Any], external_id_field
             "source_event_id": event["event_id"],
             "correlation_id": event["event_id"],
         },
-        "operation": {
+        "operation": ("frontforce.commands.UpsertTask", {
             "external_id_field": external_id_field,
             "external_id": message["id"],
             "who_id": match["id"],
@@ -46,5 +46,5 @@ def task_command(event: dict[str, Any], match: dict[str, Any], external_id_field
             "status": "Completed",
             "task_subtype": _SUBTYPES.get(channel, "Task"),
             "front_conversation_id": event.get("conversation_id"),
-        },
+        }),
     }

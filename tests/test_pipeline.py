@@ -203,3 +203,32 @@ def test_unknown_sender_writes_no_task_and_is_reported(pipeline: Pipeline) -> No
     assert len(skipped) == 1 and stranger in (skipped[0]["error"] or "")
     assert not [t for t in pipeline.tasks() if t.get("Front_Message_Id__c") == f"msg_{tag}0"]
 
+
+
+def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:
+    """A poison record must not stop the worker or the sink, and must not be lost."""
+    from confluent_kafka import Producer
+
+    tag = uuid.uuid4().hex[:6]
+    p = Producer({"bootstrap.servers": pipeline.stack.bootstrap})
+    prefix = pipeline.stack.topic_prefix
+    garbage = b"\x01not avro at all " + tag.encode()
+    unknown_id = b"\x00" + struct.pack(">I", 987654) + b"\x02xx"
+    p.produce(f"{prefix}front.events", key=f"cnv_{tag}g".encode(), value=garbage)
+    p.produce(f"{prefix}front.events", key=f"cnv_{tag}u".encode(), value=unknown_id)
+    p.produce(f"{prefix}commands.salesforce", key=f"msg_{tag}c".encode(), value=garbage)
+    assert p.flush(10) == 0
+    # Records after the poison, on the same topics, still go through.
+    ev = event(KNOWN[3].email, tag)
+    assert pipeline.emitter.deliver(ev) == 200
+    assert len(pipeline.tasks_for({f"msg_{tag}0"}, expect=1)) == 1
+    pipeline.settle()
+    dead = pipeline.topic("deadletter")
+    [bad_id] = [d for d in dead if d["original_value"] == unknown_id]
+    assert bad_id["original_topic"] == f"{prefix}front.events"
+    assert bad_id["original_key"] == f"cnv_{tag}u".encode()
+    assert "schema id 987654" in bad_id["error_message"]
+    poisoned = [d for d in dead if d["original_value"] == garbage]
+    assert sorted((d["original_topic"], d["stage"]) for d in poisoned) == sorted(
+        [(f"{prefix}front.events", "decode"), (f"{prefix}commands.salesforce", "decode")])
+    assert all("not Confluent wire format" in d["error_message"] for d in poisoned)

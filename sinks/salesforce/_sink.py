@@ -52,9 +52,15 @@ _TASK_FIELDS = {
 }
 
 
-def task_record(op: dict[str, Any]) -> dict[str, Any]:
+# Createable but not updateable: an upsert that hits an existing Task must leave them out.
+INSERT_ONLY_TASK_FIELDS = frozenset({"TaskSubtype"})
+
+
+def task_record(op: dict[str, Any], for_update: bool = False) -> dict[str, Any]:
     rec: dict[str, Any] = {"attributes": {"type": "Task"}, op["external_id_field"]: op["external_id"]}
     for key, field in _TASK_FIELDS.items():
+        if for_update and field in INSERT_ONLY_TASK_FIELDS:
+            continue
         if op.get(key) is not None:  # never blank a field someone else filled in
             rec[field] = op[key]
     activity = op["activity_date"]
@@ -70,12 +76,25 @@ def _where(m: Message) -> tuple[str, int, int]:
 
 
 class _Item:
-    __slots__ = ("msg", "command", "attempts")
+    __slots__ = ("msg", "command", "op_name", "op", "attempts", "for_update")
 
     def __init__(self, msg: Message, command: dict[str, Any]) -> None:
         self.msg = msg
         self.command = command
+        # Commands are read with return_record_name: (full record name, fields).
+        name, fields = command["operation"]
+        self.op_name: str = name.rsplit(".", 1)[-1]
+        self.op: dict[str, Any] = fields
         self.attempts = 0
+        self.for_update = False  # set once Salesforce told us the record already exists
+
+
+def _insert_only_refused(errors: list[dict[str, Any]]) -> bool:
+    return bool(errors) and all(
+        e.get("statusCode") == "INVALID_FIELD_FOR_INSERT_UPDATE"
+        and set(e.get("fields") or []) <= INSERT_ONLY_TASK_FIELDS
+        for e in errors
+    )
 
 
 class SalesforceSink:
@@ -174,11 +193,17 @@ class SalesforceSink:
             raise InterruptedError("sink stopped with records pending")
 
     def _validate(self, item: _Item) -> bool:
-        op = item.command.get("operation") or {}
-        if "external_id_field" not in op or not op.get("external_id"):
-            self._dead_letter(item.msg, "sink.salesforce",
-                              InvalidRecordError("command has no UpsertTask operation"), 1)
-            self._audit(item, "DEAD_LETTERED", None, "unsupported operation", 0.0)
+        if item.op_name != "UpsertTask":
+            # Not yet executable by this sink version: keep it, with the reason, rather than
+            # pretend it was applied.
+            why = f"operation {item.op_name} is not supported by this sink version"
+            self._dead_letter(item.msg, "sink.salesforce", InvalidRecordError(why), 1)
+            self._audit(item, "DEAD_LETTERED", None, why, 0.0)
+            return False
+        if not item.op.get("external_id"):
+            why = "UpsertTask without an external id"
+            self._dead_letter(item.msg, "sink.salesforce", InvalidRecordError(why), 1)
+            self._audit(item, "DEAD_LETTERED", None, why, 0.0)
             return False
         return True
 
@@ -209,15 +234,16 @@ class SalesforceSink:
         """Upsert one batch; return the items to retry."""
         by_field: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
         for it in items:
-            op = it.command["operation"]
+            op = it.op
             by_field.setdefault(op["external_id_field"], OrderedDict()).setdefault(
                 op["external_id"], []).append(it)
         retry: list[_Item] = []
+        as_update: list[_Item] = []
         for field, groups in by_field.items():
             # Same external id twice in one batch: write it once (the newest command),
             # report the outcome to every command that asked for it.
             keys = list(groups)
-            records = [task_record(groups[k][-1].command["operation"]) for k in keys]
+            records = [task_record(groups[k][-1].op, groups[k][-1].for_update) for k in keys]
             path = f"composite/sobjects/Task/{field}"
             body = {"allOrNone": False, "records": records}
 
@@ -245,12 +271,19 @@ class SalesforceSink:
                         outcome = "CREATED" if res.get("created") and n == 0 else "UPDATED"
                         self.stats[outcome.lower()] += 1
                         self._audit(it, outcome, res.get("id"), None, share)
+                    elif _insert_only_refused(res.get("errors") or []) and not it.for_update:
+                        # The Task exists (a re-delivery): write it again without the
+                        # insert-only fields, right away, as an update.
+                        it.for_update = True
+                        as_update.append(it)
                     else:
                         retriable, reason = classify_item_error(res.get("errors") or [])
                         if retriable:
                             retry.append(it)
                         else:
                             self._fail(it, reason, share)
+        if as_update:
+            retry.extend(self._upsert_tasks(as_update))
         return retry
 
     def _fail(self, item: _Item, reason: str, share: float) -> None:
@@ -282,7 +315,7 @@ class SalesforceSink:
             "command_id": cmd["command_id"],
             "correlation_id": cmd["origin"]["correlation_id"],
             "target": "salesforce",
-            "operation": "UpsertTask",
+            "operation": item.op_name,
             "outcome": outcome,
             "record_id": record_id,
             "api_calls": {"salesforce.rest": api_share} if api_share else {},
