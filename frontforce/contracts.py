@@ -25,7 +25,7 @@ from fastavro.schema import expand_schema, parse_schema
 
 from frontforce.config import Settings
 from frontforce.serialization import registry_client
-from schemas import SCHEMA_FILES, load_schema_str
+from schemas import SCHEMA_FILES, WORKER_SCHEMA_FILES, load_schema_str
 
 COMPATIBILITY = "FULL_TRANSITIVE"
 
@@ -148,13 +148,14 @@ class Contracts:
         self.registry = registry or registry_client(settings.kafka.schema_registry_url)
         prefix = settings.kafka.topic_prefix
         self.subjects = {f"{prefix}{logical}-value": logical for logical in SCHEMA_FILES}
+        self.subjects.update({f"{settings.worker_topics[k]}-value": k for k in WORKER_SCHEMA_FILES})
         # A different folder of .avsc files (a branch's, a proposed change) instead of ours.
         self.schemas_dir = schemas_dir
 
     def local(self, subject: str) -> str:
         logical = self.subjects[subject]
         if self.schemas_dir is not None:
-            return (self.schemas_dir / SCHEMA_FILES[logical]).read_text(encoding="utf-8")
+            return (self.schemas_dir / _file(logical)).read_text(encoding="utf-8")
         return load_schema_str(logical)
 
     def _versions(self, subject: str) -> list[tuple[int, str]]:
@@ -201,8 +202,12 @@ class Contracts:
             label = f"{subject} v{versions[-1][0]}" if versions else f"{subject} (not registered)"
             out[subject] = "".join(difflib.unified_diff(
                 old.splitlines(keepends=True), new.splitlines(keepends=True),
-                fromfile=f"registry: {label}", tofile=f"local: schemas/{SCHEMA_FILES[self.subjects[subject]]}"))
+                fromfile=f"registry: {label}", tofile=f"local: schemas/{_file(self.subjects[subject])}"))
         return out
+
+
+def _file(logical: str) -> str:
+    return SCHEMA_FILES.get(logical) or WORKER_SCHEMA_FILES[logical]
 
 
 def _pretty(schema: str) -> str:

@@ -17,7 +17,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError
-from schemas import COMMAND_TOPICS, SCHEMA_FILES, load_schema_str
+from schemas import COMMAND_TOPICS, SCHEMA_FILES, WORKER_SCHEMA_FILES, load_schema_str
 
 
 def registry_client(url: str) -> SchemaRegistryClient:
@@ -36,6 +36,7 @@ class Serde:
         prefix = settings.kafka.topic_prefix
         # physical topic -> logical topic (the schema's name in schemas/)
         self._logical = {f"{prefix}{logical}": logical for logical in SCHEMA_FILES}
+        self._logical.update({settings.worker_topics[k]: k for k in WORKER_SCHEMA_FILES})
         self._ser: dict[str, AvroSerializer] = {}
         self._de: dict[str, AvroDeserializer] = {}
 

@@ -9,7 +9,7 @@ import json
 from functools import cache
 from importlib import resources
 
-__all__ = ["COMMAND_TOPICS", "SCHEMA_FILES", "load_schema", "load_schema_str"]
+__all__ = ["COMMAND_TOPICS", "SCHEMA_FILES", "WORKER_SCHEMA_FILES", "load_schema", "load_schema_str"]
 
 # logical topic name (without prefix) -> schema file
 SCHEMA_FILES: dict[str, str] = {
@@ -22,6 +22,12 @@ SCHEMA_FILES: dict[str, str] = {
     "source.cursors": "source_cursor.avsc",
 }
 
+# Internal topics of the stream worker (named after its app id, see Settings.worker_topics)
+# -> schema file. Wire format there too, so any tool can inspect a worker's traffic.
+WORKER_SCHEMA_FILES: dict[str, str] = {
+    "match_keys": "match_entry.avsc",
+}
+
 # Topics whose operation field is a union of records: decoded with return_record_name so a
 # reader knows which operation it holds.
 COMMAND_TOPICS = frozenset({"commands.salesforce", "commands.front"})
@@ -29,7 +35,7 @@ COMMAND_TOPICS = frozenset({"commands.salesforce", "commands.front"})
 
 @cache
 def load_schema_str(logical_topic: str) -> str:
-    name = SCHEMA_FILES[logical_topic]
+    name = SCHEMA_FILES.get(logical_topic) or WORKER_SCHEMA_FILES[logical_topic]
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 

@@ -21,7 +21,6 @@ it; Faust flushes the producer before it commits the event's offset.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -68,8 +67,9 @@ def create_app(settings: Settings) -> faust.App:
     internal = settings.worker_topics
     match_keys = app.topic(internal["match_keys"], partitions=n, internal=True, **_RAW)
     by_handle = app.topic(internal["by_handle"], partitions=n, internal=True, **_RAW)
-    # Values are small JSON dicts {record id: entry} (the app's default json codec); the
-    # changelog topic is internal to the worker group.
+    # Values are small dicts {record id: MatchEntry}. The changelog is the one topic not in
+    # Avro: it is Faust's private recovery log for this table (JSON), rebuilt from match-keys
+    # if lost; everything else the worker reads or writes is registered wire format.
     table = app.Table("record-match", default=None, partitions=n, key_type=str)
 
     async def dead_letter(event: faust.types.EventT, stage: str, exc: BaseException) -> None:
@@ -96,7 +96,8 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 change = serde.decode(topics.salesforce_changes, event.value)
                 for key, entry in match_entries(change):
-                    await match_keys.send(key=key.encode(), value=json.dumps(entry).encode())
+                    await match_keys.send(key=key.encode(),
+                                          value=serde.encode(internal["match_keys"], entry))
             except InvalidRecordError as exc:
                 await dead_letter(event, "decode", exc)
             except Exception as exc:  # noqa: BLE001 - poison must not stop the agent
@@ -107,7 +108,10 @@ def create_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             try:
                 key = event.key.decode()
-                table[key] = merge_entry(table.get(key), json.loads(event.value))
+                entry = serde.decode(internal["match_keys"], event.value)
+                table[key] = merge_entry(table.get(key), entry)
+            except InvalidRecordError as exc:
+                await dead_letter(event, "decode", exc)
             except Exception as exc:  # noqa: BLE001
                 await dead_letter(event, "index-match-keys", exc)
 
