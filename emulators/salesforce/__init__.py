@@ -4,7 +4,8 @@ Public API
     create_app(state=None, **settings) -> Starlette
         settings: Settings fields (client_id, client_secret, jwt_consumer_key, jwt_public_key,
         jwt_audiences, instance_url, persist_path, admin_loopback_only) and org overrides
-        daily_limit, page_size, session_timeout.
+        daily_limit, page_size, session_timeout, duplicate_rules, cdc_retention_hours,
+        cdc_delivery_limit, cdc_entity_limit.
     OrgState            in-memory org; OrgState.load(path) / state.save(path) (JSON)
     Settings, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
     checksum, to18, canonical_id    record-id helpers (15/18-char, case-safe suffix)
@@ -13,6 +14,8 @@ Program
     python -m emulators.salesforce --host 127.0.0.1 --port 8443 --state-dir DIR [--persist]
         [--daily-limit N] [--page-size N] [--session-timeout S] [--client-id X]
         [--client-secret Y] [--jwt-consumer-key K] [--jwt-public-key PEM] [--instance-url U]
+        [--no-duplicate-rules] [--cdc-retention-hours H] [--cdc-delivery-limit N]
+        [--cdc-entity-limit N]
     prints ``salesforce emulator ready on https://127.0.0.1:PORT (ca: DIR/ca.pem)``.
 
 Auth
@@ -21,14 +24,38 @@ Auth
     well-formed, unexpired RS256 JWT with ``iss`` == consumer key and a known active ``sub``
     is accepted WITHOUT checking the signature (test mode).
 
-Admin API (loopback only, no bearer token, never charged to the API allocation)
-    POST /__admin/reset                 clear data/usage/stats (keeps org, user, sessions)
+REST (/services/data/vXX.X/) beyond sObjects/query/composite/limits
+    POST actions/standard/convertLead | actions/custom/apex/ConvertLead   lead conversion in
+        the invocable-action envelope (see ``_convert``).
+    Standard Lead/Contact duplicate rules on Email: DUPLICATES_DETECTED with ``duplicateResut``
+        details; ``Sforce-Duplicate-Rule-Header: allowSave=true`` bypasses (``_duplicates``).
+    ``Sforce-Call-Options: client=ID`` is echoed in change events' changeOrigin.
+
+Change Data Capture (emulator-specific transport, NOT a Salesforce API; see ``_cdc_http``)
+    GET /__cdc/events?channel=/data/ChangeEvents|/data/ContactChangeEvent&replay_id=N
+        &limit=M&wait=S[&bitmap=true]      Bearer token; long-poll; Pub/Sub-decoded payloads
+    GET /__cdc/schemas/{schemaId}         the Avro schema of an event's payload
+
+Admin API (loopback only, no bearer token, never charged, never subject to fault rules)
+    POST /__admin/reset                 clear data/usage/stats/change events/fault rules
+                                        (keeps org, user, sessions, id and replay counters)
     POST /__admin/seed                  {"records": {"Type": [{...}]}} -> {"ids": {...}};
-                                        "@Type[i]" refers to an id seeded earlier in the call
+                                        "@Type[i]" refers to an id seeded earlier in the call;
+                                        one transaction, change events with empty changeOrigin
     GET  /__admin/records/{Type}        every row, deleted ones included
-    GET  /__admin/stats                 API calls per endpoint kind, refusals, 401s, logins
+    POST /__admin/undelete              {"ids": [...]} restore from the recycle bin (UNDELETE)
+    GET  /__admin/stats                 API calls per endpoint kind, refusals, 401s, logins,
+                                        injected faults
     GET|POST /__admin/config            daily_limit, page_size, session_timeout,
-                                        clock_offset (s), api_usage (sets used calls)
+                                        clock_offset (s), api_usage (sets used calls),
+                                        duplicate_rules, cdc_retention_hours,
+                                        cdc_delivery_limit, cdc_entity_limit,
+                                        cdc_selected_entities (e.g. [] to clear)
+    GET|POST|DELETE /__admin/faults     fault rules (latency, outage, unable_to_lock_row,
+                                        expired_session, request_limit; see ``_faults``)
+    DELETE /__admin/faults/{id}         remove one rule
+    GET  /__admin/cdc                   retained events, replay ids, selection, deliveries
+    POST /__admin/cdc/gap               {"entity", "change_type": "GAP_*", "record_ids"}
     POST /__admin/sessions/expire       drop all sessions, or {"access_token": ...}
     POST /__admin/save                  write the state file now (with --persist)
 """

@@ -35,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--page-size", type=int, default=None, help="query page size (default 2000)")
     p.add_argument("--session-timeout", type=float, default=None,
                    help="session idle timeout in seconds (default 7200)")
+    p.add_argument("--no-duplicate-rules", dest="duplicate_rules", action="store_false",
+                   default=None, help="disable the standard Lead/Contact duplicate rules")
+    p.add_argument("--cdc-retention-hours", type=float, default=None,
+                   help="change-event retention in org hours (default 72)")
+    p.add_argument("--cdc-delivery-limit", type=int, default=None,
+                   help="change events delivered per client id per rolling 24 h (default 25000)")
+    p.add_argument("--cdc-entity-limit", type=int, default=None,
+                   help="max entities selectable through per-entity CDC channels (default 5, "
+                        "0 = unlimited)")
     p.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     p.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
     p.add_argument("--jwt-consumer-key", default=None,
@@ -65,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         daily_limit=args.daily_limit,
         page_size=args.page_size,
         session_timeout=args.session_timeout,
+        duplicate_rules=args.duplicate_rules,
+        cdc_retention_hours=args.cdc_retention_hours,
+        cdc_delivery_limit=args.cdc_delivery_limit,
+        cdc_entity_limit=args.cdc_entity_limit,
     )
 
     def ready(base_url: str) -> None:

@@ -1,6 +1,7 @@
 """Admin API under /__admin/ — test control, not part of Salesforce's public contract.
 
-Loopback-only, no bearer auth, never counted against the API allocation.
+Loopback-only, no bearer auth, never counted against the API allocation, never subject to
+fault rules. Endpoints are listed in the package docstring (``emulators.salesforce``).
 """
 
 from __future__ import annotations
@@ -13,18 +14,38 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from emulators.salesforce._cdc import CDC_ENTITIES, CHANGE_TYPES
 from emulators.salesforce._errors import SfError
+from emulators.salesforce._ids import canonical_id
 from emulators.salesforce._schema import get_sobject
 from emulators.salesforce._settings import Settings
 from emulators.salesforce._store import OrgState
-from emulators.salesforce._writes import Ctx, create, wire_record
+from emulators.salesforce._writes import Ctx, create, undelete, wire_record
 
 __all__ = ["admin_routes", "json_response"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 _SEED_REF = re.compile(r"^@(\w+)\[(\d+)\]$")
-_CONFIG_KEYS = {"daily_limit": int, "page_size": int, "session_timeout": float,
-                "clock_offset": float}
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"expected a boolean, got {value!r}")
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return int(value)
+
+
+_CONFIG_KEYS: dict[str, Any] = {
+    "daily_limit": int, "page_size": int, "session_timeout": float, "clock_offset": float,
+    "duplicate_rules": _bool, "cdc_retention_hours": float,
+    "cdc_delivery_limit": _non_negative_int, "cdc_entity_limit": _non_negative_int}
+# Config-like keys that are not stored in state.config.
+_SPECIAL_CONFIG = {"api_usage", "cdc_selected_entities"}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -106,6 +127,7 @@ def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
                 "api_usage": {"used": state.api_used(), "max": state.config["daily_limit"]},
                 "refused": state.stats["refused"],
                 "unauthorized": state.stats["unauthorized"],
+                "faults": dict(state.stats.get("faults", {})),
                 "token_requests": state.stats["token_requests"],
                 "sessions": len(state.sessions),
             })
@@ -115,17 +137,25 @@ def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
             body = await _json(request)
             if not isinstance(body, dict):
                 return _error(400, "expected a JSON object")
-            unknown = set(body) - set(_CONFIG_KEYS) - {"api_usage"}
+            unknown = set(body) - set(_CONFIG_KEYS) - _SPECIAL_CONFIG
             if unknown:
                 return _error(400, f"unknown config keys: {sorted(unknown)}")
+            try:
+                values = {k: cast(body[k]) for k, cast in _CONFIG_KEYS.items() if k in body}
+                selection = _entities(body["cdc_selected_entities"]) if (
+                    "cdc_selected_entities" in body) else None
+                usage = int(body["api_usage"]) if "api_usage" in body else None
+            except (TypeError, ValueError) as exc:
+                return _error(400, f"invalid config value: {exc}")
             with state.lock:
-                for key, cast in _CONFIG_KEYS.items():
-                    if key in body:
-                        state.config[key] = cast(body[key])
-                if "api_usage" in body:
-                    state.set_usage(int(body["api_usage"]))
+                state.config.update(values)
+                if selection is not None:
+                    state.cdc.selected = selection
+                if usage is not None:
+                    state.set_usage(usage)
         with state.lock:
             return json_response({**state.config, "api_usage": state.api_used(),
+                                  "cdc_selected_entities": list(state.cdc.selected),
                                   "org_id": state.org_id,
                                   "integration_user_id": state.integration_user_id,
                                   "integration_username": state.integration_username})
@@ -140,6 +170,86 @@ def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
                 removed = len(state.sessions)
                 state.sessions.clear()
         return json_response({"expired": removed})
+
+    async def faults(request: Request) -> Response:
+        with state.lock:
+            if request.method == "DELETE":
+                return json_response({"deleted": state.faults.clear()})
+            if request.method == "GET":
+                return json_response({"rules": [r.to_json() for r in state.faults.rules]})
+        body = await _json(request)
+        specs = body.get("rules") if isinstance(body, dict) and "rules" in body else body
+        if not isinstance(specs, list):
+            specs = [specs]
+        with state.lock:
+            added = []
+            try:
+                for spec in specs:
+                    added.append(state.faults.add(spec))
+            except ValueError as exc:
+                for rule in added:  # all or nothing
+                    state.faults.remove(rule.id)
+                return _error(400, str(exc))
+            return json_response({"rules": [r.to_json() for r in added]})
+
+    async def fault(request: Request) -> Response:
+        with state.lock:
+            if state.faults.remove(request.path_params["rule_id"]):
+                return json_response({"deleted": 1})
+        return _error(404, "no such fault rule")
+
+    async def undelete_records(request: Request) -> Response:
+        body = await _json(request)
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids:
+            return _error(400, 'expected {"ids": ["001...", ...]}')
+        ctx = Ctx(state, state.integration_user_id, admin=True)
+        with state.lock:
+            savepoint = state.begin()
+            try:
+                restored = [undelete(ctx, str(i)) for i in ids]
+            except SfError as err:
+                state.rollback(savepoint)
+                return json_response(err.rest_body(), err.status)
+            finally:
+                state.end()
+        return json_response({"ids": restored})
+
+    async def cdc_info(request: Request) -> Response:
+        with state.lock:
+            state.cdc_purge()
+            log = state.cdc
+            minute = int(state.epoch() // 60)
+            return json_response({
+                "retained": len(log.events),
+                "earliest_replay_id": log.earliest_replay_id,
+                "latest_replay_id": log.last_replay_id,
+                "selected_entities": list(log.selected),
+                "entity_limit": state.config["cdc_entity_limit"],
+                "retention_hours": state.config["cdc_retention_hours"],
+                "delivery_limit": state.config["cdc_delivery_limit"],
+                "delivered": {c: log.delivered_since(c, minute - 24 * 60)
+                              for c in list(log.delivered)},
+            })
+
+    async def cdc_gap(request: Request) -> Response:
+        body = await _json(request)
+        if not isinstance(body, dict):
+            return _error(400, "expected a JSON object")
+        entity = next((e for e in CDC_ENTITIES if e.lower() == str(body.get("entity")).lower()),
+                      None)
+        kind = body.get("change_type", "GAP_UPDATE")
+        if entity is None or kind not in CHANGE_TYPES or not str(kind).startswith("GAP_"):
+            return _error(400, f"expected entity in {list(CDC_ENTITIES)} and a GAP_* "
+                               "change_type")
+        raw_ids = body.get("record_ids", [])
+        ids = [canonical_id(str(i)) for i in raw_ids] if isinstance(raw_ids, list) else [None]
+        if None in ids or (kind == "GAP_OVERFLOW") != (not ids):
+            return _error(400, "record_ids: valid ids; none for GAP_OVERFLOW, some otherwise")
+        with state.lock:
+            replay_id = state.cdc.gap(entity, kind, [str(i) for i in ids],
+                                      state.integration_user_id, state.epoch_ms())
+        return json_response({"replayId": replay_id})
 
     async def save(request: Request) -> Response:
         if settings.persist_path is None:
@@ -156,7 +266,25 @@ def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
         Route("/__admin/config", guard(config), methods=["GET", "POST"]),
         Route("/__admin/sessions/expire", guard(expire_sessions), methods=["POST"]),
         Route("/__admin/save", guard(save), methods=["POST"]),
+        Route("/__admin/faults", guard(faults), methods=["GET", "POST", "DELETE"]),
+        Route("/__admin/faults/{rule_id}", guard(fault), methods=["DELETE"]),
+        Route("/__admin/undelete", guard(undelete_records), methods=["POST"]),
+        Route("/__admin/cdc", guard(cdc_info), methods=["GET"]),
+        Route("/__admin/cdc/gap", guard(cdc_gap), methods=["POST"]),
     ]
+
+
+def _entities(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError("cdc_selected_entities must be a list of entity names")
+    out: list[str] = []
+    for name in value:
+        entity = next((e for e in CDC_ENTITIES if e.lower() == str(name).lower()), None)
+        if entity is None:
+            raise ValueError(f"unknown CDC entity {name!r}")
+        if entity not in out:
+            out.append(entity)
+    return out
 
 
 def _resolve_refs(row: Any, created: dict[str, list[str]]) -> Any:

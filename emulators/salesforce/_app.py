@@ -17,8 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulators.salesforce._admin import admin_routes, json_response
 from emulators.salesforce._auth import INVALID_SESSION, OAuthError, check_session, issue_token
+from emulators.salesforce._cdc_http import cdc_routes
 from emulators.salesforce._describe import versions
+from emulators.salesforce._duplicates import header_options
 from emulators.salesforce._errors import SfError
+from emulators.salesforce._faults import LOCK_FAULT_SCOPE_KEY, FaultMiddleware
 from emulators.salesforce._router import dispatch, route
 from emulators.salesforce._settings import Settings
 from emulators.salesforce._store import OrgState
@@ -28,7 +31,8 @@ from emulators.salesforce._writes import Ctx
 __all__ = ["create_app"]
 
 _DATA_PREFIX = "/services/data/"
-_STATE_KEYS = ("daily_limit", "page_size", "session_timeout")
+_STATE_KEYS = ("daily_limit", "page_size", "session_timeout", "duplicate_rules",
+               "cdc_retention_hours", "cdc_delivery_limit", "cdc_entity_limit")
 # Kinds that are not charged to the daily allocation and never refused for it. Salesforce
 # documents /services/data/ (versions) as free; /limits is our choice (unconfirmed upstream)
 # so a throttled client can always poll its way out of REQUEST_LIMIT_EXCEEDED.
@@ -88,7 +92,8 @@ def create_app(state: OrgState | None = None, **settings: Any) -> Starlette:
 
     ``settings`` are ``Settings`` fields (client_id, client_secret, jwt_consumer_key,
     jwt_public_key, jwt_audiences, instance_url, persist_path, admin_loopback_only) plus
-    org-level overrides applied to ``state.config``: daily_limit, page_size, session_timeout.
+    org-level overrides applied to ``state.config``: daily_limit, page_size, session_timeout,
+    duplicate_rules, cdc_retention_hours, cdc_delivery_limit, cdc_entity_limit.
     """
     org = state if state is not None else OrgState()
     overrides = {k: settings.pop(k) for k in _STATE_KEYS if k in settings}
@@ -152,7 +157,13 @@ def create_app(state: OrgState | None = None, **settings: Any) -> Starlette:
                 sub.body = _parse_body(raw_body)
             except SfError as err:
                 return json_response(err.rest_body(), err.status)
-            ctx = Ctx(org, user_id, version_segment[1:])
+            rules = header_options(sub.headers.get("sforce-duplicate-rule-header"))
+            ctx = Ctx(org, user_id, version_segment[1:],
+                      call_client=header_options(
+                          sub.headers.get("sforce-call-options")).get("client") or None,
+                      allow_duplicates=rules.get("allowsave") == "true",
+                      include_record_details=rules.get("includerecorddetails") == "true",
+                      lock_fault=request.scope.get(LOCK_FAULT_SCOPE_KEY))
             _, reply = dispatch(ctx, sub)
         return _render(reply)
 
@@ -178,10 +189,13 @@ def create_app(state: OrgState | None = None, **settings: Any) -> Starlette:
         Route("/services/data", list_versions, methods=["GET"]),
         Route("/services/data/", list_versions, methods=["GET"]),
         Route("/services/data/{rest:path}", data, methods=methods),
+        *cdc_routes(org, conf),
         *admin_routes(org, conf),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: method_not_allowed})
+    # Fault rules act on public paths only (admin paths pass through untouched).
+    app.add_middleware(FaultMiddleware, state=org)
     app.add_middleware(_LimitInfoHeader, state=org)
     app.state.org = org
     app.state.settings = conf

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from emulators.salesforce._settings import Settings
 from emulators.salesforce._store import OrgState
 
-__all__ = ["INVALID_SESSION", "OAuthError", "check_session", "issue_token"]
+__all__ = ["INVALID_SESSION", "OAuthError", "check_session", "issue_token", "session_for"]
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 INVALID_SESSION = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
@@ -121,13 +121,16 @@ def issue_token(state: OrgState, settings: Settings, body: bytes, query: str,
     if grant == "client_credentials":
         _client_credentials(settings, params, authorization)
         user_id = state.integration_user_id
+        client_id = settings.client_id
     elif grant == JWT_GRANT:
         user_id = _jwt_user(state, settings, params.get("assertion", ""), base_url)
+        client_id = settings.consumer_key
     else:
         raise OAuthError(400, "unsupported_grant_type", "grant type not supported")
     token = f"{state.org_id[:15]}!{secrets.token_urlsafe(48)}"
     now = state.epoch()
-    state.sessions[token] = {"user_id": user_id, "issued": now, "last_used": now}
+    state.sessions[token] = {"user_id": user_id, "issued": now, "last_used": now,
+                             "client_id": client_id}
     identity = f"{instance_url}/id/{state.org_id}/{user_id}"
     response: dict[str, Any] = {"access_token": token, "scope": "api",
                                 "instance_url": instance_url, "id": identity,
@@ -142,6 +145,12 @@ def issue_token(state: OrgState, settings: Settings, body: bytes, query: str,
 
 def check_session(state: OrgState, authorization: str | None) -> str | None:
     """Return the session's user id, or None (-> 401). Touches the idle timer."""
+    session = session_for(state, authorization)
+    return None if session is None else str(session["user_id"])
+
+
+def session_for(state: OrgState, authorization: str | None) -> dict[str, Any] | None:
+    """Return the live session (user_id, client_id, ...) or None. Touches the idle timer."""
     if not authorization:
         return None
     scheme, _, token = authorization.strip().partition(" ")
@@ -155,4 +164,4 @@ def check_session(state: OrgState, authorization: str | None) -> str | None:
         del state.sessions[token.strip()]
         return None
     session["last_used"] = now
-    return str(session["user_id"])
+    return session

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from emulators.salesforce._duplicates import header_options
 from emulators.salesforce._errors import SfError
 from emulators.salesforce._ids import canonical_id
 from emulators.salesforce._rest import save_result
@@ -44,6 +46,18 @@ _ROLLED_BACK = SfError(400, "ALL_OR_NONE_OPERATION_ROLLED_BACK",
                        "was using AllOrNone header", [])
 _HALTED = SfError(400, "PROCESSING_HALTED", "The transaction was rolled back since another "
                   "operation in the same transaction failed.")
+
+
+def child_ctx(ctx: Ctx, version: str, headers: dict[str, str]) -> Ctx:
+    """Context of a subrequest: the parent's, with its own API version and request headers
+    (``httpHeaders`` of a /composite subrequest) added."""
+    rules = header_options(headers.get("sforce-duplicate-rule-header"))
+    client = header_options(headers.get("sforce-call-options")).get("client")
+    return replace(ctx, version=version,
+                   allow_duplicates=ctx.allow_duplicates or rules.get("allowsave") == "true",
+                   include_record_details=(ctx.include_record_details
+                                           or rules.get("includerecorddetails") == "true"),
+                   call_client=client or ctx.call_client)
 
 
 def _envelope_error(message: str, code: str = "JSON_PARSER_ERROR") -> SfError:
@@ -330,9 +344,12 @@ def composite(ctx: Ctx, sub: SubRequest, dispatch: Dispatch) -> Reply:
                 if child.segments[:1] == ["composite"] and child.segments[1:2] != ["sobjects"]:
                     raise SfError(400, "INVALID_INPUT", "Nested composite requests are not "
                                   "supported")
-                _, reply = dispatch(Ctx(state, ctx.user_id, version, ctx.admin), child)
+                _, reply = dispatch(child_ctx(ctx, version, child.headers), child)
             except SfError as err:
                 reply = Reply(err.status, err.rest_body())
+            if not all_or_none:
+                # Independent subrequests commit on their own (own change-event transaction).
+                state.commit_point()
             results[ref] = reply
             answers.append({"body": None if reply.body is NO_BODY else reply.body,
                             "httpHeaders": reply.headers, "httpStatusCode": reply.status,
@@ -380,9 +397,10 @@ def composite_batch(ctx: Ctx, sub: SubRequest, dispatch: Dispatch) -> Reply:
             payload = item.get("richInput", item.get("body", NO_BODY))
             version, child = _sub_from_url(str(item.get("method", "GET")), item["url"], payload,
                                            "/?(?:services/data/)?")
-            _, reply = dispatch(Ctx(ctx.state, ctx.user_id, version, ctx.admin), child)
+            _, reply = dispatch(child_ctx(ctx, version, child.headers), child)
         except SfError as err:
             reply = Reply(err.status, err.rest_body())
+        ctx.state.commit_point()  # every batch subrequest is its own transaction
         has_errors = has_errors or reply.status >= 400
         results.append({"statusCode": reply.status,
                         "result": None if reply.body is NO_BODY else reply.body})

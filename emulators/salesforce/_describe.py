@@ -37,7 +37,7 @@ def versions() -> list[dict[str, str]]:
 def resources(version: str) -> dict[str, str]:
     base = f"/services/data/v{version}"
     return {name: f"{base}/{name}" for name in ("sobjects", "query", "queryAll", "limits",
-                                                "composite")}
+                                                "composite", "actions")}
 
 
 def _urls(sobj: SObjectDef, version: str) -> dict[str, str]:

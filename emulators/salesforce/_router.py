@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 
 from emulators.salesforce import _composite as comp
+from emulators.salesforce import _convert as convert
 from emulators.salesforce import _rest as rest
 from emulators.salesforce._errors import SfError, not_found
 from emulators.salesforce._types import Reply, SubRequest, error_reply
@@ -84,6 +85,19 @@ def _composite_routes(method: str, s: list[str]) -> tuple[str, Handler]:
     raise not_found()
 
 
+def _actions(method: str, s: list[str]) -> tuple[str, Handler]:
+    n = len(s)
+    if n == 1:
+        return _pick(method, {"GET": ("actions", convert.h_actions)})
+    if n == 2 and s[1] == "standard":
+        return _pick(method, {"GET": ("actions", convert.h_standard_actions)})
+    if n == 2 and s[1] == "custom":
+        return _pick(method, {"GET": ("actions", convert.h_custom_actions)})
+    if convert.action_name(s) is not None:
+        return _pick(method, {"POST": ("action_convert_lead", convert.h_convert_lead)})
+    raise not_found()
+
+
 def route(sub: SubRequest) -> tuple[str, Handler]:
     """Return (endpoint kind, handler) or raise NOT_FOUND / METHOD_NOT_ALLOWED."""
     s, method = sub.segments, sub.method
@@ -102,6 +116,8 @@ def route(sub: SubRequest) -> tuple[str, Handler]:
         return _pick(method, {"GET": ("limits", rest.h_limits)})
     if head == "composite":
         return _composite_routes(method, s)
+    if head == "actions":
+        return _actions(method, s)
     raise not_found()
 
 

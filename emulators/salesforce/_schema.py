@@ -228,7 +228,7 @@ _OBJECTS = [
               default="Open - Not Contacted", restricted=True),
         _pick("LeadSource", ("Web", "Phone Inquiry", "Partner Referral", "Purchased List",
                              "Other")),
-        # Conversion fields are read-only here; Lead conversion is a separate (future) feature.
+        # Read-only: set by lead conversion (actions/standard/convertLead, see _convert).
         _ro("IsConverted", "boolean", nillable=False, defaulted=True, default=False),
         _ro("ConvertedDate", "date"),
         _ref("ConvertedAccountId", ["Account"], "ConvertedAccount", createable=False,

@@ -18,6 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emulators.salesforce._cdc import (
+    CDC_ENTITIES,
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_ENTITY_LIMIT,
+    DEFAULT_RETENTION_HOURS,
+    Change,
+    ChangeLog,
+)
+from emulators.salesforce._faults import FaultInjector
 from emulators.salesforce._ids import make_id
 from emulators.salesforce._schema import SCHEMA
 from emulators.salesforce._timefmt import format_datetime
@@ -67,6 +76,13 @@ class OrgState:
             "session_timeout": session_timeout,
             # Shifts the org's clock; lets tests age sessions or the 24 h usage window.
             "clock_offset": 0.0,
+            # Standard Lead/Contact duplicate rules (alert rules: allowSave=true bypasses).
+            "duplicate_rules": True,
+            # Change Data Capture: retention, delivered events per client id and rolling
+            # 24 h, and the per-entity channel selection ceiling (0 = unlimited).
+            "cdc_retention_hours": DEFAULT_RETENTION_HOURS,
+            "cdc_delivery_limit": DEFAULT_DELIVERY_LIMIT,
+            "cdc_entity_limit": DEFAULT_ENTITY_LIMIT,
         }
         self.org_id = make_id("00D", _ORG_SERIAL)
         self.integration_user_id = make_id("005", _INTEGRATION_USER_SERIAL)
@@ -78,6 +94,14 @@ class OrgState:
         self._last_stamp = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._journal: list[tuple[Any, ...]] | None = None
         self._depth = 0
+        # Writes of the open transaction share one timestamp (as DML in Salesforce does),
+        # which is also the commit timestamp of its change events.
+        self._txn_now: dt.datetime | None = None
+        # Changes of the open transaction, (sequence, change); turned into events on commit.
+        self._pending: list[tuple[int, Change]] = []
+        self._change_seq = 0
+        self.cdc = ChangeLog()
+        self.faults = FaultInjector()
         self._clear_data()
 
     # ----------------------------------------------------------------- lifecycle
@@ -86,9 +110,12 @@ class OrgState:
         self.deleted_log: dict[str, list[dict[str, str]]] = {name: [] for name in SCHEMA}
         self.usage: dict[int, int] = {}
         self.stats: dict[str, Any] = {"by_kind": {}, "refused": 0, "unauthorized": 0,
-                                      "token_requests": 0}
+                                      "token_requests": 0, "faults": {}}
         self._ext_index: dict[tuple[str, str], dict[str, set[str]]] = {}
         self.locators.clear()
+        self._pending = []
+        self.cdc.clear()
+        self.faults.clear()
         self._bootstrap()
 
     def _bootstrap(self) -> None:
@@ -110,18 +137,24 @@ class OrgState:
         self.put("User", user)
 
     def reset(self) -> None:
-        """Drop all data and counters; keep config, sessions and the id serial (no id reuse)."""
+        """Drop all data, counters, change events and fault rules; keep config, sessions, the
+        id serial and the replay-id counter (no id is ever reused)."""
         with self.lock:
             self._clear_data()
 
     # ----------------------------------------------------------------- clock & ids
     def now(self) -> dt.datetime:
-        """Org time, millisecond precision, never going backwards between writes."""
+        """Org time, millisecond precision, never going backwards between writes; fixed for
+        the duration of a transaction."""
+        if self._depth > 0 and self._txn_now is not None:
+            return self._txn_now
         raw = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.config["clock_offset"])
         raw = raw.replace(microsecond=raw.microsecond // 1000 * 1000)
         if raw < self._last_stamp:
-            return self._last_stamp
+            raw = self._last_stamp
         self._last_stamp = raw
+        if self._depth > 0:
+            self._txn_now = raw
         return raw
 
     def epoch(self) -> float:
@@ -191,6 +224,8 @@ class OrgState:
         """Open a (possibly nested) transaction; returns a savepoint for ``rollback``."""
         if self._journal is None:
             self._journal = []
+        if self._depth == 0:
+            self._txn_now = None
         self._depth += 1
         return len(self._journal)
 
@@ -208,14 +243,53 @@ class OrgState:
                 else:
                     self.tables[type_][record_id] = old
                     self._index(type_, old)
+            elif entry[0] == "change":
+                seq = entry[1]
+                self._pending = [p for p in self._pending if p[0] < seq]
             else:
                 _, type_, length = entry
                 del self.deleted_log[type_][length:]
 
     def end(self) -> None:
+        """Close a transaction level; leaving the outermost one commits it."""
         self._depth -= 1
         if self._depth == 0:
             self._journal = None
+            self.commit_point()
+            self._txn_now = None
+
+    # ----------------------------------------------------------------- change data capture
+    def capture(self, change: Change) -> None:
+        """Record a row change of the open transaction (committed right away outside one)."""
+        if change.entity not in CDC_ENTITIES:
+            return
+        self._change_seq += 1
+        self._pending.append((self._change_seq, change))
+        if self._journal is not None:
+            self._journal.append(("change", self._change_seq))
+        if self._depth == 0:
+            self.commit_point()
+
+    def commit_point(self) -> None:
+        """Publish the pending changes as one transaction's change events.
+
+        Called when the outermost transaction ends, and by /composite (allOrNone=false) and
+        /composite/batch after each subrequest, whose subrequests commit independently.
+        """
+        if not self._pending:
+            return
+        changes = [change for _, change in self._pending]
+        self._pending = []
+        stamp = self._txn_now or self.now()
+        self.cdc_purge()
+        self.cdc.commit(changes, int(stamp.timestamp() * 1000))
+
+    def epoch_ms(self) -> int:
+        return int(self.epoch() * 1000)
+
+    def cdc_purge(self) -> None:
+        retention_ms = int(float(self.config["cdc_retention_hours"]) * 3_600_000)
+        self.cdc.purge(self.epoch_ms(), retention_ms)
 
     # ----------------------------------------------------------------- API usage
     def _minute(self) -> int:
@@ -279,6 +353,7 @@ class OrgState:
                 "sessions": self.sessions,
                 "usage": {str(k): v for k, v in self.usage.items()},
                 "stats": self.stats,
+                "cdc": self.cdc.to_json(),
             }
 
     @classmethod
@@ -294,6 +369,8 @@ class OrgState:
         state.sessions = data["sessions"]
         state.usage = {int(k): v for k, v in data["usage"].items()}
         state.stats = data["stats"]
+        state.stats.setdefault("faults", {})
+        state.cdc = ChangeLog.from_json(data.get("cdc", {}))
         state.deleted_log = {name: list(data["deleted_log"].get(name, [])) for name in SCHEMA}
         state.tables = {name: {} for name in SCHEMA}
         state._ext_index = {}

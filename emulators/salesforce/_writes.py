@@ -8,10 +8,13 @@ resource the client used. Callers hold ``state.lock``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from emulators.salesforce._cdc import Change
+from emulators.salesforce._duplicates import DUPLICATE_TYPES, duplicates_error, find_duplicates
 from emulators.salesforce._errors import SfError, invalid_field, invalid_type, not_found
+from emulators.salesforce._faults import LockFault
 from emulators.salesforce._ids import canonical_id
 from emulators.salesforce._schema import (
     CASE_CLOSED_STATUSES,
@@ -30,11 +33,13 @@ from emulators.salesforce._timefmt import format_datetime, parse_date, parse_dat
 
 __all__ = [
     "Ctx",
+    "check_lock",
     "create",
     "delete",
     "find_record",
     "record_url",
     "require_sobject",
+    "undelete",
     "update",
     "upsert",
     "wire_record",
@@ -50,12 +55,30 @@ _ADMIN_SETTABLE = frozenset({"CreatedDate", "LastModifiedDate", "SystemModstamp"
 
 @dataclass
 class Ctx:
-    """Who is calling and how: the authenticated user and the API version in the URL."""
+    """Who is calling and how: the authenticated user and the API version in the URL, plus
+    request options that change write behaviour."""
 
     state: OrgState
     user_id: str
     version: str = "59.0"
     admin: bool = False
+    # changeOrigin of change events: com/salesforce/api/{api}/{version}[;client={id}].
+    api: str = "rest"
+    call_client: str | None = None  # from ``Sforce-Call-Options: client=...``
+    # Sforce-Duplicate-Rule-Header: allowSave / includeRecordDetails.
+    allow_duplicates: bool = False
+    include_record_details: bool = False
+    # Injected UNABLE_TO_LOCK_ROW fault for this request (admin fault rules).
+    lock_fault: LockFault | None = None
+    # Records the duplicate rules ignore (the lead being converted).
+    duplicate_exempt: frozenset[str] = field(default_factory=frozenset)
+
+    def change_origin(self) -> str:
+        """Empty for admin/automation writes, as for UI Classic and automation in Salesforce."""
+        if self.admin or not self.api:
+            return ""
+        origin = f"com/salesforce/api/{self.api}/{self.version}"
+        return f"{origin};client={self.call_client}" if self.call_client else origin
 
 
 def require_sobject(name: str, *, status: int = 404) -> SObjectDef:
@@ -354,6 +377,7 @@ def create(ctx: Ctx, type_name: str, body: Any, *, status: int = 404) -> str:
     if not sobj.createable and not ctx.admin:
         raise SfError(400, "INVALID_TYPE_FOR_OPERATION",
                       f"entity type {sobj.name} does not support insert")
+    check_lock(ctx, sobj.name, None)
     changes = _coerce_body(ctx, sobj, body, creating=True)
     state = ctx.state
     record = state.blank(sobj.name)
@@ -376,7 +400,10 @@ def create(ctx: Ctx, type_name: str, body: Any, *, status: int = 404) -> str:
         raise SfError(400, "DUPLICATE_VALUE", f"duplicate value found: Id {record['Id']}", [])
     _derive(ctx, sobj, record, changes, None)
     _check_unique(ctx, sobj, record)
+    _check_duplicates(ctx, sobj, record, None)
     state.put(sobj.name, record)
+    state.capture(Change(sobj.name, record["Id"], "CREATE", None, record, ctx.user_id,
+                         ctx.change_origin()))
     return str(record["Id"])
 
 
@@ -402,6 +429,7 @@ def update(ctx: Ctx, type_name: str, raw_id: str, body: Any, *, status: int = 40
     if sobj.name == "Lead" and before["IsConverted"] and not ctx.admin:
         raise SfError(400, "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead",
                       [])
+    check_lock(ctx, sobj.name, before["Id"])
     changes = _coerce_body(ctx, sobj, body, creating=False, record_id=before["Id"])
     record = dict(before)
     for key, value in changes.items():
@@ -417,7 +445,10 @@ def update(ctx: Ctx, type_name: str, raw_id: str, body: Any, *, status: int = 40
         record.update({k: v for k, v in changes.items() if k in _ADMIN_SETTABLE})
     _derive(ctx, sobj, record, changes, before)
     _check_unique(ctx, sobj, record)
+    _check_duplicates(ctx, sobj, record, before)
     ctx.state.put(sobj.name, record)
+    ctx.state.capture(Change(sobj.name, record["Id"], "UPDATE", before, record, ctx.user_id,
+                             ctx.change_origin()))
     return str(record["Id"])
 
 
@@ -469,14 +500,65 @@ def delete(ctx: Ctx, raw_id: str, *, type_name: str | None = None) -> str:
     if not sobj.deletable:
         raise SfError(400, "INVALID_TYPE_FOR_OPERATION",
                       f"entity type {sobj.name} does not support delete")
+    check_lock(ctx, sobj.name, record_id)
     _soft_delete(ctx, sobj.name, record)
     return record_id
 
 
+def undelete(ctx: Ctx, raw_id: str) -> str:
+    """Restore a recycle-bin record (admin only: REST has no undelete resource)."""
+    record_id = canonical_id(raw_id) if isinstance(raw_id, str) else None
+    type_ = type_of_id(record_id) if record_id else None
+    record = ctx.state.get(type_, record_id) if type_ and record_id else None
+    if record is None:
+        raise SfError(400, "INVALID_ID_FIELD", f"invalid record id: {raw_id}", ["Id"])
+    if not record["IsDeleted"]:
+        raise SfError(400, "UNDELETE_FAILED", "Entity is not in the recycle bin", [])
+    assert type_ is not None
+    stamp = format_datetime(ctx.state.now())
+    restored = {**record, "IsDeleted": False, "LastModifiedDate": stamp, "SystemModstamp": stamp,
+                "LastModifiedById": ctx.user_id}
+    _check_unique(ctx, SCHEMA[type_], restored)
+    ctx.state.put(type_, restored)
+    ctx.state.capture(Change(type_, record["Id"], "UNDELETE", record, restored, ctx.user_id,
+                             ctx.change_origin()))
+    return str(record["Id"])
+
+
+def check_lock(ctx: Ctx, type_name: str, record_id: str | None) -> None:
+    """Raise the injected UNABLE_TO_LOCK_ROW fault for DML on ``type_name``, if any."""
+    fault = ctx.lock_fault
+    if fault is None or not fault.applies_to(type_name):
+        return
+    message = fault.message or ("unable to obtain exclusive access to this record"
+                                + (f" or 1 records: {record_id}" if record_id else ""))
+    raise SfError(400, "UNABLE_TO_LOCK_ROW", message, [])
+
+
+def _check_duplicates(ctx: Ctx, sobj: SObjectDef, record: dict[str, Any],
+                      before: dict[str, Any] | None) -> None:
+    """Standard Lead/Contact duplicate rules on Email (see ``_duplicates``)."""
+    if (sobj.name not in DUPLICATE_TYPES or ctx.admin or ctx.allow_duplicates
+            or not ctx.state.config.get("duplicate_rules", True)):
+        return
+    email = record.get("Email")
+    if not email or (sobj.name == "Lead" and record.get("IsConverted")):
+        return
+    if before is not None and str(before.get("Email") or "").lower() == str(email).lower():
+        return
+    matches = find_duplicates(ctx.state, str(email), {record["Id"], *ctx.duplicate_exempt})
+    if matches:
+        raise duplicates_error(sobj.name, ctx.version, matches,
+                               ctx.include_record_details)
+
+
 def _soft_delete(ctx: Ctx, type_: str, record: dict[str, Any]) -> None:
     stamp = format_datetime(ctx.state.now())
-    ctx.state.put(type_, {**record, "IsDeleted": True, "LastModifiedDate": stamp,
-                          "SystemModstamp": stamp, "LastModifiedById": ctx.user_id})
+    deleted = {**record, "IsDeleted": True, "LastModifiedDate": stamp,
+               "SystemModstamp": stamp, "LastModifiedById": ctx.user_id}
+    ctx.state.put(type_, deleted)
+    ctx.state.capture(Change(type_, record["Id"], "DELETE", record, deleted, ctx.user_id,
+                             ctx.change_origin()))
     ctx.state.log_delete(type_, record["Id"], stamp)
     for child in SCHEMA.values():
         cascading = [f for f in child.fields if f.cascade_delete and type_ in f.reference_to]

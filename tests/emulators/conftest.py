@@ -4,11 +4,13 @@ simple-salesforce with ``session_id=`` and a CA-pinned session)."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import requests
 from simple_salesforce import Salesforce
@@ -18,6 +20,7 @@ from emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, OrgSt
 from emulators.tls import TlsFiles, ensure_ca
 
 _open_sessions: list[requests.Session] = []
+_open_clients: list[httpx.Client] = []
 
 
 def pinned_session(ca: Path) -> requests.Session:
@@ -34,6 +37,42 @@ def close_sessions() -> None:
     """Close every client session opened by these fixtures (frees server connections)."""
     while _open_sessions:
         _open_sessions.pop().close()
+    while _open_clients:
+        _open_clients.pop().close()
+
+
+class CdcSubscriber:
+    """Reads the emulator's change-event feed (``/__cdc/events``) with plain httpx, the way a
+    frontforce CDC source under test would, authenticated with its own access token."""
+
+    def __init__(self, base_url: str, ca: Path, access_token: str) -> None:
+        self.access_token = access_token
+        self.http = httpx.Client(base_url=base_url, trust_env=False, timeout=60.0,
+                                 verify=ssl.create_default_context(cafile=str(ca)),
+                                 headers={"Authorization": f"Bearer {access_token}"})
+        _open_clients.append(self.http)
+
+    def get(self, channel: str = "/data/ChangeEvents", replay_id: int = -2,
+            **params: Any) -> httpx.Response:
+        return self.http.get("/__cdc/events",
+                             params={"channel": channel, "replay_id": replay_id, **params})
+
+    def poll(self, channel: str = "/data/ChangeEvents", replay_id: int = -2,
+             **params: Any) -> dict[str, Any]:
+        resp = self.get(channel, replay_id, **params)
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
+
+    def events(self, channel: str = "/data/ChangeEvents", replay_id: int = -2,
+               **params: Any) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self.poll(channel, replay_id, **params)["events"]
+        return events
+
+    def tip(self, channel: str = "/data/ChangeEvents") -> int:
+        """The current LATEST position: store it, then read only what happens next."""
+        latest: int = self.poll(channel, -1)["latest_replay_id"]
+        return latest
 
 
 @dataclass
@@ -73,6 +112,9 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.admin("GET", "stats")
         return stats
+
+    def subscriber(self) -> CdcSubscriber:
+        return CdcSubscriber(self.base_url, self.ca, self.token()["access_token"])
 
 
 @pytest.fixture(scope="session")

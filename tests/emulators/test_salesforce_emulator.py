@@ -492,7 +492,9 @@ def test_lookup_owner_and_lead_rules(emulator: Emulator, sf: Salesforce) -> None
 def test_get_by_non_unique_lookup_field_can_be_ambiguous(sf: Salesforce) -> None:
     one = sf.Contact.create({"LastName": "A", "Email": "same@x.com"})["id"]
     assert sf.Contact.get_by_custom_id("Email", "SAME@x.com")["Id"] == one
-    two = sf.Contact.create({"LastName": "B", "Email": "same@x.com"})["id"]
+    # The standard duplicate rule would refuse the second one; allowSave lets it through.
+    two = sf.Contact.create({"LastName": "B", "Email": "same@x.com"},
+                            headers={"Sforce-Duplicate-Rule-Header": "allowSave=true"})["id"]
     with pytest.raises(SalesforceMoreThanOneRecord) as exc:
         sf.Contact.get_by_custom_id("Email", "same@x.com")
     assert exc.value.status == 300

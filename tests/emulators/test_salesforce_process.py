@@ -16,7 +16,7 @@ from simple_salesforce.exceptions import SalesforceResourceNotFound
 
 from emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, OrgState
 from emulators.salesforce._writes import Ctx, create
-from tests.emulators.conftest import Emulator, close_sessions, pinned_session
+from tests.emulators.conftest import CdcSubscriber, Emulator, close_sessions, pinned_session
 
 REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"^salesforce emulator ready on (https://127\.0\.0\.1:(\d+)) \(ca: (.+)\)$")
@@ -33,6 +33,9 @@ class Running:
                            auth=(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)).json()
         return Salesforce(session_id=tok["access_token"], instance_url=tok["instance_url"],
                           session=session, version="59.0")
+
+    def subscriber(self, sf: Salesforce) -> CdcSubscriber:
+        return CdcSubscriber(self.base_url, self.ca, sf.session_id)
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -76,6 +79,7 @@ def test_persist_survives_restart(launch: Any, tmp_path: Path) -> None:
     sf.query("SELECT Id FROM Contact")
     used_before = sf.api_usage["api-usage"].used
     assert used_before == 3
+    stored = first.subscriber(sf).poll(replay_id=-2)["latest_replay_id"]
     assert first.terminate() == -signal.SIGTERM  # uvicorn re-raises the signal after saving
     assert (tmp_path / "sf" / "salesforce-state.json").exists()
 
@@ -88,6 +92,10 @@ def test_persist_survives_restart(launch: Any, tmp_path: Path) -> None:
     sf2.query("SELECT Id FROM Task")
     usage = sf2.api_usage["api-usage"]
     assert (usage.used, usage.total) == (used_before + 3, 500)
+    # Change events persist with the org: replay continues from a position stored earlier.
+    events = second.subscriber(sf2).events(replay_id=stored)
+    assert [e["payload"]["ChangeEventHeader"]["changeType"] for e in events] == ["UPDATE"]
+    assert events[0]["replayId"] > stored
     # Sessions are org state as well: the first instance's token still works.
     old = pinned_session(second.ca).get(
         f"{second.base_url}/services/data/v59.0/sobjects/Contact/{contact_id}",
@@ -155,3 +163,16 @@ def test_orgstate_json_roundtrip(tmp_path: Path) -> None:
     with loaded.lock:
         again = create(Ctx(loaded, loaded.integration_user_id), "Case", {})
     assert again != record_id and loaded.serial == state.serial + 1
+
+
+def test_cli_flags_for_duplicates_and_cdc(launch: Any) -> None:
+    running = launch("--no-duplicate-rules", "--cdc-retention-hours", "12",
+                     "--cdc-delivery-limit", "7", "--cdc-entity-limit", "0")
+    session = pinned_session(running.ca)
+    config = session.get(f"{running.base_url}/__admin/config").json()
+    assert (config["duplicate_rules"], config["cdc_retention_hours"],
+            config["cdc_delivery_limit"], config["cdc_entity_limit"]) == (False, 12.0, 7, 0)
+    sf = running.client()
+    sf.Contact.create({"LastName": "A", "Email": "same@acme.com"})
+    assert sf.Contact.create({"LastName": "B", "Email": "same@acme.com"})["success"]
+    running.terminate()
