@@ -5,6 +5,34 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["APP_WEBHOOK_TYPES", "app_webhook_type", "inbound_email_event"]
+
+# Envelope ``type`` of application webhooks per Events-API type. Names come from third-party
+# code (fact sheet §7.1, unconfirmed); receivers should key on ``payload.type`` instead.
+APP_WEBHOOK_TYPES = {
+    "inbound": "inbound_received",
+    "outbound": "outbound_sent",
+    "out_reply": "outbound_sent",
+    "sending_error": "message_delivery_failed",
+    "message_bounce_error": "message_delivery_failed",
+    "move": "conversation_moved",
+    "archive": "conversation_archived",
+    "reopen": "conversation_reopened",
+    "trash": "conversation_deleted",
+    "restore": "conversation_restored",
+    "comment": "new_comment_added",
+    "assign": "assignee_changed",
+    "unassign": "assignee_changed",
+    "tag": "tag_added",
+    "untag": "tag_removed",
+    "link_added": "link_added",
+    "link_removed": "link_removed",
+}
+
+
+def app_webhook_type(event_type: str) -> str:
+    return APP_WEBHOOK_TYPES.get(event_type, event_type)
+
 
 def inbound_email_event(*, base_url: str, event_id: str, conversation_id: str, message_id: str,
                         inbox_id: str, sender: str, sender_name: str | None, to: str,

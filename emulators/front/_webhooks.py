@@ -1,8 +1,8 @@
 """Deliver events the way Front does (reference/front-api.md §7): application webhooks
 with an envelope, ``x-front-request-timestamp`` (epoch ms) and a base64 HMAC-SHA256 over
-``timestamp:body``; rule webhooks with a base64 HMAC-SHA1 over the body. At least once:
-non-2xx or a timeout is retried (3 times by default), and a delivery can be duplicated on
-purpose to exercise the receiver's idempotency."""
+``timestamp:body``; rule webhooks with the bare event and a base64 HMAC-SHA1 over the body
+(no timestamp). At least once: non-2xx or a timeout is retried (3 times by default), and a
+delivery can be duplicated on purpose to exercise the receiver's idempotency."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+__all__ = ["WebhookEmitter", "sign_app", "sign_rule"]
+
 
 def sign_app(secret: bytes, timestamp_ms: str, body: bytes) -> str:
     return base64.b64encode(
@@ -30,18 +32,24 @@ def sign_rule(secret: bytes, body: bytes) -> str:
 @dataclass
 class WebhookEmitter:
     url: str
-    app_secret: bytes
+    app_secret: bytes  # the app secret, or the Webhooks app "API secret" when kind == "rule"
     company_id: str = "cmp_k30"
     retries: int = 3
     duplicate_rate: float = 0.0
     timeout_s: float = 5.0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
+    # "app": envelope + SHA-256 over "ts:body"; "rule": bare event + SHA-1 over the body.
+    kind: str = "app"
+    # First retry delay; doubles per attempt, capped at 2 s.
+    backoff_s: float = 0.2
     delivered: int = 0
     attempts: int = 0
     duplicates: int = 0
     failures: int = 0
 
     def __post_init__(self) -> None:
+        if self.kind not in ("app", "rule"):
+            raise ValueError(f"webhook kind must be 'app' or 'rule', not {self.kind!r}")
         self._client = httpx.Client(timeout=self.timeout_s)
 
     def close(self) -> None:
@@ -49,17 +57,23 @@ class WebhookEmitter:
 
     def _post(self, body: bytes, extra: dict[str, str] | None = None,
               timestamp_ms: str | None = None) -> httpx.Response:
-        ts = timestamp_ms or str(int(time.time() * 1000))
-        headers = {
-            "content-type": "application/json",
-            "x-front-request-timestamp": ts,
-            "x-front-signature": sign_app(self.app_secret, ts, body),
-            **(extra or {}),
-        }
+        headers = {"content-type": "application/json"}
+        if self.kind == "rule":
+            headers["x-front-signature"] = sign_rule(self.app_secret, body)
+        else:
+            ts = timestamp_ms or str(int(time.time() * 1000))
+            headers["x-front-request-timestamp"] = ts
+            headers["x-front-signature"] = sign_app(self.app_secret, ts, body)
+        headers.update(extra or {})
         return self._client.post(self.url, content=body, headers=headers)
 
     def register(self) -> str:
-        """The validation handshake Front performs when a webhook is saved."""
+        """The validation handshake Front performs when an application webhook is saved:
+        a signed ``sync`` body with ``x-front-challenge``; the receiver must echo the value
+        (text, form ``challenge=…`` or JSON ``{"challenge": …}`` all contain it). Rule
+        webhooks have no handshake: returns ""."""
+        if self.kind == "rule":
+            return ""
         challenge = base64.urlsafe_b64encode(self.rng.randbytes(18)).decode()
         body = json.dumps({"type": "sync", "authorization": {"id": self.company_id}}).encode()
         resp = self._post(body, {"x-front-challenge": challenge})
@@ -71,9 +85,13 @@ class WebhookEmitter:
         return json.dumps({"type": kind, "authorization": {"id": self.company_id},
                            "payload": event}).encode()
 
+    def body_for(self, event: dict[str, Any], kind: str = "inbound_received") -> bytes:
+        """The exact bytes sent (and signed) for ``event``."""
+        return json.dumps(event).encode() if self.kind == "rule" else self.envelope(event, kind)
+
     def deliver(self, event: dict[str, Any], kind: str = "inbound_received") -> int:
         """Deliver with retries; maybe deliver twice. Returns the last status code."""
-        body = self.envelope(event, kind)
+        body = self.body_for(event, kind)
         status = self._deliver_once(body)
         if self.duplicate_rate and self.rng.random() < self.duplicate_rate:
             self.duplicates += 1
@@ -91,6 +109,7 @@ class WebhookEmitter:
             if 200 <= status < 300:
                 self.delivered += 1
                 return status
-            time.sleep(min(2.0, 0.2 * 2 ** attempt))
+            if attempt < self.retries:
+                time.sleep(min(2.0, self.backoff_s * 2 ** attempt))
         self.failures += 1
         return status
