@@ -50,6 +50,7 @@ class LocalStack:
     app_id: str = "frontforce"
     persist: bool = True
     app_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    rule_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     sf_client_id: str = "frontforce-demo"
     sf_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -88,6 +89,7 @@ class LocalStack:
             "KAFKA_CONTROLLER_PORT": str(self.ports.controller),
             "REGISTRY_PORT": str(self.ports.registry),
             "FRONTFORCE_FRONT_APP_SECRET": self.app_secret,
+            "FRONTFORCE_FRONT_RULE_SECRET": self.rule_secret,
             "FRONTFORCE_SF_CLIENT_SECRET": self.sf_client_secret,
         })
         return env
@@ -136,6 +138,7 @@ kafka:
   partitions: 3
 front:
   app_secret: "${{FRONTFORCE_FRONT_APP_SECRET}}"
+  rule_secret: "${{FRONTFORCE_FRONT_RULE_SECRET}}"
 receiver:
   port: {self.ports.receiver}
 salesforce:
@@ -154,6 +157,7 @@ sink:
     def settings(self) -> Settings:
         """The pipeline's settings as its processes see them (secrets from our env)."""
         os.environ["FRONTFORCE_FRONT_APP_SECRET"] = self.app_secret
+        os.environ["FRONTFORCE_FRONT_RULE_SECRET"] = self.rule_secret
         os.environ["FRONTFORCE_SF_CLIENT_SECRET"] = self.sf_client_secret
         return load_settings(self.state_dir / "frontforce.yaml")
 

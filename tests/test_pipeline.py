@@ -144,6 +144,19 @@ def test_bad_signature_and_stale_timestamp_get_401_and_nothing_reaches_kafka(pip
     assert f"evt_{tag}1" not in ids and f"evt_{tag}2" not in ids
 
 
+def test_rule_webhook_signed_with_sha1_becomes_a_task(pipeline: Pipeline) -> None:
+    """Rule webhooks carry the bare event and an HMAC-SHA1 signature, no timestamp."""
+    tag = uuid.uuid4().hex[:6]
+    rules_url = pipeline.stack.receiver_url + "/rules"
+    emitter = WebhookEmitter(rules_url, pipeline.stack.rule_secret.encode(), kind="rule")
+    assert emitter.deliver(event(KNOWN[4].email, tag)) == 200
+    [task] = pipeline.tasks_for({f"msg_{tag}0"}, expect=1)
+    assert task["WhoId"] == pipeline.contact_ids[KNOWN[4].email]
+    forged = WebhookEmitter(rules_url, b"not-the-secret", kind="rule", retries=0)
+    assert forged.deliver(event(KNOWN[4].email, tag, 1)) == 401
+    assert f"evt_{tag}1" not in {e["event_id"] for e in pipeline.topic("front.events")}
+
+
 def test_malformed_bodies_get_clear_4xx(pipeline: Pipeline) -> None:
     secret = pipeline.stack.app_secret.encode()
 

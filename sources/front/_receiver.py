@@ -58,6 +58,15 @@ def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serd
         log.warning("webhook refused", status=status, reason=why)
         return _error(status, why)
 
+    def parse_object(body: bytes) -> dict[str, Any] | Response:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return refuse(400, "body is not JSON")
+        if not isinstance(doc, dict):
+            return refuse(400, "body is not a JSON object")
+        return doc
+
     async def app_webhook(request: Request) -> Response:
         body = await request.body()
         try:
@@ -71,12 +80,9 @@ def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serd
         except SignatureError as exc:
             return refuse(401, str(exc))
         challenge = request.headers.get("x-front-challenge")
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return refuse(400, "body is not JSON")
-        if not isinstance(doc, dict):
-            return refuse(400, "body is not a JSON object")
+        doc = parse_object(body)
+        if isinstance(doc, Response):
+            return doc
         if challenge is not None or doc.get("type") == "sync":
             # Validation handshake: echo the challenge; a sync is not an event.
             return PlainTextResponse(challenge or "")
@@ -99,12 +105,9 @@ def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serd
             verify_rule_webhook(rule_secret, request.headers.get("x-front-signature"), body)
         except SignatureError as exc:
             return refuse(401, str(exc))
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return refuse(400, "body is not JSON")
-        if not isinstance(doc, dict):
-            return refuse(400, "body is not a JSON object")
+        doc = parse_object(body)
+        if isinstance(doc, Response):
+            return doc
         try:
             event = normalize_event(doc, "RULE_WEBHOOK")
         except UnsupportedEvent as exc:
