@@ -144,6 +144,12 @@ class Settings(_Model):
         a = self.worker.app_id
         return {"match_keys": f"{a}-match-keys", "by_handle": f"{a}-front-by-handle"}
 
+    @property
+    def worker_table_topics(self) -> dict[str, str]:
+        """Changelog topics of the worker's tables: Faust creates them (compacted); their
+        values are registered Avro like every other topic."""
+        return {"match_table": f"{self.worker.app_id}-record-match-changelog"}
+
 
 def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
     """Record the 1-based line of every key/value in the YAML tree, by path."""

@@ -148,7 +148,8 @@ class Contracts:
         self.registry = registry or registry_client(settings.kafka.schema_registry_url)
         prefix = settings.kafka.topic_prefix
         self.subjects = {f"{prefix}{logical}-value": logical for logical in SCHEMA_FILES}
-        self.subjects.update({f"{settings.worker_topics[k]}-value": k for k in WORKER_SCHEMA_FILES})
+        worker = {**settings.worker_topics, **settings.worker_table_topics}
+        self.subjects.update({f"{worker[k]}-value": k for k in WORKER_SCHEMA_FILES})
         # A different folder of .avsc files (a branch's, a proposed change) instead of ours.
         self.schemas_dir = schemas_dir
 

@@ -36,7 +36,8 @@ class Serde:
         prefix = settings.kafka.topic_prefix
         # physical topic -> logical topic (the schema's name in schemas/)
         self._logical = {f"{prefix}{logical}": logical for logical in SCHEMA_FILES}
-        self._logical.update({settings.worker_topics[k]: k for k in WORKER_SCHEMA_FILES})
+        worker = {**settings.worker_topics, **settings.worker_table_topics}
+        self._logical.update({worker[k]: k for k in WORKER_SCHEMA_FILES})
         self._ser: dict[str, AvroSerializer] = {}
         self._de: dict[str, AvroDeserializer] = {}
 

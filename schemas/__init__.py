@@ -26,6 +26,7 @@ SCHEMA_FILES: dict[str, str] = {
 # -> schema file. Wire format there too, so any tool can inspect a worker's traffic.
 WORKER_SCHEMA_FILES: dict[str, str] = {
     "match_keys": "match_entry.avsc",
+    "match_table": "match_candidates.avsc",
 }
 
 # Topics whose operation field is a union of records: decoded with return_record_name so a

@@ -26,6 +26,7 @@ from typing import Any
 
 import faust
 import structlog
+from faust.serializers.codecs import Codec
 
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError
@@ -37,6 +38,22 @@ log = structlog.get_logger("streams")
 
 _RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                         "key_serializer": "raw", "value_serializer": "raw"}
+
+
+class AvroCodec(Codec):
+    """Faust codec for a table's values: Confluent wire format through ``Serde``, under the
+    changelog topic's subject, so the changelog reads like any other topic."""
+
+    def __init__(self, serde: Serde, topic: str) -> None:
+        super().__init__()
+        self.serde = serde
+        self.topic = topic
+
+    def _dumps(self, obj: Any) -> bytes:
+        return self.serde.encode(self.topic, obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return self.serde.decode(self.topic, s)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -67,10 +84,11 @@ def create_app(settings: Settings) -> faust.App:
     internal = settings.worker_topics
     match_keys = app.topic(internal["match_keys"], partitions=n, internal=True, **_RAW)
     by_handle = app.topic(internal["by_handle"], partitions=n, internal=True, **_RAW)
-    # Values are small dicts {record id: MatchEntry}. The changelog is the one topic not in
-    # Avro: it is Faust's private recovery log for this table (JSON), rebuilt from match-keys
-    # if lost; everything else the worker reads or writes is registered wire format.
+    # Values {"candidates": {record id: MatchCandidate}}, stored (RocksDB) and logged
+    # (changelog topic) through an Avro codec over the same serializers as every topic.
     table = app.Table("record-match", default=None, partitions=n, key_type=str)
+    table.value_serializer = AvroCodec(  # type: ignore[attr-defined]  # read lazily by Faust
+        serde, settings.worker_table_topics["match_table"])
 
     async def dead_letter(event: faust.types.EventT, stage: str, exc: BaseException) -> None:
         msg = event.message
@@ -109,7 +127,8 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 key = event.key.decode()
                 entry = serde.decode(internal["match_keys"], event.value)
-                table[key] = merge_entry(table.get(key), entry)
+                held = table.get(key)
+                table[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
             except InvalidRecordError as exc:
                 await dead_letter(event, "decode", exc)
             except Exception as exc:  # noqa: BLE001
@@ -159,7 +178,8 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 fe = serde.decode(topics.front_events, event.value)
                 key = event.key.decode()
-                found = choose_match(table.get(key))
+                held = table.get(key)
+                found = choose_match(held and held["candidates"])
                 if found is None:
                     await emit_audit(event, fe, "SKIPPED", f"no Contact matches {key}")
                     log.info("unmatched", handle=key, event_id=fe["event_id"])

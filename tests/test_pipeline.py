@@ -245,3 +245,15 @@ def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeli
     assert sorted((d["original_topic"], d["stage"]) for d in poisoned) == sorted(
         [(f"{prefix}front.events", "decode"), (f"{prefix}commands.salesforce", "decode")])
     assert all("not Confluent wire format" in d["error_message"] for d in poisoned)
+
+
+def test_worker_internal_topics_are_wire_format_too(pipeline: Pipeline) -> None:
+    """The match-keys repartition topic and the table's changelog hold registered Avro."""
+    stack = pipeline.stack
+    settings = stack.settings()
+    changelog = settings.worker_table_topics["match_table"]
+    values = read_topic(stack.bootstrap, stack.registry_url, changelog)
+    keys = read_topic(stack.bootstrap, stack.registry_url, settings.worker_topics["match_keys"])
+    ids = {c["id"] for v in values for c in v["candidates"].values()}
+    assert set(pipeline.contact_ids.values()) <= ids
+    assert {k["id"] for k in keys} >= set(pipeline.contact_ids.values())
