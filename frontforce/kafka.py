@@ -40,6 +40,9 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
+        # A dead member's partitions are reassigned after 10 s (librdkafka default: 45 s).
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 2000,
     }
     conf.update(extra)
     return conf

@@ -70,6 +70,9 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.kafka.replication_factor,
         web_enabled=False,
         broker_commit_interval=1.0,
+        # A killed worker's partitions move after 10 s, not aiokafka's default minute.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         processing_guarantee="at_least_once",
