@@ -2,7 +2,8 @@
 Accounts and Contacts, and a Front inbox receiving email from them and from strangers.
 
     python -m emulators.scenario seed --salesforce https://127.0.0.1:8443 --ca CA --known 40
-    python -m emulators.scenario send --receiver URL --secret S --messages 200 --senders 50
+    python -m emulators.scenario send --receiver URL --secret S --messages 200 --senders 50 \
+        [--front http://127.0.0.1:8095]   # deliver through the Front emulator
 
 Deterministic for a given --seed, so seed and send agree on who is known.
 """
@@ -101,6 +102,43 @@ def send_messages(emitter: WebhookEmitter, senders: list[Person], messages: int,
             "senders": len(sent_from), "sent_from": sent_from}
 
 
+def send_through_front(front_url: str, receiver: str, secret: str, senders: list[Person],
+                       messages: int, seed: int, duplicate_rate: float) -> dict[str, Any]:
+    """Play the inbox through the Front emulator: subscribe the receiver as an application
+    webhook (Front's challenge handshake included), simulate inbound emails, and let the
+    emulator deliver the webhooks, at least once, the way Front does."""
+    rng = random.Random(seed + 1)
+    with httpx.Client(base_url=front_url, timeout=60) as front:
+        r = front.post("/__admin/webhooks", json={
+            "url": receiver, "kind": "app", "secret": secret, "duplicate_rate": duplicate_rate})
+        r.raise_for_status()
+        sub_id = r.json()["id"]
+        threads: dict[str, str] = {}
+        sent_from: dict[str, int] = {}
+        for i in range(messages):
+            person = senders[i] if i < len(senders) else rng.choice(senders)
+            topic = rng.choice(TOPICS)
+            thread = f"{person.email}/{topic}"
+            r = front.post("/__admin/simulate/inbound", json={
+                "from": person.email, "name": f"{person.first} {person.last}",
+                "subject": topic, "text": f"Hi, {topic.lower()} - message {i} from {person.first}.",
+                **({"conversation_id": threads[thread]} if thread in threads else {})})
+            r.raise_for_status()
+            threads.setdefault(thread, r.json()["conversation_id"])
+            sent_from[person.email] = sent_from.get(person.email, 0) + 1
+        r = front.post("/__admin/webhooks/drain", json={"timeout": 120})
+        r.raise_for_status()
+        deliveries = [d for d in front.get("/__admin/webhooks").json()["deliveries"]
+                      if d["subscription"] == sub_id]
+    failed = [d for d in deliveries if not 200 <= int(d["status"]) < 300]
+    if failed or len(deliveries) != messages:
+        raise RuntimeError(f"{len(failed)} webhooks refused, {len(deliveries)} of {messages} delivered")
+    duplicates = sum(1 for d in deliveries if d["duplicated"])
+    return {"messages": messages, "deliveries": len(deliveries) + duplicates,
+            "duplicates": duplicates, "attempts": sum(int(d["attempts"]) for d in deliveries),
+            "senders": len(sent_from), "sent_from": sent_from}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m emulators.scenario")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -112,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--known", type=int, default=40)
         p.add_argument("--seed", type=int, default=42)
     snd.add_argument("--receiver", required=True)
+    snd.add_argument("--front", default=None,
+                     help="Front emulator URL: deliver through it instead of signing here")
     snd.add_argument("--secret", required=True)
     snd.add_argument("--messages", type=int, default=200)
     snd.add_argument("--duplicate-rate", type=float, default=0.05)
@@ -122,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "seed":
         out = seed_salesforce(args.salesforce, args.ca, known)
         out["known"] = [p.email for p in known]
+    elif args.front:
+        out = send_through_front(args.front, args.receiver, args.secret, everyone,
+                                 args.messages, args.seed, args.duplicate_rate)
     else:
         emitter = WebhookEmitter(args.receiver, args.secret.encode(),
                                  duplicate_rate=args.duplicate_rate)
@@ -129,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             out = send_messages(emitter, everyone, args.messages, args.seed, args.run_id)
         finally:
             emitter.close()
+    if args.cmd == "send":
         out["known_senders"] = sum(1 for e in out["sent_from"] if e in {p.email for p in known})
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")

@@ -100,8 +100,9 @@ def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
     try:
         say("starting Kafka and the schema registry (first run downloads them from Maven Central)")
         stack.start_infra()
-        say("starting the Salesforce emulator (HTTPS, local CA)")
+        say("starting the Salesforce emulator (HTTPS, local CA) and the Front emulator")
         stack.start_salesforce()
+        stack.start_front()
         assert stack.ca_file is not None
         stack.write_config()
         say("creating topics and registering schemas")
@@ -119,10 +120,12 @@ def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
                             timeout_s=120):
             say("worker did not index the snapshot in time")
             return 1
-        say(f"Front sends {messages} inbound emails from {senders} senders (signed webhooks)")
+        say(f"Front (emulator) receives {messages} inbound emails from {senders} senders and "
+            "delivers them as signed webhooks")
         sent = json.loads(subprocess.run(
             [sys.executable, "-m", "emulators.scenario", "send", "--receiver",
-             stack.receiver_url, f"--secret={stack.app_secret}", "--messages", str(messages),
+             stack.receiver_url, f"--secret={stack.app_secret}", "--front", stack.front_url,
+             "--messages", str(messages),
              "--senders", str(senders), "--known", str(known)],
             check=True, capture_output=True, text=True, cwd=REPO).stdout)
         say("waiting for the pipeline to settle")

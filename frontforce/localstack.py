@@ -40,6 +40,7 @@ class Ports:
     registry: int = 8081
     salesforce: int = 8443
     receiver: int = 8090
+    front: int = 8095
 
 
 @dataclass
@@ -109,21 +110,34 @@ class LocalStack:
                 f"--client-secret={self.sf_client_secret}"]
         if self.persist:
             args.append("--persist")
-        log = (self.logs / "salesforce-emulator.log").open("ab")
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=self.env(),
-                                cwd=REPO)
-        self.procs["salesforce-emulator"] = proc
+        m = self._start_emulator("salesforce-emulator", args, r"ready on (\S+) \(ca: ([^)]+)\)")
+        self.ca_file = Path(m.group(2))
+
+    @property
+    def front_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.front}"
+
+    def start_front(self) -> None:
+        args = [sys.executable, "-m", "emulators.front", "--host", "127.0.0.1",
+                "--port", str(self.ports.front), "--state-dir", str(self.state_dir / "front")]
+        if self.persist:
+            args.append("--persist")
+        self._start_emulator("front-emulator", args, r"front emulator ready on (\S+)")
+
+    def _start_emulator(self, name: str, args: list[str], ready: str) -> re.Match[str]:
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=self.env(), cwd=REPO)
+        self.procs[name] = proc
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = proc.stdout.readline().decode()
             if not line:
                 break
-            m = re.search(r"ready on (\S+) \(ca: ([^)]+)\)", line)
+            m = re.search(ready, line)
             if m:
-                self.ca_file = Path(m.group(2))
-                return
-        raise RuntimeError(f"salesforce emulator did not start; see {self.logs}")
+                return m
+        raise RuntimeError(f"{name} did not start; see {self.logs}")
 
     # -- pipeline ----------------------------------------------------------------------
     def write_config(self) -> Path:
