@@ -18,32 +18,16 @@ from collections.abc import Iterator
 import pytest
 
 from emulators.front import WebhookEmitter
-from frontforce.lag import describe_lag, wait_settled
 from frontforce.localstack import LocalStack
-from tests.conftest import new_pipeline
-from tests.test_pipeline import KNOWN, Pipeline, event
+from tests.test_pipeline import KNOWN, Pipeline, event, running_pipeline
 
 ROLES = {"worker": ("worker",), "sink-salesforce": ("sink", "salesforce")}
 
 
 @pytest.fixture
 def chaos_pipeline(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    from emulators.scenario import seed_salesforce
-
-    stack = new_pipeline(infra, tmp_path_factory.mktemp("chaos"))
-    try:
-        stack.start_salesforce()
-        stack.write_config()
-        stack.frontforce("setup")
-        assert stack.ca_file is not None
-        seeded = seed_salesforce(stack.salesforce_url, str(stack.ca_file), KNOWN)
-        stack.frontforce("load", "salesforce")
-        stack.start_pipeline()
-        groups = {stack.app_id: stack.worker_groups[stack.app_id][:2]}
-        assert wait_settled(stack.bootstrap, groups, timeout_s=90), describe_lag(stack.bootstrap, groups)
-        yield Pipeline(stack, seeded["contact_ids"])
-    finally:
-        stack.stop_all(infra=False)
+    with running_pipeline(infra, tmp_path_factory.mktemp("chaos")) as p:
+        yield p
 
 
 def test_sigkill_worker_and_sink_mid_stream_loses_nothing_and_doubles_nothing(

@@ -3,12 +3,14 @@ out (through the receiver, a Faust worker and the Salesforce sink, as separate p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import struct
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -67,9 +69,11 @@ def event(sender: str, tag: str, i: int = 0) -> dict[str, Any]:
         text=f"Body {i}", emitted_at=time.time())
 
 
-@pytest.fixture(scope="module")
-def pipeline(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    stack = new_pipeline(infra, tmp_path_factory.mktemp("pipeline"))
+@contextlib.contextmanager
+def running_pipeline(infra: LocalStack, state_dir: Path) -> Iterator[Pipeline]:
+    """A pipeline on fresh topics: Salesforce seeded with KNOWN, snapshot loaded and indexed,
+    receiver + worker + sink running; everything it started is stopped on exit."""
+    stack = new_pipeline(infra, state_dir)
     try:
         stack.start_salesforce()
         stack.write_config()
@@ -84,6 +88,12 @@ def pipeline(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield Pipeline(stack, seeded["contact_ids"])
     finally:
         stack.stop_all(infra=False)
+
+
+@pytest.fixture(scope="module")
+def pipeline(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    with running_pipeline(infra, tmp_path_factory.mktemp("pipeline")) as p:
+        yield p
 
 
 def test_n_signed_webhooks_make_n_tasks_each_on_the_senders_contact(pipeline: Pipeline) -> None:
