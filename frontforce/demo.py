@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -22,23 +23,40 @@ from frontforce.localstack import REPO, LocalStack
 from frontforce.serialization import registry_client
 
 
-def read_topic(bootstrap: str, registry_url: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
-    """Every record of a topic, decoded by an independent consumer through the registry."""
-    import uuid
-
+def read_topic(bootstrap: str, registry_url: str, topic: str,
+               timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Every record of a topic up to its end as of now, decoded by an independent consumer
+    through the registry. Reads partitions by assignment up to their high watermarks: no
+    group join to wait for, no guessing from idle time."""
     de = AvroDeserializer(registry_client(registry_url))
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
+                  "enable.auto.commit": False, "enable.partition.eof": True})
     out: list[dict[str, Any]] = []
-    last = time.monotonic()
     try:
-        while time.monotonic() - last < idle_s:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return out
+        pending: set[int] = set()
+        assignment = []
+        for p in meta.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                pending.add(p)
+                assignment.append(TopicPartition(topic, p, low))
+        c.assign(assignment)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
             m = c.poll(0.5)
-            if m is None or m.error():
+            if m is None:
                 continue
-            last = time.monotonic()
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition() or 0)
+                continue
             out.append(de(m.value(), SerializationContext(topic, MessageField.VALUE)))
+        if pending:
+            raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end")
     finally:
         c.close()
     return out

@@ -54,7 +54,7 @@ class Pipeline:
 
     def topic(self, logical: str) -> list[dict[str, Any]]:
         return read_topic(self.stack.bootstrap, self.stack.registry_url,
-                          f"{self.stack.topic_prefix}{logical}", idle_s=2.0)
+                          f"{self.stack.topic_prefix}{logical}")
 
     def settle(self) -> None:
         groups = self.stack.worker_groups
