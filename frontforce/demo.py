@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -169,4 +168,4 @@ def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
         stack.stop_all()
 
 
-__all__ = ["run_demo", "read_topic", "summarize", "Path"]
+__all__ = ["read_topic", "run_demo", "summarize"]

@@ -4,7 +4,10 @@ simple-salesforce with ``session_id=`` and a CA-pinned session)."""
 
 from __future__ import annotations
 
+import re
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,3 +151,42 @@ def emulator(make_emulator: Callable[..., Emulator]) -> Emulator:
 @pytest.fixture
 def sf(emulator: Emulator) -> Salesforce:
     return emulator.client()
+
+
+class EmulatorProcesses:
+    """Start emulator CLIs as real subprocesses (``python -m emulators.<name>``) on a free
+    port, read their ready line, and kill whatever is still running at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, module: str, state_dir: Path, ready: re.Pattern[str],
+              *extra: str) -> tuple[subprocess.Popen[str], re.Match[str]]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0",
+             "--state-dir", str(state_dir), *extra],
+            cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        match = ready.match(line)
+        assert match, f"unexpected first line {line!r}"
+        assert int(match.group(2)) > 0
+        return proc, match
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def emulator_processes() -> Iterator[EmulatorProcesses]:
+    procs = EmulatorProcesses()
+    yield procs
+    procs.close()

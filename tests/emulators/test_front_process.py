@@ -7,7 +7,6 @@ import re
 import signal
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from emulators.front import DEFAULT_TOKEN
-from tests.emulators.test_front_harness import REPO
+from tests.emulators.conftest import EmulatorProcesses
 
 READY = re.compile(r"^front emulator ready on (https?://127\.0\.0\.1:(\d+))(?: \(ca: (.+)\))?$")
 
@@ -42,30 +41,12 @@ class Running:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Any]:
-    procs: list[subprocess.Popen[str]] = []
-
+def launch(tmp_path: Path, emulator_processes: EmulatorProcesses) -> Iterator[Any]:
     def start(*extra: str) -> Running:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "emulators.front", "--host", "127.0.0.1", "--port", "0",
-             "--state-dir", str(tmp_path / "front"), *extra],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        match = READY.match(line)
-        assert match, f"unexpected first line {line!r}"
-        assert int(match.group(2)) > 0
+        proc, match = emulator_processes.start("emulators.front", tmp_path / "front", READY, *extra)
         return Running(proc, match.group(1), match.group(3))
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def test_persist_survives_restart(launch: Any, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,8 @@ from simple_salesforce.exceptions import SalesforceResourceNotFound
 
 from emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, OrgState
 from emulators.salesforce._writes import Ctx, create
-from tests.emulators.conftest import CdcSubscriber, Emulator, close_sessions, pinned_session
+from tests.emulators.conftest import CdcSubscriber, Emulator, EmulatorProcesses, close_sessions, pinned_session
 
-REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"^salesforce emulator ready on (https://127\.0\.0\.1:(\d+)) \(ca: (.+)\)$")
 
 
@@ -43,31 +41,13 @@ class Running:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Any]:
-    procs: list[subprocess.Popen[str]] = []
-
+def launch(tmp_path: Path, emulator_processes: EmulatorProcesses) -> Iterator[Any]:
     def start(*extra: str) -> Running:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "emulators.salesforce", "--host", "127.0.0.1", "--port", "0",
-             "--state-dir", str(tmp_path / "sf"), *extra],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        match = READY.match(line)
-        assert match, f"unexpected first line {line!r}; stderr: {proc.stderr}"
-        assert int(match.group(2)) > 0
+        proc, match = emulator_processes.start("emulators.salesforce", tmp_path / "sf", READY, *extra)
         return Running(proc, match.group(1), Path(match.group(3)))
 
     yield start
     close_sessions()
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def test_persist_survives_restart(launch: Any, tmp_path: Path) -> None:
