@@ -169,7 +169,7 @@ def main() -> int:
         fs[topic].result(timeout=30)
 
     # ---- 1. register + compatibility level
-    sr = SchemaRegistryClient({"url": registry})
+    sr = SchemaRegistryClient({"url": registry, "timeout": 15})
     schema_id = sr.register_schema(subject, avro(V1))
     c.ok("register v1", isinstance(schema_id, int) and schema_id >= 0, f"id={schema_id}")
     if v1_id_before is not None:
@@ -179,7 +179,8 @@ def main() -> int:
     c.ok("subject compatibility", level == "BACKWARD_TRANSITIVE", level)
 
     # ---- 2. serialize -> produce -> consume -> deserialize
-    ser = AvroSerializer(SchemaRegistryClient({"url": registry}), json.dumps(V1))  # auto-registers
+    ser = AvroSerializer(SchemaRegistryClient({"url": registry, "timeout": 15}), json.dumps(V1),
+                         conf={"subject.name.strategy.type": "TOPIC"})  # auto-registers
     record_id = f"order-{uuid.uuid4().hex[:6]}"
     record: dict[str, Any] = {"id": record_id, "amount": 12.5, "note": "smoke"}
     value = ser(record, SerializationContext(topic, MessageField.VALUE))
@@ -217,7 +218,8 @@ def main() -> int:
     assert raw is not None
     frame_id = int.from_bytes(raw[1:5], "big")
     c.ok("wire frame", raw[0] == 0 and frame_id == schema_id, f"magic={raw[0]} id={frame_id}")
-    deser = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+    deser = AvroDeserializer(SchemaRegistryClient({"url": registry, "timeout": 15}),
+                             conf={"subject.name.strategy.type": "TOPIC"})
     out = deser(raw, SerializationContext(topic, MessageField.VALUE))
     c.ok("deserialized record equals produced record", out == record, str(out))
 
@@ -240,9 +242,9 @@ def main() -> int:
         ("compact separators", avro(V1, separators=(",", ":"))),
         ("other JSON key order", avro(V1_REORDERED)),
     ]:
-        rid = SchemaRegistryClient({"url": registry}).register_schema(subject, sch)
+        rid = SchemaRegistryClient({"url": registry, "timeout": 15}).register_schema(subject, sch)
         c.ok(f"re-register ({label}) keeps id", rid == schema_id, f"{rid} vs {schema_id}")
-    lid = SchemaRegistryClient({"url": registry}).lookup_schema(subject, avro(V1_REORDERED, indent=2))
+    lid = SchemaRegistryClient({"url": registry, "timeout": 15}).lookup_schema(subject, avro(V1_REORDERED, indent=2))
     c.ok("lookup_schema (reordered) finds it", lid.schema_id == schema_id, f"id={lid.schema_id}")
     c.ok("no extra versions", sr.get_versions(subject) == versions_before, str(sr.get_versions(subject)))
 
@@ -281,7 +283,7 @@ def main() -> int:
             f"HTTP {e.http_status_code} error_code={e.error_code} {e.error_message!r}",
         )
     try:
-        SchemaRegistryClient({"url": registry}).get_schema(2_000_000_000)
+        SchemaRegistryClient({"url": registry, "timeout": 15}).get_schema(2_000_000_000)
         c.ok("unknown id -> 404/40403", False, "no error")
     except SchemaRegistryError as e:
         c.ok(

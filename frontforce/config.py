@@ -105,6 +105,14 @@ class WorkerConfig(_Model):
     app_id: str = Field("frontforce", description="Faust app id (consumer group, table topics).")
     data_dir: Path = Field(Path(".run/worker"), description="RocksDB table storage directory.")
     web_port: int = Field(6066, ge=0, le=65535, description="Faust worker web port.")
+    max_stall_s: float = Field(
+        300.0, gt=0,
+        description="How long one event may fail transiently (registry or broker down), retried in"
+        " place, before the worker stops instead of skipping it.",
+    )
+    retry_max_delay_s: float = Field(
+        10.0, gt=0, description="Longest pause between two in-place retries of one event."
+    )
 
 
 class SinkConfig(_Model):

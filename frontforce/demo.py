@@ -11,15 +11,14 @@ import sys
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from frontforce.lag import wait_settled
 from frontforce.localstack import REPO, LocalStack
-from frontforce.serialization import registry_client
+from frontforce.serialization import avro_deserializer, registry_client
 
 
 def read_topic(bootstrap: str, registry_url: str, topic: str,
@@ -27,7 +26,7 @@ def read_topic(bootstrap: str, registry_url: str, topic: str,
     """Every record of a topic up to its end as of now, decoded by an independent consumer
     through the registry. Reads partitions by assignment up to their high watermarks: no
     group join to wait for, no guessing from idle time."""
-    de = AvroDeserializer(registry_client(registry_url))
+    de = avro_deserializer(registry_client(registry_url))
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
                   "enable.auto.commit": False, "enable.partition.eof": True})
     out: list[dict[str, Any]] = []
@@ -53,7 +52,7 @@ def read_topic(bootstrap: str, registry_url: str, topic: str,
                 if err.code() == KafkaError._PARTITION_EOF:
                     pending.discard(m.partition() or 0)
                 continue
-            out.append(de(m.value(), SerializationContext(topic, MessageField.VALUE)))
+            out.append(cast(dict[str, Any], de(m.value(), SerializationContext(topic, MessageField.VALUE))))
         if pending:
             raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end")
     finally:

@@ -9,22 +9,63 @@ written with an older (or newer, compatible) schema resolves into today's shape.
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
+import httpx
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from frontforce.config import Settings
-from frontforce.errors import InvalidRecordError
+from frontforce.errors import InvalidRecordError, RetriableError
 from schemas import COMMAND_TOPICS, SCHEMA_FILES, WORKER_SCHEMA_FILES, load_schema_str
+
+REGISTRY_TIMEOUT_S = 15
+# Subjects follow the topic-name strategy. Pinned: confluent-kafka 2.15's default is the
+# "associated" strategy, which first asks ``GET /associations/...`` for every topic; Apicurio
+# does not serve that route (404) and the extra round trip is where a fresh-clone run once
+# hung (issue 7). Our subjects are ``<topic>-value`` by contract, so there is nothing to ask.
+SUBJECT_STRATEGY = {"subject.name.strategy.type": "TOPIC"}
+# Error codes the registry gives for "this schema id does not exist" (Confluent: 40403).
+_SCHEMA_NOT_FOUND = 40403
+# A 404 for a schema id is confirmed once more after this pause before the record is called
+# poison: a registry that is still replaying its storage after a restart may not know an id
+# for a moment.
+_CONFIRM_404_S = 1.0
 
 
 def registry_client(url: str) -> SchemaRegistryClient:
     """A registry client that never waits forever: httpx's default here is no timeout, and
     one stalled registry request must not hang a worker (the client retries transport
     errors, timeouts included)."""
-    return SchemaRegistryClient({"url": url, "timeout": 15})
+    return SchemaRegistryClient({"url": url, "timeout": REGISTRY_TIMEOUT_S})
+
+
+def avro_serializer(registry: SchemaRegistryClient, schema_str: str, **conf: Any) -> AvroSerializer:
+    return AvroSerializer(registry, schema_str, conf={**SUBJECT_STRATEGY, **conf})
+
+
+def avro_deserializer(registry: SchemaRegistryClient, schema_str: str | None = None,
+                      **kwargs: Any) -> AvroDeserializer:
+    return AvroDeserializer(registry, schema_str, conf=dict(SUBJECT_STRATEGY), **kwargs)
+
+
+def is_transient_registry_error(exc: BaseException) -> bool:
+    """A registry failure that may go away by itself: no answer, a timeout, a 5xx, a 408/429.
+    A 4xx answer (unknown id, incompatible schema, bad request) is the registry's verdict."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # the serializers may wrap the client's error
+        if seen is None:
+            return False
+        if isinstance(seen, httpx.HTTPError | OSError | TimeoutError):
+            return True
+        if isinstance(seen, SchemaRegistryError):
+            status = seen.http_status_code
+            return status < 0 or status >= 500 or status in (408, 429)
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Serde:
@@ -48,39 +89,80 @@ class Serde:
             raise KeyError(f"no schema for topic {topic!r}") from None
 
     def encode(self, topic: str, record: dict[str, Any]) -> bytes:
+        """Encode a record. ``RetriableError`` when the registry could not be reached (try
+        again), ``InvalidRecordError`` when the record does not fit the schema or the registry
+        refuses the schema (it never will fit: dead-letter what it came from)."""
         ser = self._ser.get(topic)
         if ser is None:
-            ser = AvroSerializer(
-                self.registry,
-                load_schema_str(self.logical(topic)),
-                conf={"auto.register.schemas": True},
-            )
+            ser = avro_serializer(self.registry, load_schema_str(self.logical(topic)),
+                                  **{"auto.register.schemas": True})
             self._ser[topic] = ser
-        data = ser(record, SerializationContext(topic, MessageField.VALUE))
+        try:
+            data = ser(record, SerializationContext(topic, MessageField.VALUE))
+        except Exception as exc:  # noqa: BLE001 - classified: transient or permanent
+            if is_transient_registry_error(exc):
+                raise RetriableError(f"schema registry unavailable encoding {topic}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            raise InvalidRecordError(f"cannot encode for {topic}: {type(exc).__name__}: {exc}") from exc
         assert data is not None
         return bytes(data)
 
     def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
-        """Decode wire-format bytes; any failure is an ``InvalidRecordError`` (dead-letter)."""
+        """Decode wire-format bytes.
+
+        Only a permanent fault is an ``InvalidRecordError`` (dead-letter): not wire format,
+        a schema id the registry confirms it does not have, a body that does not decode.
+        A registry that does not answer, times out or fails with a 5xx raises
+        ``RetriableError``: the record is good, the caller retries it in place and must not
+        acknowledge it meanwhile (STYLE habit 17)."""
         if data is None:
             raise InvalidRecordError("empty value (tombstone) where a record was expected")
         if len(data) < 5 or data[0] != 0:
             raise InvalidRecordError(
                 f"not Confluent wire format (first byte {data[:1].hex() or 'none'}, {len(data)} bytes)"
             )
+        schema_id = struct.unpack(">I", data[1:5])[0]
+        self._writer_schema(schema_id)  # fills the client's cache; classifies registry faults
         de = self._de.get(topic)
         if de is None:
             logical = self.logical(topic)
-            de = AvroDeserializer(self.registry, load_schema_str(logical),
-                                  return_record_name=logical in COMMAND_TOPICS)
+            de = avro_deserializer(self.registry, load_schema_str(logical),
+                                   return_record_name=logical in COMMAND_TOPICS)
             self._de[topic] = de
         try:
             value = de(data, SerializationContext(topic, MessageField.VALUE))
-        except Exception as exc:  # registry 404, truncated body, resolution error...
-            schema_id = struct.unpack(">I", data[1:5])[0]
+        except Exception as exc:  # noqa: BLE001 - truncated body, resolution error...
+            if is_transient_registry_error(exc):
+                raise RetriableError(f"schema registry unavailable decoding {topic}: {exc}") from exc
             raise InvalidRecordError(
                 f"cannot decode with writer schema id {schema_id}: {type(exc).__name__}: {exc}"
             ) from exc
         if not isinstance(value, dict):
             raise InvalidRecordError(f"decoded to {type(value).__name__}, expected a record")
         return value
+
+    def _writer_schema(self, schema_id: int) -> None:
+        """Make sure the registry knows ``schema_id`` (answered from the client's cache after
+        the first time). A 404, confirmed once after a short pause, is permanent; no answer
+        at all is transient."""
+        for confirm in (False, True):
+            try:
+                self.registry.get_schema(schema_id)
+                return
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404 or exc.error_code == _SCHEMA_NOT_FOUND:
+                    if not confirm:
+                        time.sleep(_CONFIRM_404_S)
+                        continue
+                    raise InvalidRecordError(
+                        f"cannot decode with writer schema id {schema_id}: the registry has no such "
+                        f"schema ({exc.http_status_code} {exc.error_code}: {exc.error_message})") from exc
+                if is_transient_registry_error(exc):
+                    raise RetriableError(f"schema registry error for id {schema_id}: {exc}") from exc
+                raise InvalidRecordError(
+                    f"cannot decode with writer schema id {schema_id}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - httpx transport errors, timeouts...
+                if is_transient_registry_error(exc):
+                    raise RetriableError(f"schema registry unreachable for id {schema_id}: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+                raise

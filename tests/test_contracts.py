@@ -17,15 +17,14 @@ import avro.schema
 import httpx
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from frontforce.config import Settings, parse_settings
 from frontforce.contracts import COMPATIBILITY, Contracts
 from frontforce.localstack import REPO, LocalStack
-from frontforce.serialization import Serde
+from frontforce.serialization import Serde, avro_deserializer, avro_serializer, registry_client
 from schemas import SCHEMA_FILES
 
 SCHEMAS = REPO / "schemas"
@@ -59,7 +58,7 @@ def test_current_schemas_are_full_compatible_with_every_released_version(infra: 
     """Guards against a schema edit that the registry would reject at deploy time."""
     prefix = f"c{uuid.uuid4().hex[:6]}."
     settings = settings_for(infra, prefix)
-    registry = SchemaRegistryClient({"url": infra.registry_url})
+    registry = registry_client(infra.registry_url)
     for logical, file in SCHEMA_FILES.items():
         subject = f"{prefix}{logical}-value"
         registry.set_compatibility(subject, level=COMPATIBILITY)
@@ -105,7 +104,7 @@ def test_incompatible_change_is_refused_by_check_and_by_the_registry(
     assert words in result.stdout
     # Only the changed subject is flagged.
     assert f"{prefix}audit-value: unchanged" in result.stdout
-    registry = SchemaRegistryClient({"url": infra.registry_url})
+    registry = registry_client(infra.registry_url)
     new_schema = Schema((changed / "front_event.avsc").read_text(), "AVRO")
     assert registry.test_compatibility(f"{prefix}front.events-value", new_schema) is False
     with pytest.raises(SchemaRegistryError) as refused:
@@ -128,16 +127,16 @@ def test_compatible_change_passes_and_old_and_new_readers_interoperate(
 
     topic = f"{prefix}front.events"
     ctx = SerializationContext(topic, MessageField.VALUE)
-    registry = SchemaRegistryClient({"url": infra.registry_url})
+    registry = registry_client(infra.registry_url)
     old_str = (SCHEMAS / "front_event.avsc").read_text()
     new_str = (changed / "front_event.avsc").read_text()
     record = {"event_id": "evt_1", "event_type": "TAG", "front_type": "tag", "occurred_at": 1,
               "received_at": 2, "source": "APP_WEBHOOK", "tag_name": "Upsell"}
-    new_bytes = AvroSerializer(registry, new_str)({**record, "priority": "high"}, ctx)
-    old_bytes = AvroSerializer(registry, old_str)(record, ctx)
+    new_bytes = avro_serializer(registry, new_str)({**record, "priority": "high"}, ctx)
+    old_bytes = avro_serializer(registry, old_str)(record, ctx)
     assert new_bytes[1:5] != old_bytes[1:5]  # two versions, two schema ids
-    old_reader = AvroDeserializer(registry, old_str)
-    new_reader = AvroDeserializer(registry, new_str)
+    old_reader = avro_deserializer(registry, old_str)
+    new_reader = avro_deserializer(registry, new_str)
     assert old_reader(new_bytes, ctx)["tag_name"] == "Upsell"          # old reads new
     assert "priority" not in old_reader(new_bytes, ctx)
     assert new_reader(old_bytes, ctx)["priority"] is None              # new reads old
