@@ -13,23 +13,39 @@ is consumed: looking up a key that hashes elsewhere would miss on a multi-worker
 Values stay Confluent wire-format Avro end to end; topics here use the raw codec and
 ``frontforce.serialization.Serde`` does the Avro.
 
-No exception leaves an agent (Faust would ack and skip the event): each event is handled in
-a try block, a record that can never be processed goes to the dead-letter topic with its
-original bytes, and the agent goes on. Sends made while handling an event are attached to
-it; Faust flushes the producer before it commits the event's offset.
+Delivery (STYLE habits 2, 3, 17). Faust acks an event when the body of ``async for``
+finishes *or raises* (the stream generator acks in a ``finally``), and it commits acked
+offsets every second whatever became of the records sent on the way. So the agents read
+with ``noack()`` and ack by hand, once per event, only after:
+
+1. every record the event produced (commands, audit, dead letters, repartitioned keys,
+   table changelog entries) was acknowledged by the broker (``acks=all``);
+2. or the event was found permanently wrong and its dead letter was acknowledged.
+
+A transient failure (registry unreachable, broker not acknowledging) is retried in place,
+with jittered backoff, without acking; an event that still fails after
+``worker.max_stall_s`` stops the worker (exit code 75) instead of being skipped, so a
+restarted worker reads it again. Nothing is ever acked that was not handled.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import structlog
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faust.serializers.codecs import Codec
+from faust.types import EventT, FutureMessage, StreamT, TopicT
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from frontforce.config import Settings
-from frontforce.errors import InvalidRecordError
+from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.serialization import Serde
 from streams._matching import choose_match, counterpart_handles, match_entries, merge_entry
 from streams._rules import task_command
@@ -54,6 +70,57 @@ class AvroCodec(Codec):
 
     def _loads(self, s: bytes) -> Any:
         return self.serde.decode(self.topic, s)
+
+
+def _key(event: EventT) -> str:
+    key = event.key
+    if not isinstance(key, bytes):
+        raise InvalidRecordError(f"record without a key ({type(key).__name__})")
+    return key.decode()
+
+
+# EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
+EXIT_STALLED = 75
+
+
+class ChangelogTable(faust.Table):
+    """A table whose changelog writes can be awaited. Faust sends them in the background and
+    only logs a failed one, then commits the source offset anyway: a worker elsewhere would
+    restore the table without that entry. ``confirm()`` waits for every changelog record
+    written since the last call, or raises ``RetriableError``."""
+
+    _unconfirmed: list[FutureMessage]
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
+        fut = super().send_changelog(*args, **kwargs)
+        self.__dict__.setdefault("_unconfirmed", []).append(fut)
+        return fut
+
+    async def confirm(self) -> None:
+        pending = self.__dict__.get("_unconfirmed") or []
+        self.__dict__["_unconfirmed"] = []
+        for fut in pending:
+            try:
+                await fut
+            except Exception as exc:  # noqa: BLE001 - any failure: not stored
+                raise RetriableError(f"table changelog write not acknowledged: {exc}") from exc
+
+
+async def deliver(topic: TopicT, key: bytes | None, value: bytes) -> None:
+    """Send one record and wait for the broker's acknowledgement (``force``: not deferred
+    to Faust's attachments, which would publish it after the ack we are about to give)."""
+    try:
+        fut = await topic.send(key=key, value=value, force=True)
+        await fut
+    except asyncio.CancelledError:
+        raise
+    except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
+        # The broker will never take it: the event that produced it is poison.
+        raise InvalidRecordError(
+            f"{topic.get_topic_name()}: record refused as too large: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any other failed send is transient
+        raise RetriableError(
+            f"{topic.get_topic_name()}: not acknowledged: {type(exc).__name__}: {exc}") from exc
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -89,11 +156,13 @@ def create_app(settings: Settings) -> faust.App:
     by_handle = app.topic(internal["by_handle"], partitions=n, internal=True, **_RAW)
     # Values {"candidates": {record id: MatchCandidate}}, stored (RocksDB) and logged
     # (changelog topic) through an Avro codec over the same serializers as every topic.
-    table = app.Table("record-match", default=None, partitions=n, key_type=str)
+    table = app.tables.add(ChangelogTable(app, name="record-match", default=None, partitions=n,
+                                          key_type=str))
+    assert isinstance(table, ChangelogTable)
     table.value_serializer = AvroCodec(  # type: ignore[attr-defined]  # read lazily by Faust
         serde, settings.worker_table_topics["match_table"])
 
-    async def dead_letter(event: faust.types.EventT, stage: str, exc: BaseException) -> None:
+    async def dead_letter(event: EventT, stage: str, exc: BaseException) -> None:
         msg = event.message
         record = {
             "original_topic": msg.topic,
@@ -107,55 +176,95 @@ def create_app(settings: Settings) -> faust.App:
             "attempts": 1,
             "at": int(time.time() * 1000),
         }
-        await deadletter.send(key=msg.key, value=serde.encode(topics.deadletter, record))
+        # Raises RetriableError if the dead letter is not stored: then the event is not
+        # acked either, and the whole event is tried again.
+        await deliver(deadletter, msg.key, serde.encode(topics.deadletter, record))
         log.warning("dead-lettered", stage=stage, error=str(exc),
                     at=f"{msg.topic}[{msg.partition}]@{msg.offset}")
 
-    @app.agent(changes, name="route-changes")
-    async def route_changes(stream: faust.StreamT) -> None:
-        async for event in stream.events():
+    def before_retry(state: RetryCallState) -> None:
+        event = state.args[1]
+        msg = event.message
+        log.warning("transient failure, retrying in place (not acknowledged)",
+                    stage=state.args[0], attempt=state.attempt_number,
+                    error=str(state.outcome.exception()) if state.outcome else None,
+                    at=f"{msg.topic}[{msg.partition}]@{msg.offset}")
+
+    async def handle_once(stage: str, event: EventT, logical_topic: str,
+                          body: Callable[[EventT, dict[str, Any]], Awaitable[None]]) -> None:
+        try:
+            value = serde.decode(logical_topic, event.value)
+        except InvalidRecordError as exc:
+            await dead_letter(event, "decode", exc)
+            return
+        try:
+            await body(event, value)
+        except RetriableError:
+            raise  # retried in place by consume()
+        except Exception as exc:  # noqa: BLE001 - poison must not stop the agent
+            await dead_letter(event, stage, exc)
+
+    async def consume(stage: str, stream: Any, logical_topic: str,
+                      body: Callable[[EventT, dict[str, Any]], Awaitable[None]]) -> None:
+        """The one way every agent handles its events: decode, run ``body``, dead-letter
+        the poison, retry the transient in place, ack only when all of it is stored."""
+        manual = stream.noack()
+        async for event in manual.events():
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(RetriableError),
+                wait=wait_random_exponential(multiplier=0.2, max=w.retry_max_delay_s),
+                stop=stop_after_delay(w.max_stall_s),
+                before_sleep=before_retry,
+                reraise=True,
+            )
             try:
-                change = serde.decode(topics.salesforce_changes, event.value)
-                for key, entry in match_entries(change):
-                    await match_keys.send(key=key.encode(),
-                                          value=serde.encode(internal["match_keys"], entry))
-            except InvalidRecordError as exc:
-                await dead_letter(event, "decode", exc)
-            except Exception as exc:  # noqa: BLE001 - poison must not stop the agent
-                await dead_letter(event, "route-changes", exc)
+                await retrying(handle_once, stage, event, logical_topic, body)
+            except RetriableError as exc:
+                msg = event.message
+                log.critical("cannot make progress; stopping without acknowledging the event",
+                             stage=stage, error=str(exc), stalled_s=w.max_stall_s,
+                             at=f"{msg.topic}[{msg.partition}]@{msg.offset}")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                # Not an exception: Faust would ack the event on the way out, or restart the
+                # agent and go on with the next one. The process ends here; what it acked is
+                # handled, what it did not is read again by whoever takes the partition.
+                os._exit(EXIT_STALLED)
+            await manual.ack(event)
+
+    @app.agent(changes, name="route-changes")
+    async def route_changes(stream: StreamT) -> None:
+        async def body(event: EventT, change: dict[str, Any]) -> None:
+            for key, entry in match_entries(change):
+                await deliver(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
+
+        await consume("route-changes", stream, topics.salesforce_changes, body)
 
     @app.agent(match_keys, name="index-match-keys")
-    async def index_match_keys(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                key = event.key.decode()
-                entry = serde.decode(internal["match_keys"], event.value)
-                held = table.get(key)
-                table[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
-            except InvalidRecordError as exc:
-                await dead_letter(event, "decode", exc)
-            except Exception as exc:  # noqa: BLE001
-                await dead_letter(event, "index-match-keys", exc)
+    async def index_match_keys(stream: StreamT) -> None:
+        async def body(event: EventT, entry: dict[str, Any]) -> None:
+            key = _key(event)
+            held = table.get(key)
+            table[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
+            await table.confirm()
+
+        await consume("index-match-keys", stream, internal["match_keys"], body)
 
     @app.agent(front_events, name="route-front-events")
-    async def route_front(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                fe = serde.decode(topics.front_events, event.value)
-                if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
-                    continue  # other event kinds get their rules in later steps
-                handles = counterpart_handles(fe)
-                # One Task per message: the first customer-side handle is the person.
-                if handles:
-                    await by_handle.send(key=handles[0].encode(), value=event.value)
-                else:
-                    await emit_audit(event, fe, "SKIPPED", "message has no customer email handle")
-            except InvalidRecordError as exc:
-                await dead_letter(event, "decode", exc)
-            except Exception as exc:  # noqa: BLE001
-                await dead_letter(event, "route-front-events", exc)
+    async def route_front(stream: StreamT) -> None:
+        async def body(event: EventT, fe: dict[str, Any]) -> None:
+            if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
+                return  # other event kinds get their rules in later steps
+            handles = counterpart_handles(fe)
+            # One Task per message: the first customer-side handle is the person.
+            if handles:
+                await deliver(by_handle, handles[0].encode(), event.value)
+            else:
+                await emit_audit(event, fe, "SKIPPED", "message has no customer email handle")
 
-    async def emit_audit(event: faust.types.EventT, fe: dict[str, Any], outcome: str,
+        await consume("route-front-events", stream, topics.front_events, body)
+
+    async def emit_audit(event: EventT, fe: dict[str, Any], outcome: str,
                          error: str | None) -> None:
         msg = event.message
         msg_id = (fe.get("message") or {}).get("id") or fe["event_id"]
@@ -173,29 +282,23 @@ def create_app(settings: Settings) -> faust.App:
             "source_offset": msg.offset,
             "at": int(time.time() * 1000),
         }
-        await audit.send(key=record["command_id"].encode(), value=serde.encode(topics.audit, record))
+        await deliver(audit, record["command_id"].encode(), serde.encode(topics.audit, record))
 
     @app.agent(by_handle, name="match-front-events")
-    async def match(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                fe = serde.decode(topics.front_events, event.value)
-                key = event.key.decode()
-                held = table.get(key)
-                found = choose_match(held and held["candidates"])
-                if found is None:
-                    await emit_audit(event, fe, "SKIPPED", f"no Contact matches {key}")
-                    log.info("unmatched", handle=key, event_id=fe["event_id"])
-                    continue
-                cmd = task_command(fe, found, settings.salesforce.task_external_id_field)
-                await commands.send(
-                    key=fe["message"]["id"].encode(),
-                    value=serde.encode(topics.commands_salesforce, cmd),
-                )
-            except InvalidRecordError as exc:
-                await dead_letter(event, "decode", exc)
-            except Exception as exc:  # noqa: BLE001
-                await dead_letter(event, "match-front-events", exc)
+    async def match(stream: StreamT) -> None:
+        async def body(event: EventT, fe: dict[str, Any]) -> None:
+            key = _key(event)
+            held = table.get(key)
+            found = choose_match(held and held["candidates"])
+            if found is None:
+                await emit_audit(event, fe, "SKIPPED", f"no Contact matches {key}")
+                log.info("unmatched", handle=key, event_id=fe["event_id"])
+                return
+            cmd = task_command(fe, found, settings.salesforce.task_external_id_field)
+            await deliver(commands, fe["message"]["id"].encode(),
+                          serde.encode(topics.commands_salesforce, cmd))
+
+        await consume("match-front-events", stream, topics.front_events, body)
 
     return app
 

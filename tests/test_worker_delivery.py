@@ -1,0 +1,188 @@
+"""The stream worker's delivery guarantee under the failures that used to break it
+(issue 7): a schema registry that goes away, a dead letter that cannot be stored, a send
+the broker refuses. The registry is reached through a fault proxy so a test can take it
+away from the pipeline's processes while the broker and the test's own reader keep it.
+
+Each test fails on a worker that acks what it did not handle: the old worker dead-lettered
+good records during a registry outage (or lost them when the dead letter itself could not
+be encoded), and committed events whose command the broker had refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+from frontforce.demo import read_topic
+from frontforce.localstack import LocalStack
+from streams._app import EXIT_STALLED
+from tests.faultproxy import FaultProxy
+from tests.test_pipeline import KNOWN, Pipeline, event, running_pipeline
+
+
+@dataclasses.dataclass
+class Routed:
+    p: Pipeline
+    proxy: FaultProxy
+    registry_url: str  # the real registry, for the test's own reads
+
+    @property
+    def stack(self) -> LocalStack:
+        return self.p.stack
+
+    def topic(self, logical: str) -> list[dict[str, Any]]:
+        return read_topic(self.stack.bootstrap, self.registry_url, f"{self.stack.topic_prefix}{logical}")
+
+    def restart_worker(self) -> None:
+        self.stack.stop_process("worker")
+        self.stack.spawn("worker", "worker")
+
+    def worker_alive(self) -> bool:
+        return self.stack.procs["worker"].poll() is None
+
+
+@pytest.fixture(scope="module")
+def routed(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
+    proxy = FaultProxy("127.0.0.1", infra.ports.registry)
+    via_proxy = dataclasses.replace(infra, ports=dataclasses.replace(infra.ports, registry=proxy.port))
+    try:
+        with running_pipeline(via_proxy, tmp_path_factory.mktemp("delivery")) as p:
+            r = Routed(p, proxy, infra.registry_url)
+            # Warm the receiver's serializer (it then needs no registry to accept webhooks).
+            tag = uuid.uuid4().hex[:6]
+            assert p.emitter.deliver(event(KNOWN[0].email, tag)) == 200
+            assert len(p.tasks_for({f"msg_{tag}0"}, expect=1)) == 1
+            yield r
+    finally:
+        proxy.close()
+
+
+def _dead_for(r: Routed, keys: set[bytes]) -> list[dict[str, Any]]:
+    return [d for d in r.topic("deadletter") if d["original_key"] in keys]
+
+
+def _tasks(r: Routed, ids: set[str]) -> list[dict[str, Any]]:
+    return [t for t in r.p.tasks() if t.get("Front_Message_Id__c") in ids]
+
+
+def test_registry_outage_after_a_restart_is_retried_in_place_not_dead_lettered(routed: Routed) -> None:
+    """Guards: a registry hiccup right after a restart (empty schema cache) used to send a
+    stream of good records to the dead-letter topic."""
+    r = routed
+    tag = uuid.uuid4().hex[:6]
+    r.proxy.mode = "refuse"
+    r.restart_worker()
+    sent = {}
+    for i in range(5):
+        person = KNOWN[i % len(KNOWN)]
+        assert r.p.emitter.deliver(event(person.email, tag, i)) == 200
+        sent[f"msg_{tag}{i}"] = person.email
+    time.sleep(8)  # the outage: the worker must wait it out, not skip
+    assert r.worker_alive()
+    assert not _tasks(r, set(sent))
+    r.proxy.mode = "http503"
+    time.sleep(3)
+    r.proxy.mode = "pass"
+    tasks = r.p.tasks_for(set(sent), expect=len(sent))
+    r.p.settle()
+    tasks = _tasks(r, set(sent))
+    assert sorted(t["Front_Message_Id__c"] for t in tasks) == sorted(sent)
+    for t in tasks:
+        assert t["WhoId"] == r.p.contact_ids[sent[t["Front_Message_Id__c"]]]
+    keys = {f"cnv_{tag}{i}".encode() for i in range(5)} | {f"email:{e}".encode() for e in sent.values()}
+    assert _dead_for(r, keys) == []
+
+
+def test_a_worker_that_cannot_make_progress_stops_without_skipping(routed: Routed) -> None:
+    """Guards: a transient failure that lasts must stop the worker (exit 75) with the event
+    unacknowledged, so the worker that takes over processes it; never ack-and-skip."""
+    r = routed
+    cfg = r.stack.state_dir / "frontforce.yaml"
+    original = cfg.read_text()
+    tag = uuid.uuid4().hex[:6]
+    try:
+        cfg.write_text(original.replace("worker:\n", "worker:\n  max_stall_s: 4\n", 1))
+        r.proxy.mode = "refuse"
+        r.restart_worker()
+        for i in range(3):
+            assert r.p.emitter.deliver(event(KNOWN[i].email, tag, i)) == 200
+        proc = r.stack.procs["worker"]
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert proc.returncode == EXIT_STALLED, f"worker still running or exited {proc.returncode}"
+    finally:
+        cfg.write_text(original)
+        r.proxy.mode = "pass"
+    r.stack.spawn("worker", "worker")
+    ids = {f"msg_{tag}{i}" for i in range(3)}
+    r.p.tasks_for(ids, expect=3)
+    r.p.settle()
+    assert sorted(t["Front_Message_Id__c"] for t in _tasks(r, ids)) == sorted(ids)
+    assert _dead_for(r, {f"cnv_{tag}{i}".encode() for i in range(3)}) == []
+
+
+def test_poison_whose_dead_letter_cannot_be_stored_yet_is_not_acknowledged(routed: Routed) -> None:
+    """Guards: the dead letter was encoded and sent inside the ``except``; when that raised
+    (registry away: the dead-letter schema cannot be looked up), Faust acked the event and
+    the poison record vanished without a trace."""
+    r = routed
+    tag = uuid.uuid4().hex[:6]
+    r.proxy.mode = "refuse"
+    r.restart_worker()
+    garbage = b"\x01poison " + tag.encode()
+    p = Producer({"bootstrap.servers": r.stack.bootstrap})
+    p.produce(f"{r.stack.topic_prefix}front.events", key=f"cnv_{tag}p".encode(), value=garbage)
+    assert p.flush(10) == 0
+    time.sleep(6)
+    assert r.worker_alive()
+    r.proxy.mode = "pass"
+    deadline = time.monotonic() + 90
+    dead: list[dict[str, Any]] = []
+    while not dead and time.monotonic() < deadline:
+        dead = [d for d in _dead_for(r, {f"cnv_{tag}p".encode()}) if d["original_value"] == garbage]
+        time.sleep(1)
+    r.p.settle()
+    dead = [d for d in _dead_for(r, {f"cnv_{tag}p".encode()}) if d["original_value"] == garbage]
+    assert len(dead) == 1
+    assert dead[0]["stage"] == "decode" and "not Confluent wire format" in dead[0]["error_message"]
+
+
+def test_a_command_the_broker_refuses_is_dead_lettered_not_committed_away(routed: Routed) -> None:
+    """Guards: a send that failed only logged in Faust and the event's offset was committed
+    anyway: the message was lost with no Task and no dead letter."""
+    r = routed
+    tag = uuid.uuid4().hex[:6]
+    admin = AdminClient({"bootstrap.servers": r.stack.bootstrap})
+    topic = f"{r.stack.topic_prefix}commands.salesforce"
+
+    def set_max_bytes(value: str | None) -> None:
+        op = AlterConfigOpType.SET if value else AlterConfigOpType.DELETE
+        res = ConfigResource("topic", topic, incremental_configs=[
+            ConfigEntry("max.message.bytes", value or "", incremental_operation=op)])
+        for fut in admin.incremental_alter_configs([res]).values():
+            fut.result(30)
+
+    set_max_bytes("100")  # every command is larger
+    try:
+        assert r.p.emitter.deliver(event(KNOWN[5].email, tag)) == 200
+        key = f"email:{KNOWN[5].email}".encode()
+        deadline = time.monotonic() + 90
+        dead: list[dict[str, Any]] = []
+        while not dead and time.monotonic() < deadline:
+            dead = [d for d in _dead_for(r, {key}) if tag.encode() in (d["original_value"] or b"")]
+            time.sleep(1)
+    finally:
+        set_max_bytes(None)
+    assert len(dead) == 1, "the refused command's event must be dead-lettered, not dropped"
+    assert dead[0]["stage"] == "match-front-events"
+    assert "too large" in dead[0]["error_message"]
+    assert r.worker_alive()
+    assert not _tasks(r, {f"msg_{tag}0"})
