@@ -71,11 +71,23 @@ class FrontConfig(_Model):
     max_clock_skew_s: int = Field(
         300, ge=1, description="Reject application webhooks whose timestamp is older than this."
     )
+    company_id: str | None = Field(
+        None, description="Front company id (cmp_..., GET /me). When set, application webhooks"
+        " whose authorization.id is another company are refused (403).",
+    )
 
 
 class ReceiverConfig(_Model):
     host: str = Field("127.0.0.1", description="Address the webhook receiver binds.")
     port: int = Field(8090, ge=0, le=65535, description="Port of the webhook receiver.")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024,
+        description="Largest webhook body accepted (413 beyond, checked before the signature);"
+        " keep it at or under the broker's message.max.bytes.",
+    )
+    read_timeout_s: float = Field(
+        10.0, gt=0, description="Time a sender has to deliver the whole body (408 beyond)."
+    )
 
 
 class SalesforceConfig(_Model):

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from frontforce.config import Settings
-from frontforce.errors import RetriableError
+from frontforce.errors import InvalidRecordError, RetriableError
 
 
 def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -114,6 +114,13 @@ class AsyncProducer:
             except BufferError:
                 # Local queue full: let deliveries drain, then try again.
                 await asyncio.sleep(0.05)
+            except KafkaException as exc:
+                # Refused before it was queued: too large can never be sent; the rest
+                # (unknown topic while the cluster starts, fatal producer state) may pass.
+                err = exc.args[0]
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise InvalidRecordError(f"kafka refused the record: {err.str()}") from exc
+                raise RetriableError(f"kafka: {err.str()}") from exc
         return await fut
 
     def close(self, timeout: float = 10.0) -> int:

@@ -39,12 +39,42 @@ _ENVELOPE_TYPES = {
 }
 
 
+# Event types Front documents (the Events API enum in Front's OpenAPI spec, EventResponse.type)
+# and the application-webhook envelope names (reference/front-api.md §7.1). A type outside
+# both is not a Front event: refused (422), never guessed at.
+KNOWN_TYPES = frozenset({
+    "assign", "unassign", "archive", "reopen", "trash", "restore", "reminder", "comment",
+    "mention", "inbound", "outbound", "out_reply", "move", "forward", "tag", "untag",
+    "sending_error", "message_bounce_error", "conversations_merged", "link_added",
+    "link_removed", "custom_field_updated", "macro_triggered", "topic_identified",
+    "ticket_status_update", "call_started", "call_abandoned", "call_queued", "call_on_hold",
+    "call_parked", "call_resumed", "call_connected", "call_missed", "call_hangup",
+    "call_transferred", "call_transcript_added", "call_voicemail_transcript_added",
+    # envelope-only names
+    "inbound_received", "outbound_sent", "message_delivery_failed", "conversation_moved",
+    "conversation_archived", "conversation_reopened", "conversation_deleted",
+    "conversation_restored", "conversation_snoozed", "conversation_snooze_expired",
+    "new_comment_added", "assignee_changed", "tag_added", "tag_removed",
+})
+
+# Seconds since the epoch that fit an Avro timestamp-millis and mean a real moment.
+_MAX_SECONDS = 1e11
+
+
 class UnsupportedEvent(ValueError):
     """The body is JSON but not a Front event we can normalize: answer 422."""
 
 
 def _ms(seconds: Any) -> int:
-    return int(round(float(seconds) * 1000))
+    value = float(seconds)
+    if not (0 <= value < _MAX_SECONDS):  # also false for NaN
+        raise UnsupportedEvent(f"timestamp {str(seconds)[:40]} is not seconds since the epoch")
+    return int(round(value * 1000))
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """Front sends objects where we read fields; anything else counts as absent."""
+    return value if isinstance(value, dict) else {}
 
 
 def _str_or_none(v: Any) -> str | None:
@@ -59,25 +89,28 @@ def normalize_event(payload: dict[str, Any], source: str, envelope_type: str | N
     front_type = payload.get("type") or _ENVELOPE_TYPES.get(envelope_type or "", envelope_type)
     if not isinstance(front_type, str):
         raise UnsupportedEvent("event has no type")
+    if front_type not in KNOWN_TYPES:
+        raise UnsupportedEvent(f"unknown event type {front_type[:60]!r}")
     emitted = payload.get("emitted_at")
-    if not isinstance(emitted, int | float):
+    if not isinstance(emitted, int | float) or isinstance(emitted, bool):
         raise UnsupportedEvent("event has no numeric emitted_at")
     conv = payload.get("conversation") or {}
     if not isinstance(conv, dict):
         raise UnsupportedEvent("conversation is not an object")
-    source_obj = payload.get("source") or {}
-    target = payload.get("target") or {}
+    source_obj = _obj(payload.get("source"))
+    source_kind = _obj(source_obj.get("_meta")).get("type")
+    target = _obj(payload.get("target"))
     actor_email = None
-    if isinstance(source_obj, dict) and (source_obj.get("_meta") or {}).get("type") == "teammate":
-        actor_email = _str_or_none((source_obj.get("data") or {}).get("email"))
+    if source_kind == "teammate":
+        actor_email = _str_or_none(_obj(source_obj.get("data")).get("email"))
     inbox_ids: list[str] = []
-    if isinstance(source_obj, dict) and (source_obj.get("_meta") or {}).get("type") == "inboxes":
+    if source_kind == "inboxes":
         data = source_obj.get("data")
         if isinstance(data, list):
             inbox_ids = [i["id"] for i in data if isinstance(i, dict) and isinstance(i.get("id"), str)]
     message = None
-    if isinstance(target, dict) and (target.get("_meta") or {}).get("type") == "message":
-        message = _message(target.get("data") or {"id": target.get("id")}, emitted)
+    if _obj(target.get("_meta")).get("type") == "message":
+        message = _message(_obj(target.get("data")) or {"id": target.get("id")}, emitted)
     return {
         "event_id": event_id,
         "event_type": _TYPES.get(front_type, "OTHER"),
@@ -108,6 +141,8 @@ def _message(data: dict[str, Any], emitted: float) -> dict[str, Any]:
             })
     author = data.get("author")
     created = data.get("created_at", emitted)
+    if isinstance(created, bool):
+        created = emitted
     return {
         "id": msg_id,
         "channel_type": str(data.get("type") or "email"),

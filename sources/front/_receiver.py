@@ -1,7 +1,18 @@
 """Webhook receiver: verify, normalize, produce to ``front.events``, and answer 2xx only
 after Kafka acknowledged the record (acks=all). Anything else gets a status that tells
-Front what happened: 401 bad signature or stale timestamp, 400 not JSON, 422 not an event,
-503 Kafka did not acknowledge in time (Front retries)."""
+Front what happened, and no input gives a 500:
+
+- 413 body larger than ``receiver.max_body_bytes`` (checked on Content-Length and on the
+  bytes as they arrive, before the signature: nothing more is read), 408 body not complete
+  within ``receiver.read_timeout_s``;
+- 401 bad signature or stale timestamp, 403 a company other than ``front.company_id``;
+- 400 not JSON, 422 not a Front event (unknown type, missing id, a record that can never be
+  stored);
+- 503 Kafka did not acknowledge in time (Front retries).
+
+Every refusal is counted by reason (``frontforce_webhooks_refused_total``, served with the
+other metrics at ``/metrics``) and logged with its reason, never with the body or a secret.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +21,15 @@ import json
 from typing import Any
 
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from frontforce.config import Settings
-from frontforce.errors import FrontforceError
+from frontforce.errors import FrontforceError, InvalidRecordError
 from frontforce.kafka import AsyncProducer
 from frontforce.serialization import Serde
 from sources.front._normalize import UnsupportedEvent, normalize_event
@@ -25,9 +37,61 @@ from sources.front._signature import SignatureError, verify_app_webhook, verify_
 
 log = structlog.get_logger("sources.front")
 
+ACCEPTED = Counter("frontforce_webhooks_accepted", "Front webhooks stored on Kafka (2xx)", ["kind"])
+REFUSED = Counter("frontforce_webhooks_refused", "Front webhooks refused, by reason", ["reason"])
+
+
+class Refused(Exception):
+    """A request we answer with a 4xx/5xx; ``reason`` is the metric label."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity; nesting too deep for the parser is malformed too."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise Refused(400, "not_json", "body is not JSON") from None
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The raw body, refused before reading past ``limit`` bytes or ``timeout_s`` seconds."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit() or len(declared) > 18:
+            raise Refused(400, "bad_content_length", "Content-Length is not a byte count")
+        if int(declared) > limit:
+            raise Refused(413, "too_large", f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Refused(413, "too_large", f"body larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refused(408, "read_timeout", f"body not received within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise Refused(400, "client_disconnected", "client went away mid-body") from None
+    return b"".join(chunks)
+
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serde) -> Starlette:
@@ -37,90 +101,112 @@ def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serd
         settings.front.rule_secret.get_secret_value().encode() if settings.front.rule_secret else None
     )
     timeout = settings.kafka.delivery_timeout_s
+    rc = settings.receiver
+    company_id = settings.front.company_id
     stats = {"accepted": 0, "refused": 0}
 
-    async def publish(event: dict[str, Any]) -> Response:
+    async def publish(event: dict[str, Any], kind: str) -> Response:
         key = (event["conversation_id"] or event["event_id"]).encode()
         try:
             value = await run_in_threadpool(serde.encode, topic, event)
             msg = await asyncio.wait_for(producer.produce(topic, key, value), timeout=timeout + 1)
+        except InvalidRecordError as exc:
+            # It can never be stored (does not fit the contract, larger than the broker takes):
+            # a 4xx, so that Front does not retry it forever. The encoder's message may quote
+            # the record, so neither the answer nor the log carries it.
+            log.error("event cannot be stored", event_id=str(event["event_id"])[:100],
+                      error_class=type(exc.__cause__ or exc).__name__)
+            return refuse(Refused(422, "unstorable", "event cannot be stored: it does not fit the"
+                                  " front.events contract or the broker's size limit"))
         except (FrontforceError, TimeoutError, OSError) as exc:
             log.warning("kafka did not acknowledge; asking Front to retry",
                         event_id=event["event_id"], error=str(exc))
+            REFUSED.labels("kafka_unavailable").inc()
             return _error(503, "event not stored, retry later", **{"Retry-After": "5"})
         stats["accepted"] += 1
+        ACCEPTED.labels(kind).inc()
         log.info("event stored", event_id=event["event_id"], type=event["front_type"],
                  at=f"{msg.topic()}[{msg.partition()}]@{msg.offset()}")
         return JSONResponse({"status": "stored", "event_id": event["event_id"]})
 
-    def refuse(status: int, why: str) -> Response:
+    def refuse(exc: Refused) -> Response:
         stats["refused"] += 1
-        log.warning("webhook refused", status=status, reason=why)
-        return _error(status, why)
+        REFUSED.labels(exc.reason).inc()
+        log.warning("webhook refused", status=exc.status, reason=exc.reason, detail=str(exc))
+        return _error(exc.status, str(exc))
 
-    def parse_object(body: bytes) -> dict[str, Any] | Response:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return refuse(400, "body is not JSON")
+    def as_object(body: bytes) -> dict[str, Any]:
+        doc = parse_json(body)
         if not isinstance(doc, dict):
-            return refuse(400, "body is not a JSON object")
+            raise Refused(400, "not_json_object", "body is not a JSON object")
         return doc
 
-    async def app_webhook(request: Request) -> Response:
-        body = await request.body()
+    def normalized(payload: dict[str, Any], source: str, **kw: Any) -> dict[str, Any]:
         try:
-            verify_app_webhook(
-                app_secret,
-                request.headers.get("x-front-request-timestamp"),
-                request.headers.get("x-front-signature"),
-                body,
-                settings.front.max_clock_skew_s,
-            )
-        except SignatureError as exc:
-            return refuse(401, str(exc))
-        challenge = request.headers.get("x-front-challenge")
-        doc = parse_object(body)
-        if isinstance(doc, Response):
-            return doc
-        if challenge is not None or doc.get("type") == "sync":
-            # Validation handshake: echo the challenge; a sync is not an event.
-            return PlainTextResponse(challenge or "")
-        payload = doc.get("payload")
-        if not isinstance(payload, dict):
-            return refuse(422, "application webhook without a payload object")
-        company = (doc.get("authorization") or {}).get("id")
-        try:
-            event = normalize_event(payload, "APP_WEBHOOK", envelope_type=doc.get("type"),
-                                    company_id=company if isinstance(company, str) else None)
+            return normalize_event(payload, source, **kw)
         except UnsupportedEvent as exc:
-            return refuse(422, str(exc))
-        return await publish(event)
+            raise Refused(422, "not_an_event", str(exc)) from None
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError) as exc:
+            # A shape normalize_event did not foresee: still the sender's fault, still a 4xx.
+            raise Refused(422, "not_an_event", f"malformed event: {type(exc).__name__}") from None
+
+    async def app_webhook(request: Request) -> Response:
+        try:
+            body = await read_body(request, rc.max_body_bytes, rc.read_timeout_s)
+            try:
+                verify_app_webhook(
+                    app_secret,
+                    request.headers.get("x-front-request-timestamp"),
+                    request.headers.get("x-front-signature"),
+                    body,
+                    settings.front.max_clock_skew_s,
+                )
+            except SignatureError as exc:
+                raise Refused(401, "bad_signature", str(exc)) from None
+            doc = as_object(body)
+            company = _obj(doc.get("authorization")).get("id")
+            if company_id is not None and company != company_id:
+                raise Refused(403, "foreign_company", "webhook for another Front company")
+            challenge = request.headers.get("x-front-challenge")
+            if challenge is not None or doc.get("type") == "sync":
+                # Validation handshake: echo the challenge; a sync is not an event.
+                return PlainTextResponse(challenge or "")
+            payload = doc.get("payload")
+            if not isinstance(payload, dict):
+                raise Refused(422, "not_an_event", "application webhook without a payload object")
+            envelope = doc.get("type")
+            event = normalized(payload, "APP_WEBHOOK",
+                               envelope_type=envelope if isinstance(envelope, str) else None,
+                               company_id=company if isinstance(company, str) else None)
+        except Refused as exc:
+            return refuse(exc)
+        return await publish(event, "app")
 
     async def rule_webhook(request: Request) -> Response:
-        if rule_secret is None:
-            return refuse(404, "rule webhooks are not configured")
-        body = await request.body()
         try:
-            verify_rule_webhook(rule_secret, request.headers.get("x-front-signature"), body)
-        except SignatureError as exc:
-            return refuse(401, str(exc))
-        doc = parse_object(body)
-        if isinstance(doc, Response):
-            return doc
-        try:
-            event = normalize_event(doc, "RULE_WEBHOOK")
-        except UnsupportedEvent as exc:
-            return refuse(422, str(exc))
-        return await publish(event)
+            if rule_secret is None:
+                raise Refused(404, "rules_not_configured", "rule webhooks are not configured")
+            body = await read_body(request, rc.max_body_bytes, rc.read_timeout_s)
+            try:
+                verify_rule_webhook(rule_secret, request.headers.get("x-front-signature"), body)
+            except SignatureError as exc:
+                raise Refused(401, "bad_signature", str(exc)) from None
+            event = normalized(as_object(body), "RULE_WEBHOOK")
+        except Refused as exc:
+            return refuse(exc)
+        return await publish(event, "rule")
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", **stats})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[
         Route("/webhooks/front", app_webhook, methods=["POST"]),
         Route("/webhooks/front/rules", rule_webhook, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ])
 
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
+
+# Epoch milliseconds: 13 digits today; 16 leaves room and keeps float conversion exact.
+_TIMESTAMP = re.compile(r"[0-9]{1,16}")
 
 
 class SignatureError(Exception):
@@ -31,21 +35,22 @@ def verify_app_webhook(secret: bytes, timestamp: str | None, signature: str | No
                        body: bytes, max_skew_s: float, now: float | None = None) -> None:
     if not signature or not timestamp:
         raise SignatureError("missing x-front-signature or x-front-request-timestamp")
-    try:
-        ts_ms = int(timestamp)
-    except ValueError:
-        raise SignatureError("x-front-request-timestamp is not epoch milliseconds") from None
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise SignatureError("x-front-request-timestamp is not epoch milliseconds")
+    ts_ms = int(timestamp)
     current = time.time() if now is None else now
     if abs(current - ts_ms / 1000.0) > max_skew_s:
         raise SignatureError("stale or future timestamp")
-    expected = sign_app_webhook(secret, timestamp, body)
-    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+    _compare(sign_app_webhook(secret, timestamp, body), signature)
+
+
+def _compare(expected: str, given: str) -> None:
+    # compare_digest wants ASCII on both sides; a header with other characters cannot match.
+    if not given.isascii() or not hmac.compare_digest(expected.encode(), given.strip().encode()):
         raise SignatureError("signature mismatch")
 
 
 def verify_rule_webhook(secret: bytes, signature: str | None, body: bytes) -> None:
     if not signature:
         raise SignatureError("missing x-front-signature")
-    expected = sign_rule_webhook(secret, body)
-    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
-        raise SignatureError("signature mismatch")
+    _compare(sign_rule_webhook(secret, body), signature)
