@@ -177,7 +177,12 @@ EVENT_DATA_SCHEMAS: dict[str, dict[str, Any]] = {
 
 def load_spec() -> Spec:
     if not SPEC_PATH.exists():
-        pytest.fail(f"Front's OpenAPI spec not found at {SPEC_PATH} (set FRONT_CORE_API_SPEC)")
+        # A clone of the repository alone has no ../shared beside it: skip, and say how to
+        # run these. CI lays shared/ out beside the clone, so there a missing spec is a failure.
+        why = f"Front's OpenAPI spec not found at {SPEC_PATH} (set FRONT_CORE_API_SPEC)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
     spec: Spec = json.loads(SPEC_PATH.read_text())
     return spec
 
