@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from emulators._server import serve
-from emulators.front._admin import _seed
 from emulators.front._app import create_app
 from emulators.front._store import DEFAULT_TOKEN, FrontState
+from emulators.front._world import seed
 from emulators.tls import ensure_ca
 
 STATE_FILE = "front-state.json"
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         state = FrontState(token=args.token or DEFAULT_TOKEN, company_name=args.company)
         if args.seed_defaults:
-            _seed(state, {"defaults": True})
+            seed(state, {"defaults": True})
     tls = ensure_ca(state_dir) if args.tls else None
     app = create_app(state, token=args.token, rpm=args.rpm,
                      persist_path=state_path if args.persist else None, base_url=args.base_url)

@@ -14,12 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from emulators.front import _api_contacts
-from emulators.front._context import Ctx
+from emulators.front import _world
 from emulators.front._dispatch import Dispatcher
 from emulators.front._errors import FrontError
-from emulators.front._ops import Actor
-from emulators.front._query import Query
 from emulators.front._ratelimit import RateLimiter
 from emulators.front._render import absolutize
 from emulators.front._simulate import simulate
@@ -29,12 +26,6 @@ __all__ = ["Faults", "admin_routes", "json_response"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 _TOKEN_KINDS = ("api", "oauth_client")
-_DEFAULT_SEED: dict[str, Any] = {
-    "teammates": [{"email": "pam@acme.example", "first_name": "Pam", "last_name": "Beesly"},
-                  {"email": "jim@acme.example", "first_name": "Jim", "last_name": "Halpert"}],
-    "inboxes": [{"name": "Support", "address": "support@acme.example"}],
-    "tags": [{"name": "sf:synced"}, {"name": "sf:opportunity"}],
-}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -70,30 +61,6 @@ class Faults:
                 self.items.remove(fault)
             return fault
         return None
-
-
-def _seed(state: FrontState, body: dict[str, Any]) -> dict[str, list[str]]:
-    if body.get("defaults"):
-        body = {**_DEFAULT_SEED, **{k: v for k, v in body.items() if k != "defaults"}}
-    ids: dict[str, list[str]] = {}
-    for resource, defs in (body.get("custom_fields") or {}).items():
-        for d in defs:
-            ids.setdefault("custom_fields", []).append(state.add_custom_field(resource, **d))
-    for t in body.get("teammates", []):
-        ids.setdefault("teammates", []).append(state.add_teammate(**t))
-    for i in body.get("inboxes", []):
-        ids.setdefault("inboxes", []).append(state.add_inbox(**i))
-    for t in body.get("tags", []):
-        ids.setdefault("tags", []).append(state.add_tag(**t))
-    for lk in body.get("links", []):
-        ids.setdefault("links", []).append(state.add_link(**lk))
-    bot = Actor("api", state.bots["api"])
-    for c in body.get("contacts", []):
-        # Same validation as POST /contacts (handle uniqueness, custom field definitions).
-        ctx = Ctx(state, bot, "POST", "/contacts", {}, Query([], state.config), c)
-        reply = _api_contacts.create_contact(ctx)
-        ids.setdefault("contacts", []).append(reply.body["id"])
-    return ids
 
 
 def admin_routes(state: FrontState, dispatcher: Dispatcher, limiter: RateLimiter,
@@ -138,8 +105,9 @@ def admin_routes(state: FrontState, dispatcher: Dispatcher, limiter: RateLimiter
 
     @route("/__admin/seed", ["POST"])
     async def seed(request: Request, body: Any) -> Any:
+        dispatcher.base_url = base(request)  # seeded events may be delivered
         with state.lock:
-            return {"ids": _seed(state, body)}
+            return {"ids": _world.seed(state, body)}
 
     @route("/__admin/state", ["GET"])
     async def dump(request: Request, body: Any) -> Any:
@@ -190,6 +158,12 @@ def admin_routes(state: FrontState, dispatcher: Dispatcher, limiter: RateLimiter
         done = await asyncio.to_thread(dispatcher.drain, float(body.get("timeout", 30)))
         return {"drained": done, "deliveries": len(dispatcher.deliveries)}
 
+    @route("/__admin/webhooks/replay", ["POST"])
+    async def replay(request: Request, body: Any) -> Any:
+        dispatcher.base_url = base(request)
+        with state.lock:
+            return _world.replay(state, dispatcher, body)
+
     @route("/__admin/webhooks/{sub_id}", ["DELETE"])
     async def unsubscribe(request: Request, body: Any) -> Any:
         if not dispatcher.unsubscribe(request.path_params["sub_id"]):
@@ -224,5 +198,5 @@ def admin_routes(state: FrontState, dispatcher: Dispatcher, limiter: RateLimiter
             return json_response({"error": "persistence is not enabled"}, 409)
         return {"saved": saved}
 
-    return [reset, seed, dump, config, tokens, webhooks, drain, unsubscribe, simulate_action,
-            merge, fault_list, save]
+    return [reset, seed, dump, config, tokens, webhooks, drain, replay, unsubscribe,
+            simulate_action, merge, fault_list, save]

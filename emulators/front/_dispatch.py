@@ -23,6 +23,10 @@ from emulators.front._webhooks import WebhookEmitter
 
 __all__ = ["Dispatcher"]
 
+# (event payload with relative links, subscriptions, company id, envelope type or None for
+# the one mapped from the event type, replayed?)
+_Item = tuple[dict[str, Any], list[dict[str, Any]], str, str | None, bool]
+
 _SUB_DEFAULTS: dict[str, Any] = {"kind": "app", "types": None, "preview": False, "retries": 3,
                                  "duplicate_rate": 0.0, "timeout_s": 5.0, "backoff_s": 0.2}
 
@@ -33,8 +37,7 @@ class Dispatcher:
         # Base URL for absolute links in payloads: the address clients last reached us on.
         self.base_url = "http://127.0.0.1"
         self.deliveries: deque[dict[str, Any]] = deque(maxlen=1000)
-        self._queue: queue.Queue[tuple[dict[str, Any], list[dict[str, Any]], str] | None] = (
-            queue.Queue())
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._emitters: dict[str, WebhookEmitter] = {}
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -86,11 +89,22 @@ class Dispatcher:
 
     def enqueue(self, payload: dict[str, Any]) -> None:
         """``FrontState.publish`` hook; runs under the state lock, so it only queues."""
+        self.replay(payload, replayed=False)
+
+    def replay(self, payload: dict[str, Any], kind: str | None = None,
+               only: str | None = None, replayed: bool = True) -> list[str]:
+        """Queue ``payload`` (an event, relative links) for every matching subscription (or
+        only subscription ``only``), as an app envelope of type ``kind`` (default: mapped
+        from the event type). Under the state lock. Returns the subscription ids."""
         subs = [dict(s) for s in self.state.subscriptions.values()
-                if not s["types"] or payload["type"] in s["types"]]
-        if not subs:
-            return
-        self._queue.put((payload, subs, self.state.company["id"]))
+                if (only is None or s["id"] == only)
+                and (not s["types"] or payload["type"] in s["types"])]
+        if subs:
+            self._queue.put((payload, subs, self.state.company["id"], kind, replayed))
+            self._start()
+        return [s["id"] for s in subs]
+
+    def _start(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="front-webhooks",
@@ -103,23 +117,26 @@ class Dispatcher:
             try:
                 if item is None:
                     return
-                payload, subs, company_id = item
+                payload, subs, company_id, kind, replayed = item
                 event = absolutize(payload, self.base_url)
                 for sub in subs:
-                    self._deliver(sub, company_id, event)
+                    self._deliver(sub, company_id, event, kind, replayed)
             finally:
                 self._queue.task_done()
 
-    def _deliver(self, sub: dict[str, Any], company_id: str, event: dict[str, Any]) -> None:
+    def _deliver(self, sub: dict[str, Any], company_id: str, event: dict[str, Any],
+                 kind: str | None = None, replayed: bool = False) -> None:
         emitter = self._emitter(sub, company_id)
+        emitter.company_id = company_id  # a seed may have given the company its recorded id
         before = (emitter.attempts, emitter.duplicates)
         body = preview_event(event) if sub["preview"] else event
-        status = emitter.deliver(body, app_webhook_type(event["type"]))
+        status = emitter.deliver(body, kind or app_webhook_type(event["type"]))
         self.deliveries.append({
             "subscription": sub["id"], "kind": sub["kind"], "event_id": event["id"],
             "event_type": event["type"], "status": status,
             "attempts": emitter.attempts - before[0],
-            "duplicated": emitter.duplicates > before[1], "at": time.time(),
+            "duplicated": emitter.duplicates > before[1], "replayed": replayed,
+            "at": time.time(),
         })
 
     def forget(self) -> None:

@@ -8,17 +8,19 @@ events must survive a restart on another port.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from emulators.front._store import FrontState
 
 __all__ = [
     "absolutize", "comment", "contact", "conversation", "custom_field", "inbox", "link",
-    "message", "preview_event", "recipient", "rule", "tag", "teammate",
+    "message", "preview_event", "recipient", "relativize", "rule", "tag", "teammate",
 ]
 
 # Not described by the spec, yet listed as required in TeammateResponse (value unconfirmed).
 _LICENSE_TYPE = "regular"
+_ABSOLUTE = re.compile(r"^https?://[^/?#]+(/[^#]*)$")
 
 
 def absolutize(obj: Any, base: str, inside_links: bool = False) -> Any:
@@ -29,6 +31,22 @@ def absolutize(obj: Any, base: str, inside_links: bool = False) -> Any:
         return [absolutize(v, base, inside_links) for v in obj]
     if inside_links and isinstance(obj, str) and obj.startswith("/"):
         return base + obj
+    return obj
+
+
+def relativize(obj: Any, inside_links: bool = False) -> Any:
+    """The inverse of ``absolutize`` for recorded payloads: absolute URLs inside ``_links``
+    (``https://acme.api.frontapp.com/events/evt_…``) become paths, so that they are served
+    and delivered on the emulator's base URL."""
+    if isinstance(obj, dict):
+        return {k: relativize(v, inside_links or k in ("_links", "_pagination"))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relativize(v, inside_links) for v in obj]
+    if inside_links and isinstance(obj, str):
+        found = _ABSOLUTE.match(obj)
+        if found:
+            return found.group(1)
     return obj
 
 
@@ -194,6 +212,8 @@ def preview_event(event: dict[str, Any]) -> dict[str, Any]:
     def reduce(part: dict[str, Any] | None) -> dict[str, Any] | None:
         if not part:
             return None
+        if "data" not in part and "id" in part:
+            return dict(part)  # already a preview (a replayed recorded one)
         data = part.get("data")
         first = data[0] if isinstance(data, list) and data else data
         out: dict[str, Any] = {"_meta": part["_meta"]}

@@ -60,6 +60,9 @@ class FrontState:
                  rpm: int | None = None) -> None:
         self.lock = threading.RLock()
         self.serial = 0
+        # Ids given by a seed (a recorded world): the generator skips them. Kept across resets
+        # and restarts, so that a generated id never equals one a seed used or will reuse.
+        self.reserved: set[str] = set()
         self.company = {"id": make_id("company", self._next()), "name": company_name}
         self.config: dict[str, Any] = dict(DEFAULT_CONFIG)
         if rpm is not None:
@@ -103,7 +106,18 @@ class FrontState:
         return self.serial
 
     def new_id(self, kind: str) -> str:
-        return make_id(kind, self._next())
+        while True:
+            candidate = make_id(kind, self._next())
+            if candidate not in self.reserved:
+                return candidate
+
+    def has_id(self, ident: str) -> bool:
+        """Whether ``ident`` names anything in the company now (any kind: prefixes differ)."""
+        if ident == self.company["id"] or ident in self.event_index:
+            return True
+        if any(ident in getattr(self, name) for name in _COLLECTIONS):
+            return True
+        return any(f["id"] == ident for defs in self.custom_fields.values() for f in defs)
 
     def now(self) -> float:
         return round(time.time() + float(self.config["clock_offset"]), 3)
@@ -119,50 +133,61 @@ class FrontState:
 
     # ---- creation helpers (used by seeding and by the API) -------------------------------
 
+    # ``id``: keep a given id (a seeded world); the caller has checked it (``_world``).
+
     def add_teammate(self, *, email: str, username: str | None = None, first_name: str = "",
                      last_name: str = "", is_admin: bool = False, type: str = "user",
-                     is_available: bool = True, custom_fields: dict[str, Any] | None = None
+                     is_available: bool = True, is_blocked: bool = False,
+                     custom_fields: dict[str, Any] | None = None, id: str | None = None
                      ) -> str:
-        tid = self.new_id("teammate")
+        tid = id or self.new_id("teammate")
         self.teammates[tid] = {
             "id": tid, "email": email, "username": username or email.split("@")[0],
             "first_name": first_name, "last_name": last_name, "is_admin": is_admin,
-            "is_available": is_available, "is_blocked": False, "type": type,
+            "is_available": is_available, "is_blocked": is_blocked, "type": type,
             "custom_fields": custom_fields or {},
         }
         return tid
 
     def add_inbox(self, *, name: str, address: str | None = None, is_private: bool = False,
-                  custom_fields: dict[str, Any] | None = None) -> str:
-        iid = self.new_id("inbox")
+                  is_public: bool | None = None, custom_fields: dict[str, Any] | None = None,
+                  id: str | None = None) -> str:
+        iid = id or self.new_id("inbox")
         self.inboxes[iid] = {"id": iid, "name": name, "address": address,
-                             "is_private": is_private, "is_public": not is_private,
+                             "is_private": is_private,
+                             "is_public": not is_private if is_public is None else is_public,
                              "custom_fields": custom_fields or {}}
         return iid
 
     def add_tag(self, *, name: str, description: str | None = None,
-                highlight: str | None = None, is_visible_in_conversation_lists: bool = False
-                ) -> str:
-        tid = self.new_id("tag")
-        now = self.now()
+                highlight: str | None = None, is_visible_in_conversation_lists: bool = False,
+                is_private: bool = False, created_at: float | None = None,
+                updated_at: float | None = None, id: str | None = None) -> str:
+        tid = id or self.new_id("tag")
+        created = self.now() if created_at is None else created_at
         self.tags[tid] = {"id": tid, "name": name, "description": description,
-                          "highlight": highlight, "is_private": False,
+                          "highlight": highlight, "is_private": is_private,
                           "is_visible_in_conversation_lists": is_visible_in_conversation_lists,
-                          "created_at": now, "updated_at": now}
+                          "created_at": created,
+                          "updated_at": created if updated_at is None else updated_at}
         return tid
 
-    def add_link(self, *, external_url: str, name: str | None = None, type: str = "web") -> str:
-        lid = self.new_id("link")
+    def add_link(self, *, external_url: str, name: str | None = None, type: str = "web",
+                 custom_fields: dict[str, Any] | None = None, id: str | None = None) -> str:
+        lid = id or self.new_id("link")
         self.links[lid] = {"id": lid, "name": name or external_url, "type": type,
-                           "external_url": external_url, "custom_fields": {}}
+                           "external_url": external_url, "custom_fields": custom_fields or {}}
         return lid
 
     def add_custom_field(self, resource: str, *, name: str, type: str = "string",
-                         description: str = "", values: list[str] | None = None) -> str:
-        fid = self.new_id("custom_field")
+                         description: str = "", values: list[Any] | None = None,
+                         id: str | None = None) -> str:
+        """``values``: enum values as strings or as Front's ``{"value", "label"}`` objects."""
+        fid = id or self.new_id("custom_field")
         entry: dict[str, Any] = {"id": fid, "name": name, "type": type, "description": description}
         if values is not None:
-            entry["values"] = [{"value": v, "label": v} for v in values]
+            entry["values"] = [v if isinstance(v, dict) else {"value": v, "label": v}
+                               for v in values]
         self.custom_fields.setdefault(resource, []).append(entry)
         return fid
 
@@ -235,13 +260,14 @@ class FrontState:
     # ---- events --------------------------------------------------------------------------
 
     def append_event(self, payload: dict[str, Any], conversation_id: str | None,
-                     inbox_ids: list[str]) -> None:
+                     inbox_ids: list[str], publish: bool = True) -> None:
+        """``publish=False``: into the log (Events API) without a webhook (a seeded past)."""
         seq = len(self.events)
         self.event_index[payload["id"]] = seq
         self.events.append({"seq": seq, "payload": payload,
                             "conversation_id": conversation_id, "inbox_ids": list(inbox_ids)})
         bisect.insort(self.event_keys, (payload["emitted_at"], seq))
-        if self.publish is not None:
+        if publish and self.publish is not None:
             self.publish(payload)
 
     def event(self, event_id: str) -> dict[str, Any]:
@@ -252,9 +278,37 @@ class FrontState:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
+    def mark(self) -> dict[str, Any]:
+        """A rollback point for an all-or-nothing admin write (a seed only adds records)."""
+        return {"company": dict(self.company), "reserved": set(self.reserved),
+                "keys": {name: set(getattr(self, name)) for name in _COLLECTIONS},
+                "fields": {res: len(defs) for res, defs in self.custom_fields.items()},
+                "events": len(self.events), "last_emitted": self.last_emitted}
+
+    def rollback(self, mark: dict[str, Any]) -> None:
+        """Forget what was added since ``mark`` (the serial stays: ids are never reused)."""
+        self.company, self.reserved = mark["company"], mark["reserved"]
+        self.last_emitted = mark["last_emitted"]
+        for name, keys in mark["keys"].items():
+            collection = getattr(self, name)
+            for key in [k for k in collection if k not in keys]:
+                del collection[key]
+        for res in list(self.custom_fields):
+            kept = mark["fields"].get(res, 0)
+            if kept:
+                del self.custom_fields[res][kept:]
+            else:
+                del self.custom_fields[res]
+        count = mark["events"]
+        for entry in self.events[count:]:
+            self.event_index.pop(entry["payload"]["id"], None)
+        del self.events[count:]
+        self.event_keys = [k for k in self.event_keys if k[1] < count]
+
     def reset(self) -> None:
         """Clean company: data, events and webhook subscriptions go; identity, tokens, API bots,
-        configuration and the id serial stay (ids are never handed out twice)."""
+        configuration, the id serial and the reserved (seeded) ids stay (ids are never handed out
+        twice, and a recorded world can be seeded again)."""
         bots = {tid: self.teammates[tid] for tid in self.bots.values()}
         self._init_data()
         self.teammates.update(bots)
@@ -264,7 +318,7 @@ class FrontState:
         return {"version": _FORMAT_VERSION, "serial": self.serial, "company": self.company,
                 "config": self.config, "tokens": self.tokens, "bots": self.bots,
                 "custom_fields": self.custom_fields, "events": self.events,
-                "last_emitted": self.last_emitted, **data}
+                "last_emitted": self.last_emitted, "reserved": sorted(self.reserved), **data}
 
     def save(self, path: Path) -> None:
         path = Path(path)
@@ -283,6 +337,7 @@ class FrontState:
         state.publish = None
         state._init_data()
         state.serial = raw["serial"]
+        state.reserved = set(raw.get("reserved", []))  # absent in files written before seeds
         state.company = raw["company"]
         state.config = {**DEFAULT_CONFIG, **raw["config"]}
         state.tokens = raw["tokens"]
