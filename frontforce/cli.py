@@ -19,6 +19,8 @@ app.add_typer(sink_app, name="sink")
 app.add_typer(load_app, name="load")
 schemas_app = typer.Typer(no_args_is_help=True, help="Schema contracts in the registry.")
 app.add_typer(schemas_app, name="schemas")
+backfill_app = typer.Typer(no_args_is_help=True, help="Read history from an API into Kafka.")
+app.add_typer(backfill_app, name="backfill")
 
 ConfigOpt = typer.Option(
     Path(os.environ.get("FRONTFORCE_CONFIG", "frontforce.yaml")), "--config", "-c",
@@ -136,6 +138,48 @@ def load_salesforce(config: Path = ConfigOpt) -> None:
     s = _settings(config)
     counts = load_snapshot(s, connect(s.salesforce))
     typer.echo("loaded: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds, or an ISO 8601 time (UTC when it has no offset)."""
+    from datetime import UTC, datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither epoch seconds nor an ISO 8601 time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+@backfill_app.command("front")
+def backfill_front(
+    since: str = typer.Option(..., help="Start of the window: ISO 8601 or epoch seconds."),
+    until: str | None = typer.Option(None, help="End of the window (default: now)."),
+    config: Path = ConfigOpt,
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Page Front's Events API over a time window into front.events (resumable: run the same
+    window again after a crash and it continues where the stored events end)."""
+    import time
+
+    from sources.front import backfill
+
+    s = _settings(config)
+    start, end = parse_time(since), (parse_time(until) if until else time.time())
+    if end <= start:
+        raise typer.BadParameter("--until must be after --since")
+    try:
+        r = backfill(s, start, end, progress=progress and sys.stderr.isatty())
+    except FatalError as exc:
+        typer.echo(f"fatal: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{r.name}: {'already complete' if r.already_done else 'complete'}; "
+               f"pages={r.pages} events={r.events} dead_lettered={r.dead_lettered}"
+               f"{' (resumed)' if r.resumed else ''}")
 
 
 @app.command()

@@ -75,6 +75,23 @@ class FrontConfig(_Model):
         None, description="Front company id (cmp_..., GET /me). When set, application webhooks"
         " whose authorization.id is another company are refused (403).",
     )
+    api_url: str = Field(
+        "https://api2.frontapp.com", description="Front Core API base URL (or the emulator's)."
+    )
+    api_token: SecretStr | None = Field(
+        None, description="Front API token (Bearer); needed by backfill, gap-fill and the Front sink."
+    )
+    rate_share: float = Field(
+        1.0, gt=0, le=1,
+        description="Share of the company's per-window Front budget (x-ratelimit-limit) frontforce"
+        " may spend; the rest stays for the company's other integrations.",
+    )
+    timeout_s: float = Field(20.0, gt=0, description="HTTP timeout for one Front call.")
+    gapfill_overlap_s: float = Field(
+        300.0, ge=0,
+        description="On receiver start, the Events API is read back from the last stored event"
+        " minus this overlap (Front documents no ordering; duplicates are dropped downstream).",
+    )
 
 
 class ReceiverConfig(_Model):

@@ -1,6 +1,7 @@
-"""Front source: the signed webhook receiver (and, later, the Events API poller)."""
+"""Front source: the signed webhook receiver, and the Events API for backfill and gap-fill."""
 
-from sources.front._normalize import UnsupportedEvent, normalize_event
+from sources.front._backfill import BackfillResult, backfill
+from sources.front._normalize import UnsupportedEvent, event_key, normalize_event
 from sources.front._receiver import create_receiver_app
 from sources.front._signature import (
     SignatureError,
@@ -9,6 +10,9 @@ from sources.front._signature import (
 )
 
 __all__ = [
+    "BackfillResult",
+    "backfill",
+    "event_key",
     "SignatureError",
     "UnsupportedEvent",
     "create_receiver_app",

@@ -127,6 +127,12 @@ def normalize_event(payload: dict[str, Any], source: str, envelope_type: str | N
     }
 
 
+def event_key(event: dict[str, Any]) -> bytes:
+    """Kafka key of a normalized event: its conversation (so one conversation's events share a
+    partition), or the event id for events outside any conversation."""
+    return str(event["conversation_id"] or event["event_id"]).encode()
+
+
 def _message(data: dict[str, Any], emitted: float) -> dict[str, Any]:
     msg_id = data.get("id")
     if not isinstance(msg_id, str):

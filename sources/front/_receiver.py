@@ -32,7 +32,7 @@ from frontforce.config import Settings
 from frontforce.errors import FrontforceError, InvalidRecordError
 from frontforce.kafka import AsyncProducer
 from frontforce.serialization import Serde
-from sources.front._normalize import UnsupportedEvent, normalize_event
+from sources.front._normalize import UnsupportedEvent, event_key, normalize_event
 from sources.front._signature import SignatureError, verify_app_webhook, verify_rule_webhook
 
 log = structlog.get_logger("sources.front")
@@ -106,7 +106,7 @@ def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serd
     stats = {"accepted": 0, "refused": 0}
 
     async def publish(event: dict[str, Any], kind: str) -> Response:
-        key = (event["conversation_id"] or event["event_id"]).encode()
+        key = event_key(event)
         try:
             value = await run_in_threadpool(serde.encode, topic, event)
             msg = await asyncio.wait_for(producer.produce(topic, key, value), timeout=timeout + 1)

@@ -1,0 +1,81 @@
+"""Source cursors on the compacted ``source.cursors`` topic, keyed by source name (STYLE
+habit 8): a cursor is written only after the records it covers were acknowledged, so a
+source that restarts, anywhere, resumes exactly where the stored records end."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from frontforce.config import Settings
+from frontforce.errors import RetriableError
+from frontforce.serialization import Serde
+
+
+def read_cursor(settings: Settings, serde: Serde, name: str) -> dict[str, Any] | None:
+    """The newest cursor stored under ``name`` (its position parsed as JSON), or None."""
+    topic = settings.topics.source_cursors
+    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                  "group.id": f"cursor-reader-{uuid.uuid4()}", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "isolation.level": "read_committed"})
+    found: dict[str, Any] | None = None
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return None
+        pending = set()
+        assignment = []
+        for p in meta.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                pending.add(p)
+                assignment.append(TopicPartition(topic, p, low))
+        c.assign(assignment)
+        key = name.encode()
+        deadline = time.monotonic() + 30
+        while pending:
+            if time.monotonic() > deadline:
+                raise RetriableError(f"{topic}: could not read to the end")
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition() or 0)
+                continue
+            if m.key() != key:
+                continue
+            if m.value() is None:
+                found = None  # tombstone: the cursor was reset
+                continue
+            record = serde.decode(topic, m.value())
+            found = {**record, "position": json.loads(record["position"])}
+        return found
+    finally:
+        c.close()
+
+
+def write_cursor(settings: Settings, serde: Serde, producer: Producer, name: str,
+                 position: dict[str, Any], covered_until_ms: int) -> None:
+    """Store a cursor and wait for the broker's acknowledgement (raises ``RetriableError``)."""
+    topic = settings.topics.source_cursors
+    value = serde.encode(topic, {
+        "source": name,
+        "position": json.dumps(position, sort_keys=True),
+        "covered_until": covered_until_ms,
+        "updated_at": int(time.time() * 1000),
+    })
+    errors: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err.str())
+
+    producer.produce(topic, key=name.encode(), value=value, on_delivery=on_delivery)
+    if producer.flush(settings.kafka.delivery_timeout_s * 3) or errors:
+        raise RetriableError(f"cursor {name} not acknowledged: {errors[:1]}")
