@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from frontforce.config import Settings
 from frontforce.errors import RetriableError
+from frontforce.kafka import watermarks
 from frontforce.serialization import Serde
 
 
@@ -30,7 +31,7 @@ def read_cursor(settings: Settings, serde: Serde, name: str) -> dict[str, Any] |
         pending = set()
         assignment = []
         for p in meta.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(c, TopicPartition(topic, p))
             if high > low:
                 pending.add(p)
                 assignment.append(TopicPartition(topic, p, low))

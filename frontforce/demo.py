@@ -16,6 +16,7 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from frontforce.kafka import watermarks
 from frontforce.lag import wait_settled
 from frontforce.localstack import REPO, LocalStack
 from frontforce.serialization import avro_deserializer, registry_client
@@ -37,7 +38,7 @@ def read_topic(bootstrap: str, registry_url: str, topic: str,
         pending: set[int] = set()
         assignment = []
         for p in meta.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(c, TopicPartition(topic, p))
             if high > low:
                 pending.add(p)
                 assignment.append(TopicPartition(topic, p, low))

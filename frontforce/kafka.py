@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -138,3 +139,22 @@ def _set_result(fut: asyncio.Future[Message], msg: Message) -> None:
 def _set_exc(fut: asyncio.Future[Message], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+def watermarks(consumer: Any, tp: Any, timeout_s: float = 30.0) -> tuple[int, int]:
+    """``get_watermark_offsets`` that waits out a partition without a leader yet (a topic
+    created a moment ago, a broker restarting) instead of failing the caller."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not err.retriable() and err.code() not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+_NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT})

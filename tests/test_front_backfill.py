@@ -159,3 +159,57 @@ def test_backfill_under_a_tight_budget_waits_instead_of_drawing_429s(world: Worl
     fresh = FrontPacer()
     page: Any = FrontClient(world.settings().front, pacer=fresh).get("/me")
     assert page["id"].startswith("cmp_") and fresh.throttled == 1
+
+
+def test_a_restarted_receiver_fills_its_downtime_from_the_events_api(world: World) -> None:
+    """Guards: events Front emitted while the receiver was down (webhooks dropped after
+    Front's retries) must come back by themselves when it starts again."""
+    from emulators.front import WebhookEmitter, inbound_email_event
+
+    world.set_limits(rpm=100, window_s=60)
+    port = free_port()
+    config = world.config.with_name("receiver.yaml")
+    config.write_text(world.config.read_text() + f"receiver: {{port: {port}}}\n")
+    args = [sys.executable, "-m", "frontforce", "receiver", "--config", str(config)]
+
+    def start() -> subprocess.Popen[bytes]:
+        with (world.stack.logs / "receiver.log").open("ab") as log:
+            proc = subprocess.Popen(args, cwd=REPO, env=world.stack.env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("receiver did not start")
+
+    proc = start()
+    tag = uuid.uuid4().hex[:6]
+    emitter = WebhookEmitter(f"http://127.0.0.1:{port}/webhooks/front", b"unused")
+    assert emitter.deliver(inbound_email_event(
+        base_url=world.stack.front_url, event_id=f"evt_{tag}", conversation_id=f"cnv_{tag}",
+        message_id=f"msg_{tag}", inbox_id="inb_1", sender="a@b.example", sender_name=None,
+        to="support@acme.example", subject="s", text="t", emitted_at=time.time() - 60)) == 200
+    s = world.settings()
+    deadline = time.monotonic() + 30
+    while read_cursor(s, Serde(s), "front.webhooks") is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert read_cursor(s, Serde(s), "front.webhooks") is not None, "the receiver keeps no watermark"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    missed = world.inbound(20, at=time.time() - 30, tag=f"gap{tag}")  # no receiver to deliver to
+    assert not set(missed) & set(world.stored())
+    proc = start()
+    try:
+        deadline = time.monotonic() + 60
+        stored = world.stored()
+        while not all(stored[i] for i in missed) and time.monotonic() < deadline:
+            time.sleep(1)
+            stored = world.stored()
+        assert all(stored[i] == 1 for i in missed), {i: stored[i] for i in missed}
+        job = read_cursor(s, Serde(s), "front.gapfill")
+        assert job is not None and job["position"]["done"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)

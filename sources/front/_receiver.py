@@ -32,6 +32,7 @@ from frontforce.config import Settings
 from frontforce.errors import FrontforceError, InvalidRecordError
 from frontforce.kafka import AsyncProducer
 from frontforce.serialization import Serde
+from sources.front._gapfill import WebhookWatermark, start_gap_fill
 from sources.front._normalize import UnsupportedEvent, event_key, normalize_event
 from sources.front._signature import SignatureError, verify_app_webhook, verify_rule_webhook
 
@@ -94,7 +95,8 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serde) -> Starlette:
+def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serde,
+                        watermark: WebhookWatermark | None = None) -> Starlette:
     topic = settings.topics.front_events
     app_secret = settings.front.app_secret.get_secret_value().encode()
     rule_secret = (
@@ -125,6 +127,8 @@ def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serd
             return _error(503, "event not stored, retry later", **{"Retry-After": "5"})
         stats["accepted"] += 1
         ACCEPTED.labels(kind).inc()
+        if watermark is not None:
+            watermark.saw(int(event["occurred_at"]))
         log.info("event stored", event_id=event["event_id"], type=event["front_type"],
                  at=f"{msg.topic()}[{msg.partition()}]@{msg.offset()}")
         return JSONResponse({"status": "stored", "event_id": event["event_id"]})
@@ -217,9 +221,14 @@ def run_receiver(settings: Settings) -> None:
 
     serde = Serde(settings)
     producer = AsyncProducer(producer_config(settings))
-    app = create_receiver_app(settings, producer, serde)
+    watermark = WebhookWatermark(settings, serde)
+    app = create_receiver_app(settings, producer, serde, watermark)
+    watermark.start()
+    # What Front emitted while we were down comes back from the Events API, in the background.
+    start_gap_fill(settings, serde)
     try:
         uvicorn.run(app, host=settings.receiver.host, port=settings.receiver.port,
                     log_level="warning")
     finally:
         producer.close()
+        watermark.stop()
