@@ -142,6 +142,11 @@ class WorkerConfig(_Model):
     retry_max_delay_s: float = Field(
         10.0, gt=0, description="Longest pause between two in-place retries of one event."
     )
+    max_in_flight: int = Field(
+        1000, ge=1,
+        description="Events an agent may have handled but not yet acknowledged (their records"
+        " still on the way to the broker); bounds memory and what a crash replays.",
+    )
 
 
 class SinkConfig(_Model):

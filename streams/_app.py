@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 import structlog
@@ -86,41 +86,60 @@ EXIT_STALLED = 75
 class ChangelogTable(faust.Table):
     """A table whose changelog writes can be awaited. Faust sends them in the background and
     only logs a failed one, then commits the source offset anyway: a worker elsewhere would
-    restore the table without that entry. ``confirm()`` waits for every changelog record
-    written since the last call, or raises ``RetriableError``."""
-
-    _unconfirmed: list[FutureMessage]
+    restore the table without that entry. ``take_sent()`` hands over the futures of every
+    changelog record written since the last call, for the event's ``Outbox``."""
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
         fut = super().send_changelog(*args, **kwargs)
-        self.__dict__.setdefault("_unconfirmed", []).append(fut)
+        self.__dict__.setdefault("_sent", []).append(fut)
         return fut
 
-    async def confirm(self) -> None:
-        pending = self.__dict__.get("_unconfirmed") or []
-        self.__dict__["_unconfirmed"] = []
-        for fut in pending:
+    def take_sent(self) -> list[asyncio.Future[Any]]:
+        sent: list[asyncio.Future[Any]] = self.__dict__.get("_sent") or []
+        self.__dict__["_sent"] = []
+        return sent
+
+
+def _send_failure(where: str, exc: BaseException) -> Exception:
+    if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
+        # The broker will never take it: the event that produced it is poison.
+        return InvalidRecordError(f"{where}: record refused as too large: {exc}")
+    return RetriableError(f"{where}: not acknowledged: {type(exc).__name__}: {exc}")
+
+
+class Outbox:
+    """What handling one event produced: every record is handed to the producer at once
+    (``force``: not deferred to Faust's attachments, which would publish it after the ack),
+    and ``delivered()`` waits until the broker acknowledged all of them. The agent goes on
+    with the next event meanwhile; the acker acks events in order as their outboxes are
+    delivered, so the broker's round trips overlap instead of adding up."""
+
+    __slots__ = ("futures",)
+
+    def __init__(self) -> None:
+        self.futures: list[tuple[str, asyncio.Future[Any]]] = []
+
+    async def send(self, topic: TopicT, key: bytes | None, value: bytes) -> None:
+        where = topic.get_topic_name()
+        try:
+            fut = await topic.send(key=key, value=value, force=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified: too large, or transient
+            raise _send_failure(where, exc) from exc
+        self.futures.append((where, cast("asyncio.Future[Any]", fut)))
+
+    def changelog(self, table: ChangelogTable) -> None:
+        self.futures.extend((f"{table.name} changelog", f) for f in table.take_sent())
+
+    async def delivered(self) -> None:
+        for where, fut in self.futures:
             try:
                 await fut
-            except Exception as exc:  # noqa: BLE001 - any failure: not stored
-                raise RetriableError(f"table changelog write not acknowledged: {exc}") from exc
-
-
-async def deliver(topic: TopicT, key: bytes | None, value: bytes) -> None:
-    """Send one record and wait for the broker's acknowledgement (``force``: not deferred
-    to Faust's attachments, which would publish it after the ack we are about to give)."""
-    try:
-        fut = await topic.send(key=key, value=value, force=True)
-        await fut
-    except asyncio.CancelledError:
-        raise
-    except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
-        # The broker will never take it: the event that produced it is poison.
-        raise InvalidRecordError(
-            f"{topic.get_topic_name()}: record refused as too large: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - any other failed send is transient
-        raise RetriableError(
-            f"{topic.get_topic_name()}: not acknowledged: {type(exc).__name__}: {exc}") from exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified: too large, or transient
+                raise _send_failure(where, exc) from exc
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -176,9 +195,11 @@ def create_app(settings: Settings) -> faust.App:
             "attempts": 1,
             "at": int(time.time() * 1000),
         }
-        # Raises RetriableError if the dead letter is not stored: then the event is not
-        # acked either, and the whole event is tried again.
-        await deliver(deadletter, msg.key, serde.encode(topics.deadletter, record))
+        # Waited for here (dead letters are rare): raises RetriableError if the dead letter is
+        # not stored; then the event is not acked either, and the whole event is tried again.
+        out = Outbox()
+        await out.send(deadletter, msg.key, serde.encode(topics.deadletter, record))
+        await out.delivered()
         log.warning("dead-lettered", stage=stage, error=str(exc),
                     at=f"{msg.topic}[{msg.partition}]@{msg.offset}")
 
@@ -190,81 +211,126 @@ def create_app(settings: Settings) -> faust.App:
                     error=str(state.outcome.exception()) if state.outcome else None,
                     at=f"{msg.topic}[{msg.partition}]@{msg.offset}")
 
-    async def handle_once(stage: str, event: EventT, logical_topic: str,
-                          body: Callable[[EventT, dict[str, Any]], Awaitable[None]]) -> None:
+    Body = Callable[[EventT, dict[str, Any], Outbox], Awaitable[None]]
+
+    async def handle_once(stage: str, event: EventT, logical_topic: str, body: Body,
+                          out: Outbox) -> None:
         try:
             value = serde.decode(logical_topic, event.value)
         except InvalidRecordError as exc:
             await dead_letter(event, "decode", exc)
             return
         try:
-            await body(event, value)
+            await body(event, value, out)
         except RetriableError:
-            raise  # retried in place by consume()
+            raise  # retried in place
         except Exception as exc:  # noqa: BLE001 - poison must not stop the agent
             await dead_letter(event, stage, exc)
 
-    async def consume(stage: str, stream: Any, logical_topic: str,
-                      body: Callable[[EventT, dict[str, Any]], Awaitable[None]]) -> None:
+    async def handle_and_wait(stage: str, event: EventT, logical_topic: str, body: Body) -> None:
+        """The slow path, after a send of this event failed: do it again and wait for it."""
+        out = Outbox()
+        await handle_once(stage, event, logical_topic, body, out)
+        try:
+            await out.delivered()
+        except InvalidRecordError as exc:
+            await dead_letter(event, stage, exc)
+
+    async def reliably(stage: str, event: EventT, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``fn`` until it stops failing transiently; a worker that cannot make progress
+        for ``worker.max_stall_s`` ends here, with the event unacknowledged."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetriableError),
+            wait=wait_random_exponential(multiplier=0.2, max=w.retry_max_delay_s),
+            stop=stop_after_delay(w.max_stall_s),
+            before_sleep=before_retry,
+            reraise=True,
+        )
+        try:
+            await retrying(fn, stage, event, *args)
+        except RetriableError as exc:
+            stop_stalled(stage, event, exc)
+
+    def stop_stalled(stage: str, event: EventT | None, exc: BaseException) -> None:
+        at = f"{event.message.topic}[{event.message.partition}]@{event.message.offset}" if event else None
+        log.critical("cannot make progress; stopping without acknowledging the event",
+                     stage=stage, error=f"{type(exc).__name__}: {exc}", stalled_s=w.max_stall_s, at=at)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not an exception: Faust would ack the event on the way out, or restart the agent and
+        # go on with the next one. The process ends here; what it acked is handled, what it
+        # did not is read again by whoever takes the partition.
+        os._exit(EXIT_STALLED)
+
+    async def consume(stage: str, stream: Any, logical_topic: str, body: Body) -> None:
         """The one way every agent handles its events: decode, run ``body``, dead-letter
-        the poison, retry the transient in place, ack only when all of it is stored."""
+        the poison, retry the transient in place, ack only when all of it is stored.
+
+        The agent hands each event's outbox to an acker task and goes on; the acker waits for
+        the outboxes in order and acks. A send that failed is not skipped: the acker handles
+        that event again, waiting for it this time, before it acks anything after it."""
         manual = stream.noack()
-        async for event in manual.events():
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(RetriableError),
-                wait=wait_random_exponential(multiplier=0.2, max=w.retry_max_delay_s),
-                stop=stop_after_delay(w.max_stall_s),
-                before_sleep=before_retry,
-                reraise=True,
-            )
+        in_flight: asyncio.Queue[tuple[EventT, Outbox]] = asyncio.Queue(maxsize=w.max_in_flight)
+
+        async def acker() -> None:
+            while True:
+                event, out = await in_flight.get()
+                try:
+                    await out.delivered()
+                except (RetriableError, InvalidRecordError):
+                    await reliably(stage, event, handle_and_wait, logical_topic, body)
+                await manual.ack(event)
+
+        async def acker_guarded() -> None:
             try:
-                await retrying(handle_once, stage, event, logical_topic, body)
-            except RetriableError as exc:
-                msg = event.message
-                log.critical("cannot make progress; stopping without acknowledging the event",
-                             stage=stage, error=str(exc), stalled_s=w.max_stall_s,
-                             at=f"{msg.topic}[{msg.partition}]@{msg.offset}")
-                sys.stdout.flush()
-                sys.stderr.flush()
-                # Not an exception: Faust would ack the event on the way out, or restart the
-                # agent and go on with the next one. The process ends here; what it acked is
-                # handled, what it did not is read again by whoever takes the partition.
-                os._exit(EXIT_STALLED)
-            await manual.ack(event)
+                await acker()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - an acker that died would stall us
+                stop_stalled(stage, None, exc)
+
+        task = asyncio.ensure_future(acker_guarded())
+        try:
+            async for event in manual.events():
+                out = Outbox()
+                await reliably(stage, event, handle_once, logical_topic, body, out)
+                await in_flight.put((event, out))
+        finally:
+            task.cancel()
 
     @app.agent(changes, name="route-changes")
     async def route_changes(stream: StreamT) -> None:
-        async def body(event: EventT, change: dict[str, Any]) -> None:
+        async def body(event: EventT, change: dict[str, Any], out: Outbox) -> None:
             for key, entry in match_entries(change):
-                await deliver(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
+                await out.send(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
 
         await consume("route-changes", stream, topics.salesforce_changes, body)
 
     @app.agent(match_keys, name="index-match-keys")
     async def index_match_keys(stream: StreamT) -> None:
-        async def body(event: EventT, entry: dict[str, Any]) -> None:
+        async def body(event: EventT, entry: dict[str, Any], out: Outbox) -> None:
             key = _key(event)
             held = table.get(key)
             table[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
-            await table.confirm()
+            out.changelog(table)
 
         await consume("index-match-keys", stream, internal["match_keys"], body)
 
     @app.agent(front_events, name="route-front-events")
     async def route_front(stream: StreamT) -> None:
-        async def body(event: EventT, fe: dict[str, Any]) -> None:
+        async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
             if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
                 return  # other event kinds get their rules in later steps
             handles = counterpart_handles(fe)
             # One Task per message: the first customer-side handle is the person.
             if handles:
-                await deliver(by_handle, handles[0].encode(), event.value)
+                await out.send(by_handle, handles[0].encode(), event.value)
             else:
-                await emit_audit(event, fe, "SKIPPED", "message has no customer email handle")
+                await emit_audit(out, event, fe, "SKIPPED", "message has no customer email handle")
 
         await consume("route-front-events", stream, topics.front_events, body)
 
-    async def emit_audit(event: EventT, fe: dict[str, Any], outcome: str,
+    async def emit_audit(out: Outbox, event: EventT, fe: dict[str, Any], outcome: str,
                          error: str | None) -> None:
         msg = event.message
         msg_id = (fe.get("message") or {}).get("id") or fe["event_id"]
@@ -282,21 +348,21 @@ def create_app(settings: Settings) -> faust.App:
             "source_offset": msg.offset,
             "at": int(time.time() * 1000),
         }
-        await deliver(audit, record["command_id"].encode(), serde.encode(topics.audit, record))
+        await out.send(audit, record["command_id"].encode(), serde.encode(topics.audit, record))
 
     @app.agent(by_handle, name="match-front-events")
     async def match(stream: StreamT) -> None:
-        async def body(event: EventT, fe: dict[str, Any]) -> None:
+        async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
             key = _key(event)
             held = table.get(key)
             found = choose_match(held and held["candidates"])
             if found is None:
-                await emit_audit(event, fe, "SKIPPED", f"no Contact matches {key}")
+                await emit_audit(out, event, fe, "SKIPPED", f"no Contact matches {key}")
                 log.info("unmatched", handle=key, event_id=fe["event_id"])
                 return
             cmd = task_command(fe, found, settings.salesforce.task_external_id_field)
-            await deliver(commands, fe["message"]["id"].encode(),
-                          serde.encode(topics.commands_salesforce, cmd))
+            await out.send(commands, fe["message"]["id"].encode(),
+                           serde.encode(topics.commands_salesforce, cmd))
 
         await consume("match-front-events", stream, topics.front_events, body)
 

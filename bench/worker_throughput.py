@@ -1,0 +1,164 @@
+"""Stream worker throughput: Front events through matching to commands, one worker, beside
+the ceiling of plain confluent-kafka consuming and producing the same records in the same run.
+
+    .venv/bin/python bench/worker_throughput.py --events 20000 --contacts 2000
+
+Starts its own broker and registry (free ports, throw-away state), produces ``contacts``
+Contact changes to ``salesforce.changes`` and lets one worker index them, then produces
+``events`` inbound-message events (every sender a known Contact) straight to
+``front.events`` and measures the time until all ``events`` commands are on
+``commands.salesforce``. The ceiling: a confluent-kafka consumer reading the same
+``front.events`` records and producing each one to another topic (no decode, no matching),
+timed the same way. Prints one JSON line; BENCHMARKS.md records runs with their command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from frontforce.config import load_settings
+from frontforce.kafka import ensure_topics
+from frontforce.localstack import REPO, LocalStack, Ports, free_port
+from frontforce.serialization import Serde
+
+
+def end_offsets(bootstrap: str, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4()}"})
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions)
+    finally:
+        c.close()
+
+
+def wait_for(bootstrap: str, topic: str, count: int, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if end_offsets(bootstrap, topic) >= count:
+            return time.monotonic()
+        time.sleep(0.2)
+    raise TimeoutError(f"{topic}: fewer than {count} records after {timeout_s} s")
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
+                  "partitioner": "murmur2_random"})
+    for key, value in records:
+        while True:
+            try:
+                p.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                p.poll(0.1)
+    assert p.flush(60) == 0
+
+
+def raw_ceiling(bootstrap: str, source: str, n: int) -> float:
+    sink = f"ceiling-{uuid.uuid4().hex[:6]}"
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ceiling-{uuid.uuid4()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+                  "enable.idempotence": True})
+    c.subscribe([source])
+    seen = 0
+    started: float | None = None
+    while seen < n:
+        for m in c.consume(500, timeout=1.0):
+            if m.error():
+                continue
+            started = started or time.monotonic()
+            while True:
+                try:
+                    p.produce(sink, key=m.key(), value=m.value())
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            seen += 1
+        p.poll(0)
+        c.commit(asynchronous=True)
+    p.flush(60)
+    elapsed = time.monotonic() - (started or time.monotonic())
+    c.close()
+    return n / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--contacts", type=int, default=2000)
+    args = ap.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="ff-bench-worker-"))
+    stack = LocalStack(state_dir=state, ports=Ports(kafka=free_port(), controller=free_port(),
+                                                    registry=free_port()), persist=False)
+    stack.start_infra()
+    worker = None
+    try:
+        config = state / "frontforce.yaml"
+        config.write_text(f"""
+kafka: {{bootstrap_servers: "{stack.bootstrap}", schema_registry_url: "{stack.registry_url}"}}
+front: {{app_secret: "unused"}}
+salesforce: {{login_url: "https://127.0.0.1:1", client_id: "unused", client_secret: "unused"}}
+worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
+""")
+        s = load_settings(config)
+        ensure_topics(s)
+        serde = Serde(s)
+        now = int(time.time() * 1000)
+        contacts = [(f"003B{i:014d}", f"person{i}@bench.example") for i in range(args.contacts)]
+        produce(stack.bootstrap, s.topics.salesforce_changes, [
+            (cid.encode(), serde.encode(s.topics.salesforce_changes, {
+                "record_id": cid, "sobject": "Contact", "change_type": "SNAPSHOT",
+                "commit_timestamp": now, "email": email, "account_id": None}))
+            for cid, email in contacts])
+        log = (state / "worker.log").open("ab")
+        worker = subprocess.Popen([sys.executable, "-m", "frontforce", "worker", "--config", str(config)],
+                                  cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=stack.env())
+        wait_for(stack.bootstrap, s.worker_topics["match_keys"], args.contacts, 180)
+        time.sleep(5)  # the index agent drains match-keys into the table
+        events: list[tuple[bytes, bytes]] = []
+        for i in range(args.events):
+            cid, email = contacts[i % len(contacts)]
+            ev: dict[str, Any] = {
+                "event_id": f"evt_b{i}", "event_type": "INBOUND_MESSAGE", "front_type": "inbound",
+                "occurred_at": now, "received_at": now, "source": "APP_WEBHOOK",
+                "conversation_id": f"cnv_b{i}", "inbox_ids": ["inb_1"],
+                "message": {"id": f"msg_b{i}", "channel_type": "email", "is_inbound": True,
+                            "created_at": now, "subject": "s", "text": "t", "author_email": None,
+                            "recipients": [{"handle": email, "role": "from", "name": None}]},
+            }
+            events.append((f"cnv_b{i}".encode(), serde.encode(s.topics.front_events, ev)))
+        start = time.monotonic()
+        produce(stack.bootstrap, s.topics.front_events, events)
+        produced = time.monotonic()
+        done = wait_for(stack.bootstrap, s.topics.commands_salesforce, args.events, 1800)
+        worker_rate = args.events / (done - start)
+        ceiling = raw_ceiling(stack.bootstrap, s.topics.front_events, args.events)
+        print(json.dumps({
+            "events": args.events, "contacts": args.contacts,
+            "produce_s": round(produced - start, 1),
+            "worker_events_per_s": round(worker_rate, 1),
+            "raw_client_events_per_s": round(ceiling, 1),
+            "worker_share_of_ceiling": round(worker_rate / ceiling, 3),
+        }), flush=True)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        stack.stop_all()
+
+
+if __name__ == "__main__":
+    main()
