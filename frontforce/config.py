@@ -158,11 +158,25 @@ class SinkConfig(_Model):
         250, ge=0, description="How long to wait for a batch to fill before writing it."
     )
     max_attempts: int = Field(
-        8, ge=1, description="Retries of a retriable failure before the process gives up."
+        8, ge=1,
+        description="Attempts at a batch's Salesforce writes (within retry_max_s) before the sink stops.",
     )
     salesforce_quota_share: float = Field(
         0.5, gt=0, le=1,
         description="Share of the org's daily API allocation this sink may use before pausing.",
+    )
+    budget_recheck_s: float = Field(
+        60.0, gt=0, description="While paused at the API budget, how often to re-read Salesforce's /limits."
+    )
+    retry_max_s: float = Field(
+        300.0, gt=0,
+        description="How long a transient failure (registry, broker, Salesforce) is retried in place "
+        "before the sink stops.",
+    )
+    max_poll_interval_ms: int = Field(
+        300000, ge=10000,
+        description="Consumer max.poll.interval.ms; mid-batch the sink polls (partitions paused) "
+        "before half of it has passed.",
     )
 
 

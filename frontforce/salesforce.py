@@ -8,6 +8,7 @@ configured login URL ourselves and hand the token to ``Salesforce(session_id=...
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 from simple_salesforce import Salesforce
@@ -23,8 +24,24 @@ class SalesforceConnection:
     org_id: str
 
 
+class _TimeoutSession(requests.Session):
+    """A session whose requests never wait forever: simple-salesforce's own helpers
+    (``describe()``, ``query()``...) pass no ``timeout=``, and requests' default is none, so
+    one stalled call would hold a consumer past ``max.poll.interval.ms``."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout_s
+        return super().request(method, url, *args, **kwargs)
+
+
 def make_session(cfg: SalesforceConfig) -> requests.Session:
-    session = requests.Session()
+    """A session that trusts the configured CA and gives every call ``cfg.timeout_s``."""
+    session = _TimeoutSession(cfg.timeout_s)
     # REQUESTS_CA_BUNDLE would override session.verify for every call simple-salesforce
     # makes (it never passes verify=); ignore the environment and pin our trust explicitly.
     session.trust_env = False

@@ -1,14 +1,30 @@
 """The Salesforce sink loop.
 
+Before it joins its group the sink checks, with Task's describe, that the configured
+external id field is a unique external id (else ``FatalError``), and reads ``/limits`` so it
+knows its API budget before the first write.
+
 One commit path, in this order (STYLE habit 2):
   1. take up to ``batch_size`` commands (or what arrived within ``batch_wait_ms``);
-  2. write them with one sObject Collections upsert per external-id field (200 records,
+  2. decode them; a registry that does not answer is retried in place, only a record that
+     can never decode is dead-lettered;
+  3. write them with one sObject Collections upsert per external-id field (200 records,
      one API call), retrying retriable records with backoff, unrolling a rejected batch,
      dead-lettering only records that are permanently wrong;
-  3. produce audit and dead-letter records and wait until the broker acknowledged all;
-  4. commit the consumed offsets.
-A crash anywhere before 4 replays the batch; upserts on the external id make the replay
+  4. wait until the broker acknowledged every audit and dead-letter record, producing again
+     the ones it refused;
+  5. commit the consumed offsets of the partitions this member still owns.
+A crash anywhere before 5 replays the batch; upserts on the external id make the replay
 harmless (same Task, no duplicate).
+
+Whatever waits (backoff, the API budget, acknowledgements) waits with the partitions paused
+while the consumer keeps polling, so the member stays in its group. Before each Salesforce
+call (bounded by ``salesforce.timeout_s``), each decode and while it waits for the broker,
+the sink polls (partitions paused) if the next step could end more than half of
+``max.poll.interval.ms`` after its last poll. Transient failures are retried
+in place for at most ``sink.retry_max_s``; then the process stops (``FatalError``) without
+committing, never skipping a record. Quota never dead-letters anything and never stops the
+sink: it pauses (audit outcome PAUSED) until ``/limits`` shows room again (RESUMED).
 """
 
 from __future__ import annotations
@@ -16,14 +32,16 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import date
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceRefusedRequest, SalesforceResourceNotFound
 
 from frontforce.config import Settings
 from frontforce.errors import BackPressure, FatalError, InvalidRecordError, RetriableError
@@ -31,55 +49,38 @@ from frontforce.kafka import consumer_config, producer_config
 from frontforce.logs import coords
 from frontforce.salesforce import SalesforceConnection, connect
 from frontforce.serialization import Serde
+from sinks.salesforce._budget import Budget
 from sinks.salesforce._errors import (
     BatchRejected,
+    QuotaExceeded,
     SessionExpired,
     classify_call_error,
     classify_item_error,
+    external_id_duplicate,
 )
+from sinks.salesforce._member import GroupMember, Received
+from sinks.salesforce._retry import RetryPolicy
+from sinks.salesforce._task import check_external_id_field, insert_only_refused, task_record
 
 log = structlog.get_logger("sinks.salesforce")
 
-_TASK_FIELDS = {
-    "who_id": "WhoId",
-    "what_id": "WhatId",
-    "owner_id": "OwnerId",
-    "subject": "Subject",
-    "description": "Description",
-    "status": "Status",
-    "task_subtype": "TaskSubtype",
-    "front_conversation_id": "Front_Conversation_Id__c",
-}
+# Share of max.poll.interval.ms the sink may spend between two polls: the other half is
+# headroom for a call that ends right at its timeout and for a slow broker.
+GAP_SHARE = 0.5
+# How long one idle step polls before the sink looks at its stop flag again.
+_IDLE_STEP_S = 0.5
 
 
-# Createable but not updateable: an upsert that hits an existing Task must leave them out.
-INSERT_ONLY_TASK_FIELDS = frozenset({"TaskSubtype"})
-
-
-def task_record(op: dict[str, Any], for_update: bool = False) -> dict[str, Any]:
-    rec: dict[str, Any] = {"attributes": {"type": "Task"}, op["external_id_field"]: op["external_id"]}
-    for key, field in _TASK_FIELDS.items():
-        if for_update and field in INSERT_ONLY_TASK_FIELDS:
-            continue
-        if op.get(key) is not None:  # never blank a field someone else filled in
-            rec[field] = op[key]
-    activity = op["activity_date"]
-    rec["ActivityDate"] = activity.isoformat() if isinstance(activity, date) else str(activity)
-    return rec
-
-
-def _where(m: Message) -> tuple[str, int, int]:
-    """topic, partition, offset of a consumed message (never None once consumed)."""
-    topic, partition, offset = m.topic(), m.partition(), m.offset()
-    assert topic is not None and partition is not None and offset is not None
-    return topic, partition, offset
+class _Stopping(Exception):
+    """The stop flag was set while a batch was in flight: leave it uncommitted."""
 
 
 class _Item:
-    __slots__ = ("msg", "command", "op_name", "op", "attempts", "for_update")
+    __slots__ = ("rec", "command", "op_name", "op", "attempts", "for_update", "raced", "done",
+                 "last_error")
 
-    def __init__(self, msg: Message, command: dict[str, Any]) -> None:
-        self.msg = msg
+    def __init__(self, rec: Received, command: dict[str, Any]) -> None:
+        self.rec = rec
         self.command = command
         # Commands are read with return_record_name: (full record name, fields).
         name, fields = command["operation"]
@@ -87,14 +88,16 @@ class _Item:
         self.op: dict[str, Any] = fields
         self.attempts = 0
         self.for_update = False  # set once Salesforce told us the record already exists
+        self.raced = False  # set once another writer inserted the same external id first
+        self.done = False  # audited (applied or dead-lettered): nothing left to do
+        self.last_error: str | None = None
 
 
-def _insert_only_refused(errors: list[dict[str, Any]]) -> bool:
-    return bool(errors) and all(
-        e.get("statusCode") == "INVALID_FIELD_FOR_INSERT_UPDATE"
-        and set(e.get("fields") or []) <= INSERT_ONLY_TASK_FIELDS
-        for e in errors
-    )
+@dataclass(frozen=True)
+class _Out:
+    topic: str
+    key: bytes | None
+    value: bytes
 
 
 class SalesforceSink:
@@ -105,212 +108,354 @@ class SalesforceSink:
         self.serde = Serde(settings)
         self._connector = connector or (lambda: connect(settings.salesforce))
         self._conn: SalesforceConnection | None = None
-        self.consumer = Consumer(consumer_config(settings, settings.sink.group_id))
+        sink = settings.sink
+        self.timeout_s = settings.salesforce.timeout_s
+        self.external_id_field = settings.salesforce.task_external_id_field
+        consumer = Consumer(consumer_config(settings, sink.group_id,
+                                            **{"max.poll.interval.ms": sink.max_poll_interval_ms}))
+        self.member = GroupMember(consumer, self.topics.commands_salesforce,
+                                  gap_budget_s=sink.max_poll_interval_ms / 1000 * GAP_SHARE)
         self.producer = Producer(producer_config(settings))
         self.stop_event = threading.Event()
-        self._delivery_errors: list[str] = []
-        self.stats = {"created": 0, "updated": 0, "dead_lettered": 0, "api_calls": 0}
+        self.budget = Budget(sink.salesforce_quota_share)
+        self.retry = RetryPolicy(sink.retry_max_s, self._idle)
+        self._failed: list[tuple[_Out, KafkaError]] = []
+        self._pause: tuple[str, Received, float] | None = None  # (pause id, where, since)
+        self.stats = {"created": 0, "updated": 0, "dead_lettered": 0, "api_calls": 0, "pauses": 0}
 
-    # -- connection and budget -------------------------------------------------------
-    @property
-    def conn(self) -> SalesforceConnection:
-        if self._conn is None:
-            self._conn = self._connector()
-        return self._conn
+    # -- waiting without leaving the group -----------------------------------------------
+    def _idle(self, seconds: float) -> None:
+        """Sleep ``seconds`` while polling the consumer (partitions paused); ``_Stopping``
+        when the stop flag is set."""
+        end = time.monotonic() + seconds
+        while True:
+            if self.stop_event.is_set():
+                raise _Stopping()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.member.keepalive(min(left, _IDLE_STEP_S))
 
-    def _check_budget(self) -> None:
-        usage = self.conn.client.api_usage.get("api-usage")
-        if usage is None:
-            return
-        allowed = usage.total * self.settings.sink.salesforce_quota_share
-        if usage.used >= allowed:
-            raise BackPressure(
-                f"salesforce budget: {usage.used}/{usage.total} used, share allows {allowed:.0f}",
-                60.0,
-            )
+    # -- start -------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Refuse to start on a configuration that would fail every record."""
+        if self.timeout_s > self.member.gap_budget_s:
+            raise FatalError(
+                f"salesforce.timeout_s ({self.timeout_s:g}s) must be at most half of "
+                f"sink.max_poll_interval_ms ({self.settings.sink.max_poll_interval_ms} ms): one "
+                "Salesforce call must end well before the consumer is evicted from its group")
+        describe = self.retry.run(
+            lambda: self._call(lambda c: c.restful("sobjects/Task/describe", timeout=self.timeout_s),
+                               gate=False),
+            what="reading Task's describe")
+        check_external_id_field(describe, self.external_id_field)
+        self.retry.run(self._refresh_budget, what="reading salesforce /limits")
+        log.info("salesforce checked", external_id_field=self.external_id_field,
+                 api_used=self.budget.used, api_total=self.budget.total)
 
     # -- main loop -------------------------------------------------------------------
     def run(self) -> None:
-        self.consumer.subscribe([self.topics.commands_salesforce])
         wait_s = self.settings.sink.batch_wait_ms / 1000.0
-        log.info("sink started", topic=self.topics.commands_salesforce)
         try:
+            self.preflight()
+            self.member.subscribe()
+            self.member.resume()
+            log.info("sink started", topic=self.topics.commands_salesforce)
             while not self.stop_event.is_set():
-                msgs = self.consumer.consume(self.settings.sink.batch_size, timeout=max(wait_s, 0.05))
-                msgs = [m for m in msgs if self._usable(m)]
-                if msgs:
-                    self.process(msgs)
+                batch = self.member.next_batch(self.settings.sink.batch_size, max(wait_s, 0.05))
+                if batch:
+                    self.process(batch)
+        except _Stopping:
+            log.info("sink stopped mid-batch; its uncommitted records are redelivered")
         finally:
             self.producer.flush(10)
-            self.consumer.close()
+            self.member.close()
 
-    def _usable(self, m: Message) -> bool:
-        err = m.error()
-        if err is None:
-            return True
-        if err.code() == KafkaError._PARTITION_EOF:
-            return False
-        if err.fatal():
-            raise FatalError(f"kafka consumer: {err.str()}")
-        log.warning("consumer error", error=err.str())
-        return False
-
-    def process(self, msgs: list[Message]) -> None:
+    def process(self, batch: list[Received]) -> None:
         items: list[_Item] = []
-        for m in msgs:
+        for r in batch:
+            if not self.member.owns(r):
+                continue
+            self.member.checkpoint()
             try:
-                items.append(_Item(m, self.serde.decode(_where(m)[0], m.value())))
+                command = self._decode(r)
             except InvalidRecordError as exc:
-                self._dead_letter(m, "decode", exc, attempts=1)
+                self._dead_letter(r, "decode", exc, attempts=1)
+                continue
+            items.append(_Item(r, command))
         self._write(items)
-        self._commit(msgs)
+        self.retry.run(self._await_acks, what="waiting for the broker to acknowledge audit and "
+                       "dead-letter records")
+        self.retry.run(lambda: self.member.commit(batch), what="committing offsets")
+        self.member.resume()
+
+    def _decode(self, r: Received) -> dict[str, Any]:
+        return self.retry.run(lambda: self.serde.decode(r.topic, r.msg.value()),
+                              what=f"decoding {coords(r.topic, r.partition, r.offset)}")
 
     # -- writing ---------------------------------------------------------------------
     def _write(self, items: list[_Item]) -> None:
         pending = [i for i in items if self._validate(i)]
-        max_attempts = self.settings.sink.max_attempts
-        while pending and not self.stop_event.is_set():
+        while True:
+            pending = [i for i in pending if not i.done and self.member.owns(i.rec)]
+            if not pending:
+                return
             try:
-                self._check_budget()
-                pending = self._upsert_tasks(pending)
+                self.retry.run(lambda todo=pending: self._attempt(todo),  # type: ignore[misc]
+                               what=f"writing {len(pending)} command(s) to salesforce",
+                               max_attempts=self.settings.sink.max_attempts)
             except BackPressure as exc:
-                # Quota: wait and retry everything; never dead-letter for quota.
-                log.warning("back-pressure", reason=str(exc))
-                self.stop_event.wait(exc.wait_seconds)
-                continue
-            if pending:
-                attempt = max(i.attempts for i in pending)
-                if attempt >= max_attempts:
-                    raise FatalError(
-                        f"{len(pending)} records still failing after {attempt} attempts; stopping"
-                        " without committing so they are retried on restart"
-                    )
-                delay = min(30.0, 0.5 * 2 ** attempt)
-                log.warning("retrying records", count=len(pending), attempt=attempt, delay_s=delay)
-                self.stop_event.wait(delay)
-        if pending:
-            # Stopping: leave them uncommitted; they are redelivered after restart.
-            raise InterruptedError("sink stopped with records pending")
+                self._wait_out(exc, pending)
+
+    def _attempt(self, items: list[_Item]) -> None:
+        """One attempt at every item not yet done; ``RetriableError`` while some remain."""
+        todo = [i for i in items if not i.done and self.member.owns(i.rec)]
+        by_field: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
+        for it in todo:
+            by_field.setdefault(it.op["external_id_field"], OrderedDict()).setdefault(
+                it.op["external_id"], []).append(it)
+        for field, groups in by_field.items():
+            self._upsert(field, groups)
+        left = [i for i in todo if not i.done and self.member.owns(i.rec)]
+        if left:
+            raise RetriableError(f"{len(left)} record(s) not written yet: {left[0].last_error}")
 
     def _validate(self, item: _Item) -> bool:
         if item.op_name != "UpsertTask":
             # Not yet executable by this sink version: keep it, with the reason, rather than
             # pretend it was applied.
-            why = f"operation {item.op_name} is not supported by this sink version"
-            self._dead_letter(item.msg, "sink.salesforce", InvalidRecordError(why), 1)
-            self._audit(item, "DEAD_LETTERED", None, why, 0.0)
+            self._fail(item, f"operation {item.op_name} is not supported by this sink version", 0.0)
             return False
         if not item.op.get("external_id"):
-            why = "UpsertTask without an external id"
-            self._dead_letter(item.msg, "sink.salesforce", InvalidRecordError(why), 1)
-            self._audit(item, "DEAD_LETTERED", None, why, 0.0)
+            self._fail(item, "UpsertTask without an external id", 0.0)
             return False
         return True
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        """One REST call with bounded, jittered backoff for transient failures; a 401
-        logs in again once. Returns the parsed body or raises a frontforce error."""
-
-        def attempt() -> Any:
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - classified right below
-                mapped = classify_call_error(exc)
-                if isinstance(mapped, SessionExpired):
-                    self._conn = None
-                raise mapped from exc
-
-        retrying = Retrying(
-            retry=retry_if_exception_type(RetriableError),
-            wait=wait_random_exponential(multiplier=0.5, max=20),
-            stop=stop_after_attempt(self.settings.sink.max_attempts),
-            reraise=True,
-        )
-        result = retrying(attempt)
+    def _call(self, fn: Callable[[Salesforce], Any], gate: bool = True,
+              external_id_field: str | None = None) -> Any:
+        """One Salesforce call, no retry (the caller's policy retries). With ``gate``, none
+        is made while the API budget is closed (``QuotaExceeded``)."""
+        if gate:
+            closed = self.budget.closed()
+            if closed is not None:
+                raise QuotaExceeded(closed, self.settings.sink.budget_recheck_s)
+            if self._pause is not None:
+                self._resumed()
+        self.member.checkpoint(self.timeout_s)
+        if self._conn is None:
+            self._conn = self._connector()  # login: its own timeout; RetriableError or FatalError
+            self.member.checkpoint(self.timeout_s)
+        client = self._conn.client
         self.stats["api_calls"] += 1
+        try:
+            result = fn(client)
+        except Exception as exc:  # noqa: BLE001 - classified right below
+            mapped = classify_call_error(exc, external_id_field)
+            if isinstance(mapped, SessionExpired):
+                self._conn = None
+            if isinstance(mapped, QuotaExceeded):
+                self.budget.refuse(str(mapped))
+            raise mapped from exc
+        self.budget.observe_header(client.api_usage)
         return result
 
-    def _upsert_tasks(self, items: list[_Item]) -> list[_Item]:
-        """Upsert one batch; return the items to retry."""
-        by_field: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
-        for it in items:
-            op = it.op
-            by_field.setdefault(op["external_id_field"], OrderedDict()).setdefault(
-                op["external_id"], []).append(it)
-        retry: list[_Item] = []
-        as_update: list[_Item] = []
-        for field, groups in by_field.items():
-            # Same external id twice in one batch: write it once (the newest command),
-            # report the outcome to every command that asked for it.
-            keys = list(groups)
-            records = [task_record(groups[k][-1].op, groups[k][-1].for_update) for k in keys]
-            path = f"composite/sobjects/Task/{field}"
-            body = {"allOrNone": False, "records": records}
-
-            def call(p: str = path, b: dict[str, Any] = body) -> Any:
-                return self.conn.client.restful(p, method="PATCH", json=b)
-
-            try:
-                results = self._call(call)
-            except BatchRejected as exc:
-                if len(keys) == 1:
-                    for it in groups[keys[0]]:
-                        self._fail(it, str(exc), 1.0)
-                    continue
-                # Unroll: find the bad record(s) one by one; the rest go through.
-                log.warning("batch rejected, unrolling", size=len(keys), error=str(exc))
-                for k in keys:
-                    retry.extend(self._upsert_tasks(groups[k]))
-                continue
-            share = 1.0 / len(keys)
-            for k, res in zip(keys, results, strict=True):
-                for n, it in enumerate(groups[k]):
+    def _upsert(self, field: str, groups: OrderedDict[str, list[_Item]]) -> None:
+        """Upsert one external-id field's records in one call; mark what is done."""
+        groups = OrderedDict((k, live) for k, its in groups.items()
+                             if (live := [i for i in its if not i.done and self.member.owns(i.rec)]))
+        if not groups:
+            return
+        # Same external id twice in one batch: write it once (the newest command), report
+        # the outcome to every command that asked for it.
+        keys = list(groups)
+        records = [task_record(groups[k][-1].op, groups[k][-1].for_update) for k in keys]
+        body = {"allOrNone": False, "records": records}
+        try:
+            results = self._call(
+                lambda c: c.restful(f"composite/sobjects/Task/{field}", method="PATCH", json=body,
+                                    timeout=self.timeout_s),
+                external_id_field=field)
+        except BatchRejected as exc:
+            if len(keys) == 1:
+                for it in groups[keys[0]]:
                     it.attempts += 1
-                    if res.get("success"):
-                        # Later commands for the same record found it existing: updates.
-                        outcome = "CREATED" if res.get("created") and n == 0 else "UPDATED"
-                        self.stats[outcome.lower()] += 1
-                        self._audit(it, outcome, res.get("id"), None, share)
-                    elif _insert_only_refused(res.get("errors") or []) and not it.for_update:
-                        # The Task exists (a re-delivery): write it again without the
-                        # insert-only fields, right away, as an update.
-                        it.for_update = True
-                        as_update.append(it)
+                    self._fail(it, str(exc), 1.0)
+                return
+            # Unroll: find the bad record(s) one by one; the rest go through.
+            log.warning("batch rejected, unrolling", size=len(keys), error=str(exc))
+            for k in keys:
+                self._upsert(field, OrderedDict([(k, groups[k])]))
+            return
+        if not isinstance(results, list) or len(results) != len(keys):
+            raise RetriableError(f"salesforce answered {len(keys)} records with {str(results)[:200]}")
+        share = 1.0 / len(keys)
+        again: OrderedDict[str, list[_Item]] = OrderedDict()
+        for k, res in zip(keys, results, strict=True):
+            errors = res.get("errors") or []
+            for n, it in enumerate(groups[k]):
+                it.attempts += 1
+                if res.get("success"):
+                    # Later commands for the same record found it existing: updates.
+                    outcome = "CREATED" if res.get("created") and n == 0 else "UPDATED"
+                    self.stats[outcome.lower()] += 1
+                    self._audit(it, outcome, res.get("id"), None, share)
+                    it.done = True
+                elif not it.for_update and insert_only_refused(errors):
+                    # The Task exists (a re-delivery): write it again without the
+                    # insert-only fields, right away, as an update.
+                    it.for_update = True
+                    again.setdefault(k, []).append(it)
+                elif not it.raced and external_id_duplicate(errors, field):
+                    # Another writer (a second sink, a replay) inserted this external id
+                    # between Salesforce's lookup and our insert. The Task exists, so the
+                    # same upsert, sent once more, updates it.
+                    log.info("external id inserted concurrently; upserting again", external_id=k,
+                             at=coords(it.rec.topic, it.rec.partition, it.rec.offset))
+                    it.raced = it.for_update = True
+                    again.setdefault(k, []).append(it)
+                else:
+                    retriable, reason = classify_item_error(errors)
+                    if retriable:
+                        it.last_error = reason
                     else:
-                        retriable, reason = classify_item_error(res.get("errors") or [])
-                        if retriable:
-                            retry.append(it)
-                        else:
-                            self._fail(it, reason, share)
-        if as_update:
-            retry.extend(self._upsert_tasks(as_update))
-        return retry
+                        self._fail(it, reason, share)
+        if again:
+            self._upsert(field, again)
 
     def _fail(self, item: _Item, reason: str, share: float) -> None:
-        self._dead_letter(item.msg, "sink.salesforce", InvalidRecordError(reason),
+        self._dead_letter(item.rec, "sink.salesforce", InvalidRecordError(reason),
                           max(1, item.attempts))
         self._audit(item, "DEAD_LETTERED", None, reason, share)
         self.stats["dead_lettered"] += 1
+        item.done = True
 
-    # -- audit, dead letters, commit -------------------------------------------------
+    # -- API budget --------------------------------------------------------------------
+    def _refresh_budget(self) -> None:
+        """Read usage from ``/limits``. An org that does not let the integration user read
+        it (View Setup and Configuration) leaves the budget open: the next write's header
+        tells."""
+        try:
+            limits = self._call(lambda c: c.restful("limits/", timeout=self.timeout_s), gate=False)
+            self.budget.observe_limits(limits)
+        except QuotaExceeded:
+            return
+        except FatalError as exc:
+            if not isinstance(exc.__cause__, SalesforceRefusedRequest | SalesforceResourceNotFound):
+                raise
+            log.warning("cannot read salesforce /limits; the next call's header tells the usage",
+                        error=str(exc))
+            self.budget.refused = self.budget.used = None
+        except ValueError as exc:
+            log.warning("unexpected /limits answer", error=str(exc))
+            self.budget.refused = self.budget.used = None
+
+    def _wait_out(self, exc: BackPressure, pending: list[_Item]) -> None:
+        """Stand back, partitions paused, still polling: for the daily allocation until
+        ``/limits`` shows room under our share again; for the org's concurrency limit for the
+        wait it carries. Nothing is dead-lettered and nothing is committed meanwhile."""
+        if self._pause is None:
+            self._paused(str(exc), pending[0].rec)
+        if not isinstance(exc, QuotaExceeded):
+            self._idle(exc.wait_seconds)
+            return
+        while any(not i.done and self.member.owns(i.rec) for i in pending):
+            self._idle(self.settings.sink.budget_recheck_s)
+            try:
+                self._refresh_budget()
+            except RetriableError as err:
+                log.warning("cannot read salesforce /limits yet", error=str(err))
+                continue
+            reason = self.budget.closed()
+            if reason is None:
+                return
+            log.info("sink still paused", reason=reason)
+
+    def _paused(self, reason: str, at: Received) -> None:
+        pause_id = f"pause-{uuid.uuid4().hex[:12]}"
+        self._pause = (pause_id, at, time.monotonic())
+        self.stats["pauses"] += 1
+        log.warning("sink paused: salesforce refuses or budget spent", reason=reason, pause_id=pause_id,
+                    at=coords(at.topic, at.partition, at.offset),
+                    recheck_s=self.settings.sink.budget_recheck_s)
+        self._audit_pause("PAUSED", reason)
+
+    def _resumed(self) -> None:
+        assert self._pause is not None
+        pause_id, _, since = self._pause
+        log.info("sink resumed", pause_id=pause_id,
+                 paused_s=round(time.monotonic() - since, 1), api_used=self.budget.used,
+                 api_total=self.budget.total)
+        self._audit_pause("RESUMED", None)
+        self._pause = None
+
+    def _audit_pause(self, outcome: str, reason: str | None) -> None:
+        assert self._pause is not None
+        pause_id, at, _ = self._pause
+        self._produce(self.topics.audit, pause_id.encode(), {
+            "command_id": pause_id,
+            "correlation_id": pause_id,
+            "target": "salesforce",
+            "operation": "SinkPause",
+            "outcome": outcome,
+            "record_id": None,
+            "api_calls": {},
+            "error": reason,
+            "source_topic": at.topic,
+            "source_partition": at.partition,
+            "source_offset": at.offset,
+            "at": int(time.time() * 1000),
+        })
+
+    # -- audit, dead letters, acknowledgements -----------------------------------------
     def _produce(self, topic: str, key: bytes | None, record: dict[str, Any]) -> None:
-        value = self.serde.encode(topic, record)
+        value = self.retry.run(lambda: self._encode(topic, record), what=f"encoding a {topic} record")
+        self._send(_Out(topic, key, value))
+
+    def _encode(self, topic: str, record: dict[str, Any]) -> bytes:
+        try:
+            return self.serde.encode(topic, record)
+        except InvalidRecordError as exc:
+            # Our own audit/dead-letter record does not fit our own schema: a bug, not data.
+            raise FatalError(f"cannot encode a {topic} record: {exc}") from exc
+
+    def _send(self, out: _Out) -> None:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                self._failed.append((out, err))
+
         while True:
             try:
-                self.producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery)
+                self.producer.produce(out.topic, key=out.key, value=out.value, on_delivery=on_delivery)
                 break
             except BufferError:
                 self.producer.poll(0.1)
+                self.member.checkpoint()
         self.producer.poll(0)
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(err.str())
+    def _await_acks(self) -> None:
+        """Return once the broker acknowledged every record produced so far; produce again
+        what it refused. ``RetriableError`` while some are refused or unanswered."""
+        failed, self._failed = self._failed, []
+        for out, _ in failed:
+            self._send(out)
+        deadline = time.monotonic() + self.settings.kafka.delivery_timeout_s + 5
+        while True:
+            remaining = self.producer.flush(min(1.0, self.member.gap_budget_s / 4))
+            self.member.checkpoint()
+            if remaining == 0 or time.monotonic() > deadline:
+                break
+        if self._failed or remaining:
+            errors = sorted({err.str() for _, err in self._failed})
+            fatal = [err for _, err in self._failed if err.fatal()]
+            if fatal:
+                raise FatalError(f"kafka producer: {fatal[0].str()}")
+            raise RetriableError(f"{len(self._failed)} audit/dead-letter record(s) refused by the "
+                                 f"broker, {remaining} unanswered: {errors[:3]}")
 
     def _audit(self, item: _Item, outcome: str, record_id: str | None, error: str | None,
                api_share: float) -> None:
         cmd = item.command
-        topic, partition, offset = _where(item.msg)
+        r = item.rec
         self._produce(self.topics.audit, cmd["command_id"].encode(), {
             "command_id": cmd["command_id"],
             "correlation_id": cmd["origin"]["correlation_id"],
@@ -320,21 +465,21 @@ class SalesforceSink:
             "record_id": record_id,
             "api_calls": {"salesforce.rest": api_share} if api_share else {},
             "error": error,
-            "source_topic": topic,
-            "source_partition": partition,
-            "source_offset": offset,
+            "source_topic": r.topic,
+            "source_partition": r.partition,
+            "source_offset": r.offset,
             "at": int(time.time() * 1000),
         })
         log.info("command applied" if error is None else "command failed", outcome=outcome,
                  record_id=record_id, correlation_id=cmd["origin"]["correlation_id"],
-                 at=coords(topic, partition, offset), error=error)
+                 at=coords(r.topic, r.partition, r.offset), error=error)
 
-    def _dead_letter(self, m: Message, stage: str, exc: BaseException, attempts: int) -> None:
-        topic, partition, offset = _where(m)
+    def _dead_letter(self, r: Received, stage: str, exc: BaseException, attempts: int) -> None:
+        m = r.msg
         self._produce(self.topics.deadletter, m.key(), {
-            "original_topic": topic,
-            "original_partition": partition,
-            "original_offset": offset,
+            "original_topic": r.topic,
+            "original_partition": r.partition,
+            "original_offset": r.offset,
             "original_key": m.key(),
             "original_value": m.value(),
             "stage": stage,
@@ -344,22 +489,10 @@ class SalesforceSink:
             "at": int(time.time() * 1000),
         })
 
-    def _commit(self, msgs: list[Message]) -> None:
-        remaining = self.producer.flush(self.settings.kafka.delivery_timeout_s * 3)
-        if remaining or self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors[:3], []
-            raise RetriableError(f"audit/dead-letter not acknowledged: {remaining} pending {errors}")
-        last: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            topic, partition, offset = _where(m)
-            last[(topic, partition)] = max(last.get((topic, partition), -1), offset)
-        self.consumer.commit(
-            offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
-            asynchronous=False,
-        )
-
 
 def run_sink(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; ``FatalError`` (the CLI exits 1 with it) when continuing
+    would skip records or fail every one of them."""
     sink = SalesforceSink(settings)
 
     def stop(signum: int, frame: Any) -> None:
@@ -367,7 +500,4 @@ def run_sink(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:
-        sink.run()
-    except InterruptedError:
-        log.info("sink stopped with uncommitted records; they will be redelivered")
+    sink.run()

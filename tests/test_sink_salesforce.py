@@ -1,0 +1,629 @@
+"""The Salesforce sink against the real broker, the real registry and the Salesforce emulator
+(issue 7): transient failures are retried in place without dead-lettering or committing,
+the member stays in its group while it waits, the API budget pauses and resumes the sink,
+and a misconfigured external id field stops it instead of dead-lettering every record.
+
+Each test gets fresh topics and a fresh consumer group; the sink runs in-process (in a
+thread) so a test can read its counters, with the emulator as a separate process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+from requests.adapters import HTTPAdapter
+
+from frontforce.contracts import Contracts
+from frontforce.demo import read_topic
+from frontforce.errors import FatalError
+from frontforce.kafka import ensure_topics
+from frontforce.localstack import REPO, LocalStack
+from frontforce.logs import setup as setup_logs
+from frontforce.salesforce import SalesforceConnection, connect
+from frontforce.serialization import Serde
+from sinks.salesforce import SalesforceSink
+from tests.conftest import new_pipeline
+
+EXT = "Front_Message_Id__c"
+
+
+@pytest.fixture(scope="module")
+def sf(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One Salesforce emulator for the module; every test resets it."""
+    setup_logs("INFO")
+    stack = new_pipeline(infra, tmp_path_factory.mktemp("sink"))
+    try:
+        stack.start_salesforce()
+        stack.write_config()
+        yield stack
+    finally:
+        stack.stop_all(infra=False)
+
+
+class TcpProxy:
+    """A TCP forwarder in front of the registry that a test can cut (connections are
+    accepted and dropped at once) and restore: a registry that is down for a while."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.up.clear()
+        with self._lock:
+            for s in self._open:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self._open = []
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.sock.close()
+
+
+class Env:
+    """Fresh topics and group on the shared infrastructure, the emulator reset, and what a
+    test needs to drive the sink and to look at its effects."""
+
+    def __init__(self, stack: LocalStack, registry_url: str | None = None,
+                 deadletter_config: dict[str, str] | None = None,
+                 sink: dict[str, Any] | None = None, salesforce: dict[str, Any] | None = None) -> None:
+        self.stack = stack
+        tag = uuid.uuid4().hex[:8]
+        base = stack.settings()
+        self.settings = base.model_copy(update={
+            "kafka": base.kafka.model_copy(update={"topic_prefix": f"s{tag}."}),
+            "sink": base.sink.model_copy(update={"group_id": f"sink-{tag}", **(sink or {})}),
+            # Within half of the shortest max.poll.interval.ms the tests use (10 s).
+            "salesforce": base.salesforce.model_copy(update={"timeout_s": 4.0, **(salesforce or {})}),
+        })
+        self.topics = self.settings.topics
+        self.admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+        if deadletter_config:
+            fut = self.admin.create_topics([NewTopic(self.topics.deadletter, num_partitions=3,
+                                                     replication_factor=1, config=deadletter_config)])
+            fut[self.topics.deadletter].result()
+        ensure_topics(self.settings)
+        Contracts(self.settings).register()
+        self.serde = Serde(self.settings)
+        if registry_url is not None:
+            self.settings = self.settings.model_copy(update={
+                "kafka": self.settings.kafka.model_copy(update={"schema_registry_url": registry_url})})
+        assert stack.ca_file is not None
+        self.sf = httpx.Client(base_url=stack.salesforce_url,
+                               verify=ssl.create_default_context(cafile=str(stack.ca_file)))
+        self.sf.post("/__admin/reset").raise_for_status()
+        self.producer = Producer({"bootstrap.servers": stack.bootstrap})
+        self.group = self.settings.sink.group_id
+
+    # -- input ---------------------------------------------------------------------------
+    def command(self, message_id: str, **op: Any) -> dict[str, Any]:
+        return {
+            "command_id": f"cmd-{message_id}",
+            "idempotency_key": f"Task/{EXT}/{message_id}",
+            "created_at": int(time.time() * 1000),
+            "origin": {"system": "frontforce", "source_event_id": f"evt-{message_id}",
+                       "correlation_id": f"evt-{message_id}"},
+            "operation": ("frontforce.commands.UpsertTask", {
+                "external_id_field": EXT, "external_id": message_id, "who_id": None,
+                "what_id": None, "owner_id": None, "subject": f"Inbound email: {message_id}",
+                "description": None, "activity_date": date(2026, 1, 5), "status": "Completed",
+                "task_subtype": "Email", "front_conversation_id": f"cnv-{message_id}", **op}),
+        }
+
+    def send(self, n: int, key: Callable[[int], str] | None = None, **op: Any) -> list[str]:
+        """Produce ``n`` UpsertTask commands; their Front message ids."""
+        tag = uuid.uuid4().hex[:6]
+        ids = [f"msg_{tag}_{i}" for i in range(n)]
+        for i, mid in enumerate(ids):
+            value = self.serde.encode(self.topics.commands_salesforce, self.command(mid, **op))
+            self.producer.produce(self.topics.commands_salesforce,
+                                  key=(key(i) if key else mid).encode(), value=value)
+        assert self.producer.flush(10) == 0
+        return ids
+
+    def send_raw(self, key: bytes, value: bytes) -> None:
+        self.producer.produce(self.topics.commands_salesforce, key=key, value=value)
+        assert self.producer.flush(10) == 0
+
+    # -- the emulator ----------------------------------------------------------------------
+    def fault(self, **rule: Any) -> None:
+        self.sf.post("/__admin/faults", json=rule).raise_for_status()
+
+    def sf_config(self, **values: Any) -> dict[str, Any]:
+        r = self.sf.post("/__admin/config", json=values)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def tasks(self, ids: list[str]) -> list[dict[str, Any]]:
+        r = self.sf.get("/__admin/records/Task")
+        r.raise_for_status()
+        body = r.json()
+        rows = body["records"] if isinstance(body, dict) else body
+        return [t for t in rows if t.get(EXT) in set(ids) and not t.get("IsDeleted")]
+
+    def wait_tasks(self, ids: list[str], timeout: float = 30) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.tasks(ids)
+            if len(found) >= len(ids):
+                return found
+            time.sleep(0.3)
+        return self.tasks(ids)
+
+    # -- kafka -----------------------------------------------------------------------------
+    def audit(self) -> list[dict[str, Any]]:
+        return read_topic(self.stack.bootstrap, self.stack.registry_url, self.topics.audit)
+
+    def deadletters(self) -> list[dict[str, Any]]:
+        return read_topic(self.stack.bootstrap, self.stack.registry_url, self.topics.deadletter)
+
+    def lag(self) -> dict[int, tuple[int, int]]:
+        """partition -> (committed offset or -1, end offset) of the sink's group."""
+        topic = self.topics.commands_salesforce
+        parts = self.admin.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in parts]
+        fut = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(self.group, tps)])
+        committed = {tp.partition: tp.offset for tp in fut[self.group].result().topic_partitions}
+        c = Consumer({"bootstrap.servers": self.stack.bootstrap, "group.id": f"probe-{uuid.uuid4()}"})
+        try:
+            return {p: (committed.get(p, -1), c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                    for p in parts}
+        finally:
+            c.close()
+
+    def committed_all(self, timeout: float = 20) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(end == 0 or committed == end for committed, end in self.lag().values()):
+                return True
+            time.sleep(0.3)
+        return False
+
+    def nothing_committed(self) -> bool:
+        return all(committed < 0 for committed, _ in self.lag().values())
+
+    def members(self) -> list[Any]:
+        desc = self.admin.describe_consumer_groups([self.group])[self.group].result()
+        return list(desc.members)
+
+    def close(self) -> None:
+        self.sf.close()
+
+
+@pytest.fixture
+def env_factory(sf: LocalStack) -> Iterator[Callable[..., Env]]:
+    made: list[Env] = []
+
+    def make(**kw: Any) -> Env:
+        e = Env(sf, **kw)
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        e.close()
+
+
+class Running:
+    """``SalesforceSink.run`` in a thread; the exception it ended with, if any."""
+
+    def __init__(self, sink: SalesforceSink) -> None:
+        self.sink = sink
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.sink.run()
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            self.error = exc
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait_until_assigned(self, env: Env, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            if any(m.assignment.topic_partitions for m in env.members()):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"sink got no partitions (error: {self.error!r})")
+
+    def stop(self, timeout: float = 30) -> None:
+        self.sink.stop_event.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "sink did not stop"
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[SalesforceSink], Running]]:
+    started: list[Running] = []
+
+    def start(sink: SalesforceSink) -> Running:
+        r = Running(sink)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        if r.alive():
+            r.stop()
+
+
+def outcomes(audit: list[dict[str, Any]], ids: list[str]) -> list[str]:
+    return sorted(a["outcome"] for a in audit if a["command_id"] in {f"cmd-{i}" for i in ids})
+
+
+# ------------------------------------------------------------------ 1. transient decode and produce
+def test_registry_outage_is_retried_in_place_while_the_sink_stays_in_its_group(
+        infra: LocalStack, env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Issue 7: a registry that does not answer made the sink dead-letter good commands (or
+    die). Now it retries the decode in place, commits nothing meanwhile, and keeps polling
+    with its partitions paused, so a wait longer than max.poll.interval.ms does not evict it."""
+    proxy = TcpProxy(infra.ports.registry)
+    try:
+        env = env_factory(registry_url=f"http://127.0.0.1:{proxy.port}/apis/ccompat/v7",
+                          sink={"max_poll_interval_ms": 15000, "retry_max_s": 120})
+        ids = env.send(4)
+        proxy.cut()
+        run = running(SalesforceSink(env.settings))
+        run.wait_until_assigned(env)
+        time.sleep(20)  # longer than max.poll.interval.ms
+        assert run.alive(), f"sink died during a registry outage: {run.error!r}"
+        assert env.tasks(ids) == []
+        assert env.deadletters() == []
+        assert env.nothing_committed()
+        members = env.members()
+        assert len(members) == 1 and len(members[0].assignment.topic_partitions) == 3
+        proxy.restore()
+        assert len(env.wait_tasks(ids)) == len(ids)
+        assert env.committed_all()
+        assert env.deadletters() == []
+        assert outcomes(env.audit(), ids) == ["CREATED"] * len(ids)
+        assert run.sink.member.lost == 0 and run.sink.member.revoked == 0
+        assert run.sink.member.max_gap_s < 15
+    finally:
+        proxy.close()
+
+
+def test_registry_outage_past_retry_max_s_stops_the_sink_without_skipping(
+        infra: LocalStack, env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """After sink.retry_max_s the sink stops with a FatalError naming what failed; it never
+    skips, dead-letters or commits the record it could not decode."""
+    proxy = TcpProxy(infra.ports.registry)
+    try:
+        env = env_factory(registry_url=f"http://127.0.0.1:{proxy.port}/apis/ccompat/v7",
+                          sink={"retry_max_s": 8})
+        ids = env.send(2)
+        proxy.cut()
+        run = running(SalesforceSink(env.settings))
+        run.thread.join(90)
+        assert not run.alive()
+        assert isinstance(run.error, FatalError), repr(run.error)
+        assert "decoding" in str(run.error) and "schema registry" in str(run.error)
+        assert env.tasks(ids) == []
+        assert env.deadletters() == []
+        assert env.nothing_committed()
+    finally:
+        proxy.close()
+
+
+def test_dead_letter_refused_by_the_broker_is_produced_again_and_committed_only_after(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Nothing is committed whose dead letter the broker did not acknowledge: a refused
+    produce is retried in place (the sink neither dies nor moves on) until the broker takes it."""
+    env = env_factory(deadletter_config={"max.message.bytes": "1024"}, sink={"retry_max_s": 120})
+    big_garbage = b"\x01" + b"x" * 3000
+    env.send_raw(b"poison", big_garbage)
+    run = running(SalesforceSink(env.settings))
+    run.wait_until_assigned(env)
+    time.sleep(8)
+    assert run.alive(), f"sink died on a refused dead letter: {run.error!r}"
+    assert env.deadletters() == []
+    assert env.nothing_committed()
+    res = ConfigResource(ConfigResource.Type.TOPIC, env.topics.deadletter, incremental_configs=[
+        ConfigEntry("max.message.bytes", "1048588", incremental_operation=AlterConfigOpType.SET)])
+    for fut in env.admin.incremental_alter_configs([res]).values():
+        fut.result()
+    assert env.committed_all(timeout=60)
+    dead = env.deadletters()
+    assert [d["original_value"] for d in dead] == [big_garbage]
+    assert dead[0]["stage"] == "decode"
+
+
+# ------------------------------------------------------------------ 2. quota
+def test_sink_pauses_at_its_budget_polls_limits_and_resumes_when_the_window_rolls(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Issue 7: at the budget the sink made no call, so the header never changed and it
+    waited forever without polling. Now it pauses (audit PAUSED, partitions paused, still
+    polling), re-reads /limits, and resumes (audit RESUMED) when the daily window rolls."""
+    env = env_factory(sink={"budget_recheck_s": 1.0, "max_poll_interval_ms": 10000})
+    limit = int(env.sf_config()["daily_limit"])
+    env.sf_config(api_usage=int(limit * 0.5) + 10)  # over the default 0.5 share
+    ids = env.send(3)
+    run = running(SalesforceSink(env.settings))
+    run.wait_until_assigned(env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "PAUSED" not in {a["outcome"] for a in env.audit()}:
+        time.sleep(0.5)
+    paused = [a for a in env.audit() if a["outcome"] == "PAUSED"]
+    assert len(paused) == 1, env.audit()
+    assert paused[0]["operation"] == "SinkPause" and "budget" in (paused[0]["error"] or "")
+    time.sleep(12)  # longer than max.poll.interval.ms
+    assert run.alive(), repr(run.error)
+    assert env.tasks(ids) == []
+    assert env.nothing_committed()
+    assert len(env.members()) == 1
+    env.sf_config(api_usage=10)  # the rolling 24 h window moved on
+    assert len(env.wait_tasks(ids)) == len(ids)
+    assert env.committed_all()
+    audit = env.audit()
+    assert [a["outcome"] for a in audit if a["operation"] == "SinkPause"] == ["PAUSED", "RESUMED"]
+    assert outcomes(audit, ids) == ["CREATED"] * len(ids)
+    assert env.deadletters() == []
+    assert run.sink.member.lost == 0
+
+
+def test_request_limit_exceeded_pauses_and_never_dead_letters(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """A 403 REQUEST_LIMIT_EXCEEDED (the org's allocation spent by someone else) is
+    back-pressure: pause, re-read /limits, try again; never a dead letter."""
+    env = env_factory(sink={"budget_recheck_s": 1.0})
+    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"}, fault="request_limit",
+              times=2)
+    ids = env.send(3)
+    run = running(SalesforceSink(env.settings))
+    assert len(env.wait_tasks(ids, timeout=30)) == len(ids), repr(run.error)
+    assert env.committed_all()
+    audit = env.audit()
+    assert "PAUSED" in {a["outcome"] for a in audit} and "RESUMED" in {a["outcome"] for a in audit}
+    assert outcomes(audit, ids) == ["CREATED"] * len(ids)
+    assert env.deadletters() == []
+
+
+# ------------------------------------------------------------------ 3. max.poll.interval.ms
+def test_slow_login_and_slow_call_time_out_and_are_retried_within_the_poll_interval(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Issue 7: no Salesforce call had a timeout, so one stalled call held the consumer past
+    max.poll.interval.ms. Now login and every call end at salesforce.timeout_s, are retried,
+    and the consumer is polled in between."""
+    env = env_factory(sink={"max_poll_interval_ms": 10000}, salesforce={"timeout_s": 2.0})
+    env.fault(match={"path_regex": "oauth2/token"}, fault="latency", ms=15000, times=1)
+    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"}, fault="latency",
+              ms=15000, times=1)
+    ids = env.send(3)
+    run = running(SalesforceSink(env.settings))
+    assert len(env.wait_tasks(ids, timeout=25)) == len(ids), repr(run.error)
+    assert env.committed_all()
+    assert run.alive(), repr(run.error)
+    assert run.sink.member.lost == 0
+    assert run.sink.member.max_gap_s < 10
+    assert env.deadletters() == []
+
+
+def test_row_lock_retries_poll_between_attempts_and_the_member_stays(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Retriable record errors are retried by one bounded policy whose waits poll the
+    consumer: five slow UNABLE_TO_LOCK_ROW answers in a row take longer than
+    max.poll.interval.ms, and the member is neither evicted nor dead-letters anything. The
+    batches are smaller than what is on the partition: pausing mid-batch and resuming must
+    not skip the records fetched meanwhile."""
+    env = env_factory(sink={"max_poll_interval_ms": 10000, "batch_size": 2})
+    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"},
+              fault="unable_to_lock_row", ms=1800, times=5)
+    ids = env.send(6, key=lambda i: "same-partition")
+    run = running(SalesforceSink(env.settings))
+    assert len(env.wait_tasks(ids, timeout=60)) == len(ids), repr(run.error)
+    assert env.committed_all()
+    assert run.alive(), repr(run.error)
+    assert run.sink.member.lost == 0
+    assert run.sink.member.max_gap_s < 10
+    assert env.deadletters() == []
+    assert outcomes(env.audit(), ids) == ["CREATED"] * len(ids)
+
+
+def test_salesforce_down_is_retried_by_one_bounded_policy_then_stops_the_sink(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Issue 7: retries nested (each call retried up to max_attempts inside a loop that retried
+    the records up to max_attempts again), and when the inner one gave up its RetriableError
+    escaped uncaught. Now one policy makes exactly sink.max_attempts attempts, then the sink
+    stops with a FatalError, dead-letters nothing and commits nothing."""
+    env = env_factory(sink={"max_attempts": 3})
+    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"}, fault="outage")
+    ids = env.send(2, key=lambda i: "one-partition")
+    run = running(SalesforceSink(env.settings))
+    run.thread.join(60)
+    assert not run.alive()
+    assert isinstance(run.error, FatalError), repr(run.error)
+    assert "3 attempts" in str(run.error) and "503" in str(run.error)
+    rules = env.sf.get("/__admin/faults").json()["rules"]
+    assert rules[0]["applied"] == 3
+    assert env.tasks(ids) == [] and env.deadletters() == [] and env.nothing_committed()
+
+
+def test_a_member_that_loses_partitions_mid_batch_commits_only_what_it_still_owns(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """A second sink joins while the first is retrying a slow batch: the first sees its
+    partitions revoked during the batch and must not commit offsets of partitions it no
+    longer owns (or owns again under a new assignment); every command still ends up as
+    exactly one Task and every offset is committed."""
+    env = env_factory(sink={"max_poll_interval_ms": 10000})
+    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"},
+              fault="unable_to_lock_row", ms=1500, times=4)
+    ids = env.send(30)
+    first = running(SalesforceSink(env.settings))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rules = env.sf.get("/__admin/faults").json()["rules"]
+        if rules and rules[0]["applied"] >= 1:
+            break
+        time.sleep(0.2)
+    second = running(SalesforceSink(env.settings))
+    tasks = env.wait_tasks(ids, timeout=90)
+    assert len(tasks) == len(ids), (repr(first.error), repr(second.error))
+    assert len({t[EXT] for t in tasks}) == len(ids)
+    assert env.committed_all(timeout=60), env.lag()
+    assert first.alive() and second.alive(), (repr(first.error), repr(second.error))
+    assert first.sink.member.revoked + first.sink.member.lost > 0
+    assert env.deadletters() == []
+    time.sleep(3)
+    assert env.committed_all(timeout=1), env.lag()  # no late commit moved an offset back
+
+
+class _RaceAdapter(HTTPAdapter):
+    """Plays the race of two writers on one new external id: before our first collections
+    upsert reaches Salesforce, the other writer's identical upsert does (and inserts the
+    Tasks); our request then gets what the race's loser gets from a real org, a per-record
+    DUPLICATE_VALUE on the unique external id. The emulator serializes writes, so it cannot
+    lose this race by itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raced = 0
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if self.raced or request.method != "PATCH" or "composite/sobjects/Task" not in (request.url or ""):
+            return super().send(request, *args, **kwargs)
+        winner = super().send(request.copy(), *args, **kwargs)  # the other writer's insert
+        self.raced += 1
+        ids = [r["id"] for r in winner.json()]
+        loser = requests.Response()
+        loser.status_code = 200
+        loser.headers = winner.headers
+        loser.url = winner.url
+        loser.request = request
+        loser._content = json.dumps([{"success": False, "errors": [{
+            "statusCode": "DUPLICATE_VALUE", "fields": [],
+            "message": f"duplicate value found: {EXT} duplicates value on record with id: {i}"}]}
+            for i in ids]).encode()
+        return loser
+
+
+def test_duplicate_value_on_the_external_id_is_the_same_upsert_not_a_dead_letter(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Two sinks (or a replay) racing on one new external id: the loser's DUPLICATE_VALUE
+    means the Task exists. The sink upserts once more (an update) and audits UPDATED with the
+    winner's Task id; nothing is dead-lettered and no Task is doubled."""
+    env = env_factory()
+    adapter = _RaceAdapter()
+
+    def connector() -> SalesforceConnection:
+        conn = connect(env.settings.salesforce)
+        conn.client.session.mount("https://", adapter)
+        return conn
+
+    ids = env.send(3, key=lambda i: "one-partition")
+    run = running(SalesforceSink(env.settings, connector=connector))
+    assert env.committed_all(timeout=30), repr(run.error)
+    assert adapter.raced == 1
+    tasks = env.tasks(ids)
+    assert len(tasks) == len(ids)
+    audit = [a for a in env.audit() if a["command_id"] in {f"cmd-{i}" for i in ids}]
+    assert sorted(a["outcome"] for a in audit) == ["UPDATED"] * len(ids)
+    assert {a["record_id"] for a in audit} == {t["Id"] for t in tasks}
+    assert env.deadletters() == []
+
+
+# ------------------------------------------------------------------ 4. external id field
+@pytest.mark.parametrize("field", ["Nope__c", "Subject", "Front_Conversation_Id__c"])
+def test_start_refuses_an_external_id_field_that_is_not_a_unique_external_id(
+        field: str, env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Issue 7: a wrong salesforce.task_external_id_field dead-lettered every command. Now the
+    sink checks Task's describe before it joins its group and stops, naming the field."""
+    env = env_factory(salesforce={"task_external_id_field": field})
+    ids = env.send(2)
+    run = running(SalesforceSink(env.settings))
+    run.thread.join(30)
+    assert not run.alive()
+    assert isinstance(run.error, FatalError), repr(run.error)
+    assert field in str(run.error)
+    assert env.tasks(ids) == [] and env.deadletters() == [] and env.nothing_committed()
+
+
+def test_a_whole_call_refused_for_the_external_id_field_stops_instead_of_dead_lettering(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """A command keyed on a field Salesforce says is no external id (INVALID_FIELD on the
+    whole collections call) is a configuration fault: the sink stops with the field's name
+    instead of unrolling the batch into one dead letter per record."""
+    env = env_factory()
+    ids = env.send(3, key=lambda i: "one-partition", external_id_field="Nope__c")
+    run = running(SalesforceSink(env.settings))
+    run.thread.join(30)
+    assert not run.alive()
+    assert isinstance(run.error, FatalError), repr(run.error)
+    assert "Nope__c" in str(run.error)
+    assert env.deadletters() == [] and env.nothing_committed()
+    assert env.tasks(ids) == []
+
+
+def test_cli_exits_non_zero_with_the_fatal_message(sf: LocalStack, tmp_path: Path) -> None:
+    """``frontforce sink salesforce`` on a misconfigured field prints ``fatal:`` with the
+    field's name and exits 1, instead of running and dead-lettering."""
+    cfg = tmp_path / "frontforce.yaml"
+    text = (sf.state_dir / "frontforce.yaml").read_text()
+    text = text.replace('  ca_bundle:', '  task_external_id_field: "Subject"\n  ca_bundle:')
+    text = text.replace(f'topic_prefix: "{sf.topic_prefix}"', f'topic_prefix: "cli{uuid.uuid4().hex[:6]}."')
+    cfg.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "frontforce", "sink", "salesforce", "--config", str(cfg)],
+                          env=sf.env(), cwd=REPO, text=True, capture_output=True, timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "fatal:" in done.stderr and "Subject" in done.stderr
+
