@@ -248,3 +248,38 @@ def test_no_broker_ack_means_503_not_200(infra: LocalStack) -> None:
         assert "not stored" in r.json()["error"]
     finally:
         producer.close(timeout=1)
+
+
+def test_broker_down_while_webhooks_arrive_then_back_every_event_stored(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Guards: with no broker the receiver must say 503 (Front retries), never 200; once the
+    broker is back, Front's retries store every event (duplicates only as the event id
+    dedupes them downstream)."""
+    from frontforce.localstack import Ports
+
+    state = tmp_path_factory.mktemp("late-broker")
+    late = LocalStack(state_dir=state, stack_state=state / "stack", persist=False,
+                      ports=Ports(kafka=free_port(), controller=free_port(), registry=free_port()))
+    s = config(late, "late.", bootstrap=late.bootstrap)
+    s = s.model_copy(update={"kafka": s.kafka.model_copy(update={"delivery_timeout_s": 2})})
+    producer = AsyncProducer(producer_config(s))
+    bodies = [envelope(payload(f"evt_late{i}")) for i in range(5)]
+    try:
+        with TestClient(create_receiver_app(s, producer, Serde(s))) as client:
+            for body in bodies:
+                assert client.post("/webhooks/front", content=body, headers=signed(body)).status_code == 503
+            late.start_infra()
+            ensure_topics(s, [s.topics.front_events])
+            pending = list(bodies)
+            deadline = time.monotonic() + 120
+            while pending and time.monotonic() < deadline:  # Front's retries
+                body = pending.pop(0)
+                if client.post("/webhooks/front", content=body, headers=signed(body)).status_code != 200:
+                    pending.append(body)
+                    time.sleep(1)
+            assert not pending, f"{len(pending)} webhooks still refused after the broker came back"
+        stored = [e["event_id"] for e in read_topic(late.bootstrap, late.registry_url, s.topics.front_events)]
+        assert set(stored) == {f"evt_late{i}" for i in range(5)}
+    finally:
+        producer.close(timeout=2)
+        late.stop_infra()
