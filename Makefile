@@ -9,12 +9,22 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1
 
 .PHONY: venv demo test lint tools stack-start stack-stop stack-status clean
 
+# Salesforce's Pub/Sub API stubs are generated, not committed: they must match the pinned
+# grpcio/protobuf, and the proto (eventbus/pubsub_api.proto) is the only source of truth.
+PROTO  := eventbus/pubsub_api.proto
+STUBS  := eventbus/pubsub_api_pb2.py eventbus/pubsub_api_pb2_grpc.py
+
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-venv: $(STAMP)
+# Regenerated when the proto changes or the venv was reinstalled (grpcio-tools may differ).
+$(STUBS) &: $(PROTO) $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(PROTO)
+	touch $(STUBS)
+
+venv: $(STAMP) $(STUBS)
 
 demo: venv
 	bash deploy/stack.sh fetch
@@ -22,7 +32,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy frontforce sources streams sinks schemas emulators
+	$(BIN)/mypy frontforce sources streams sinks schemas emulators eventbus
 
 # kcat (Debian package) is how the tests prove a tool that is not ours reads our topics.
 tools:

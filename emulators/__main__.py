@@ -1,7 +1,7 @@
 """Both emulators from one command:
 
     python -m emulators --state-dir .run/emulators [--persist]
-        [--salesforce-port 8443] [--front-port 8095]
+        [--salesforce-port 8443] [--salesforce-pubsub-port 7443] [--front-port 8095]
 
 Each runs as its own process (exactly as ``python -m emulators.salesforce`` /
 ``python -m emulators.front`` would), state in ``STATE_DIR/salesforce`` and
@@ -27,12 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--persist", action="store_true", help="keep state across restarts")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--salesforce-port", type=int, default=8443)
+    ap.add_argument("--salesforce-pubsub-port", type=int, default=7443,
+                    help="Salesforce Pub/Sub API (gRPC) port; 0 picks a free one")
     ap.add_argument("--front-port", type=int, default=8095)
     args = ap.parse_args(argv)
     persist = ["--persist"] if args.persist else []
     commands = {
         "salesforce": [sys.executable, "-m", "emulators.salesforce", "--host", args.host,
                        "--port", str(args.salesforce_port),
+                       "--pubsub-port", str(args.salesforce_pubsub_port),
                        "--state-dir", str(args.state_dir / "salesforce"), *persist],
         "front": [sys.executable, "-m", "emulators.front", "--host", args.host,
                   "--port", str(args.front_port),

@@ -15,8 +15,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="frontforce: Front <-> Salesforce on Kafka.")
 sink_app = typer.Typer(no_args_is_help=True, help="Run a sink.")
 load_app = typer.Typer(no_args_is_help=True, help="Load a snapshot into Kafka.")
+source_app = typer.Typer(no_args_is_help=True, help="Run a source.")
 app.add_typer(sink_app, name="sink")
 app.add_typer(load_app, name="load")
+app.add_typer(source_app, name="source")
 schemas_app = typer.Typer(no_args_is_help=True, help="Schema contracts in the registry.")
 app.add_typer(schemas_app, name="schemas")
 backfill_app = typer.Typer(no_args_is_help=True, help="Read history from an API into Kafka.")
@@ -131,13 +133,29 @@ def sink_salesforce(config: Path = ConfigOpt) -> None:
 
 @load_app.command("salesforce")
 def load_salesforce(config: Path = ConfigOpt) -> None:
-    """Initial load: SOQL snapshot of synced objects onto salesforce.changes."""
-    from frontforce.salesforce import connect
+    """Initial load: SOQL snapshot of the synced objects onto salesforce.changes, handed
+    over to the change subscription (its replay id taken before the load) without a hole."""
     from sources.salesforce import load_snapshot
 
-    s = _settings(config)
-    counts = load_snapshot(s, connect(s.salesforce))
+    try:
+        counts = load_snapshot(_settings(config))
+    except FatalError as exc:
+        typer.echo(f"fatal: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("loaded: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@source_app.command("salesforce")
+def source_salesforce(config: Path = ConfigOpt) -> None:
+    """Salesforce Change Data Capture over the Pub/Sub API onto salesforce.changes (replay
+    id on source.cursors); runs the initial load first when there is no cursor yet."""
+    from sources.salesforce import run_source
+
+    try:
+        run_source(_settings(config))
+    except FatalError as exc:
+        typer.echo(f"fatal: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def parse_time(text: str) -> float:

@@ -130,6 +130,45 @@ class SalesforceConfig(_Model):
         return v
 
 
+class SalesforceSourceConfig(_Model):
+    """Change Data Capture over the Pub/Sub API (``frontforce source salesforce``) and the
+    SOQL load/re-reads that fill its gaps. Authentication is the ``salesforce`` section's."""
+
+    pubsub_url: str = Field(
+        "api.pubsub.salesforce.com:7443",
+        description="Pub/Sub API endpoint, host:port (gRPC over TLS; trusts salesforce.ca_bundle).",
+    )
+    topics: list[str] = Field(
+        ["/data/ChangeEvents"],
+        description="CDC channels to subscribe to, one cursor each: /data/ChangeEvents, or per-entity"
+        " channels such as /data/ContactChangeEvent (an org selects at most 5 entities without the add-on).",
+    )
+    objects: list[str] = Field(
+        ["Contact", "Lead", "Account", "Opportunity", "Case", "User"],
+        description="Objects loaded and re-read by SOQL; change events of other objects are skipped.",
+    )
+    custom_fields: dict[str, list[str]] = Field(
+        {}, description="Custom fields (per object) carried in custom_fields, e.g. {Account: [Tier__c]}."
+    )
+    batch_size: int = Field(
+        100, ge=1, le=100, description="Events requested per FetchRequest (num_requested, Salesforce max 100)."
+    )
+    reread_overlap_s: float = Field(
+        300.0, ge=0,
+        description="When a stored replay id has expired, re-read records modified since the last covered"
+        " commit minus this much (late commits, clock skew).",
+    )
+    retry_max_delay_s: float = Field(
+        30.0, gt=0, description="Longest pause between two reconnects after a transient Pub/Sub or Kafka failure."
+    )
+    limit_wait_s: float = Field(
+        600.0, gt=0, description="Pause after the org's event delivery allocation was exceeded, before resubscribing."
+    )
+    cursor_prefix: str = Field(
+        "salesforce.cdc", description="Key prefix of this source's cursors on source.cursors (<prefix>:<topic>)."
+    )
+
+
 class WorkerConfig(_Model):
     app_id: str = Field("frontforce", description="Faust app id (consumer group, table topics).")
     data_dir: Path = Field(Path(".run/worker"), description="RocksDB table storage directory.")
@@ -185,6 +224,7 @@ class Settings(_Model):
     front: FrontConfig
     receiver: ReceiverConfig = ReceiverConfig()  # type: ignore[call-arg]
     salesforce: SalesforceConfig
+    salesforce_source: SalesforceSourceConfig = SalesforceSourceConfig()  # type: ignore[call-arg]
     worker: WorkerConfig = WorkerConfig()  # type: ignore[call-arg]
     sink: SinkConfig = SinkConfig()  # type: ignore[call-arg]
 

@@ -41,6 +41,9 @@ class Ports:
     salesforce: int = 8443
     receiver: int = 8090
     front: int = 8095
+    # Salesforce Pub/Sub API (gRPC) of the emulator; 0: a free port, read back from its
+    # ready line (then the real port is stored here).
+    pubsub: int = 0
 
 
 @dataclass
@@ -56,6 +59,9 @@ class LocalStack:
     sf_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ca_file: Path | None = None
+    # Seconds without events before the emulator's Pub/Sub API sends a keepalive (Salesforce:
+    # up to 270 s). Short here: a load's hand-over waits for the first answer.
+    pubsub_keepalive_s: float = 1.0
     # Where deploy/stack.sh keeps broker/registry data; several pipelines (tests) may share
     # one infrastructure while each has its own state_dir.
     stack_state: Path | None = None
@@ -71,6 +77,10 @@ class LocalStack:
     @property
     def salesforce_url(self) -> str:
         return f"https://127.0.0.1:{self.ports.salesforce}"
+
+    @property
+    def pubsub_target(self) -> str:
+        return f"127.0.0.1:{self.ports.pubsub}"
 
     @property
     def receiver_url(self) -> str:
@@ -107,11 +117,16 @@ class LocalStack:
                 "--port", str(self.ports.salesforce), "--state-dir",
                 str(self.state_dir / "salesforce"), f"--client-id={self.sf_client_id}",
                 # '=' form: a random secret may start with '-'
-                f"--client-secret={self.sf_client_secret}"]
+                f"--client-secret={self.sf_client_secret}",
+                "--pubsub-port", str(self.ports.pubsub),
+                "--pubsub-keepalive", str(self.pubsub_keepalive_s)]
         if self.persist:
             args.append("--persist")
         m = self._start_emulator("salesforce-emulator", args, r"ready on (\S+) \(ca: ([^)]+)\)")
         self.ca_file = Path(m.group(2))
+        # The Pub/Sub API announces itself on the next line.
+        pubsub = self._read_ready("salesforce-emulator", r"pubsub api ready on \S+:(\d+)")
+        self.ports.pubsub = int(pubsub.group(1))
 
     @property
     def front_url(self) -> str:
@@ -128,6 +143,10 @@ class LocalStack:
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=self.env(), cwd=REPO)
         self.procs[name] = proc
+        return self._read_ready(name, ready)
+
+    def _read_ready(self, name: str, ready: str) -> re.Match[str]:
+        proc = self.procs[name]
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -160,6 +179,8 @@ salesforce:
   client_id: "{self.sf_client_id}"
   client_secret: "${{FRONTFORCE_SF_CLIENT_SECRET}}"
   ca_bundle: "{self.ca_file}"
+salesforce_source:
+  pubsub_url: "{self.pubsub_target}"
 worker:
   app_id: "{self.app_id}"
   data_dir: "{self.state_dir / 'worker'}"
@@ -181,10 +202,12 @@ sink:
                               env=self.env(), cwd=REPO, check=check, text=True,
                               capture_output=True)
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *args: str, module: str = "frontforce") -> subprocess.Popen[bytes]:
+        """Start ``python -m <module> <args> --config <this stack's file>`` as ``name``
+        (``module``: another entry point with the same CLI, e.g. a test's variant)."""
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "frontforce", *args,
+            [sys.executable, "-m", module, *args,
              "--config", str(self.state_dir / "frontforce.yaml")],
             stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=REPO)
         self.procs[name] = proc

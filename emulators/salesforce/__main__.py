@@ -1,7 +1,9 @@
 """CLI: ``python -m emulators.salesforce --host 127.0.0.1 --port 8443 --state-dir DIR``.
 
-Generates (or reuses) the local CA in the state dir, serves HTTPS, and prints one
-``salesforce emulator ready on https://HOST:PORT (ca: PATH)`` line once listening.
+Generates (or reuses) the local CA in the state dir, serves HTTPS and the Pub/Sub API (gRPC
+over TLS, same certificate, ``--pubsub-port``, default 7443 as Salesforce's endpoint), and
+prints ``salesforce emulator ready on https://HOST:PORT (ca: PATH)`` once listening, then
+``salesforce pubsub api ready on HOST:PORT`` (unless ``--pubsub-port -1``).
 With ``--persist`` the org is loaded from ``DIR/salesforce-state.json`` at start and saved
 there on SIGTERM/SIGINT; without it every start is a clean org.
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from emulators._server import serve
 from emulators.salesforce._app import create_app
+from emulators.salesforce._pubsub import DEFAULT_KEEPALIVE_S, PubSubServer
 from emulators.salesforce._settings import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from emulators.salesforce._store import OrgState
 from emulators.tls import ensure_ca
@@ -44,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cdc-entity-limit", type=int, default=None,
                    help="max entities selectable through per-entity CDC channels (default 5, "
                         "0 = unlimited)")
+    p.add_argument("--pubsub-port", type=int, default=7443,
+                   help="Pub/Sub API (gRPC, TLS) port; 0 picks a free port, -1 serves none "
+                        "(default 7443)")
+    p.add_argument("--pubsub-keepalive", type=float, default=DEFAULT_KEEPALIVE_S,
+                   help="seconds without events before a Subscribe stream gets an empty "
+                        f"keepalive FetchResponse (default {DEFAULT_KEEPALIVE_S:g}, as Salesforce)")
     p.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     p.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
     p.add_argument("--jwt-consumer-key", default=None,
@@ -80,10 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         cdc_entity_limit=args.cdc_entity_limit,
     )
 
+    pubsub = None
+    if args.pubsub_port >= 0:
+        pubsub = PubSubServer(state, tls, args.host, args.pubsub_port,
+                              keepalive_s=args.pubsub_keepalive).start()
+
     def ready(base_url: str) -> None:
         print(f"salesforce emulator ready on {base_url} (ca: {tls.ca_cert})", flush=True)
+        if pubsub is not None:
+            print(f"salesforce pubsub api ready on {pubsub.target}", flush=True)
 
-    serve(app, args.host, args.port, tls, on_ready=ready, log_level=args.log_level)
+    try:
+        serve(app, args.host, args.port, tls, on_ready=ready, log_level=args.log_level)
+    finally:
+        if pubsub is not None:
+            pubsub.stop()
     return 0
 
 

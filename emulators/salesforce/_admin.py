@@ -42,7 +42,7 @@ def _non_negative_int(value: Any) -> int:
 
 _CONFIG_KEYS: dict[str, Any] = {
     "daily_limit": int, "page_size": int, "session_timeout": float, "clock_offset": float,
-    "duplicate_rules": _bool, "cdc_retention_hours": float,
+    "duplicate_rules": _bool, "enforce_unique": _bool, "cdc_retention_hours": float,
     "cdc_delivery_limit": _non_negative_int, "cdc_entity_limit": _non_negative_int}
 # Config-like keys that are not stored in state.config.
 _SPECIAL_CONFIG = {"api_usage", "cdc_selected_entities"}
@@ -230,6 +230,8 @@ def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
                 "delivery_limit": state.config["cdc_delivery_limit"],
                 "delivered": {c: log.delivered_since(c, minute - 24 * 60)
                               for c in list(log.delivered)},
+                **({"events": [_event_summary(e) for e in log.events]}
+                   if request.query_params.get("events") == "true" else {}),
             })
 
     async def cdc_gap(request: Request) -> Response:
@@ -272,6 +274,13 @@ def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
         Route("/__admin/cdc", guard(cdc_info), methods=["GET"]),
         Route("/__admin/cdc/gap", guard(cdc_gap), methods=["POST"]),
     ]
+
+
+def _event_summary(event: dict[str, Any]) -> dict[str, Any]:
+    header = event["payload"]["ChangeEventHeader"]
+    return {"replayId": event["replayId"], "entity": event["entity"],
+            "changeType": header["changeType"], "recordIds": header["recordIds"],
+            "commitTimestamp": header["commitTimestamp"]}
 
 
 def _entities(value: Any) -> list[str]:

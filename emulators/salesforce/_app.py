@@ -17,7 +17,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulators.salesforce._admin import admin_routes, json_response
 from emulators.salesforce._auth import INVALID_SESSION, OAuthError, check_session, issue_token
-from emulators.salesforce._cdc_http import cdc_routes
 from emulators.salesforce._describe import versions
 from emulators.salesforce._duplicates import header_options
 from emulators.salesforce._errors import SfError
@@ -189,7 +188,6 @@ def create_app(state: OrgState | None = None, **settings: Any) -> Starlette:
         Route("/services/data", list_versions, methods=["GET"]),
         Route("/services/data/", list_versions, methods=["GET"]),
         Route("/services/data/{rest:path}", data, methods=methods),
-        *cdc_routes(org, conf),
         *admin_routes(org, conf),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

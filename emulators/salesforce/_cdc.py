@@ -9,7 +9,8 @@ that composite (allOrNone=false) and composite/batch subrequests commit one by o
 Event shape = the Pub/Sub API payload after Avro decoding (§7.3):
 - ``ChangeEventHeader`` with entityName, recordIds, changeType, changeOrigin, transactionKey,
   sequenceNumber, commitTimestamp (epoch ms), commitNumber, commitUser, nulledFields,
-  diffFields, changedFields (names, or Pub/Sub bitmaps with ``bitmap=True``).
+  diffFields, changedFields (kept as field names; the Pub/Sub server, ``_pubsub``, sends
+  them as bitmaps, ``to_bitmaps``, in the Avro-encoded payload).
 - every field of the entity's event schema, in schema order: all values on CREATE/UNDELETE,
   nulls on DELETE, on UPDATE only changed fields non-null (a null means "unchanged" unless the
   field is in nulledFields). IsDeleted, SystemModstamp and Id are not part of the schema.
@@ -24,8 +25,8 @@ Event shape = the Pub/Sub API payload after Avro decoding (§7.3):
   same header lists — e.g. one field set to one value on several records, or deletes) become one
   event whose recordIds lists all records, as Salesforce does "within one second".
 
-Replay ids are integers increasing by one per event (opaque to clients; Salesforce's are bytes
-and not contiguous). Events are kept ``cdc_retention_hours`` (default 72) of org time.
+Replay ids are integers increasing by one per event; on the wire they are 8 bytes, big-endian
+(opaque to clients, as Salesforce's are). Events are kept ``cdc_retention_hours`` (default 72) of org time.
 """
 
 from __future__ import annotations
@@ -206,9 +207,19 @@ def schema_id(entity: str) -> str:
     return base64.urlsafe_b64encode(digest).decode()[:22]
 
 
+def _hex(bits: int) -> str:
+    """``0x`` + whole bytes, big-endian, upper case (as Salesforce sends them: Salesforce's
+    Java decoder reads the digits in pairs)."""
+    digits = f"{bits:X}"
+    return "0x" + ("0" * (len(digits) % 2)) + digits
+
+
 def to_bitmaps(entity: str, names: list[str]) -> list[str]:
-    """Field names -> Pub/Sub bitmap strings (``0x…`` over top-level positions, position 0 being
-    ChangeEventHeader, plus ``pos-0x…`` over a compound field's children)."""
+    """Field names -> Pub/Sub bitmap strings (Pub/Sub "Event Deserialization
+    Considerations"): first ``0x…`` over the top-level schema positions of the
+    non-compound fields (position 0 is ChangeEventHeader), then ``{pos}-0x…`` over the
+    children of each compound field at ``pos``. A compound parent's own bit stays clear;
+    when only nested fields are listed the top-level element is left out."""
     if not names:
         return []
     layout = _layout(entity)
@@ -218,11 +229,13 @@ def to_bitmaps(entity: str, names: list[str]) -> list[str]:
     for name in names:
         parent, _, child = name.partition(".")
         pos = positions[parent]
-        top |= 1 << pos
         if child:
             children = [c.name for c in layout[pos - 1].children]
             nested[pos] = nested.get(pos, 0) | 1 << children.index(child)
-    return [f"0x{top:X}"] + [f"{pos}-0x{bits:X}" for pos, bits in sorted(nested.items())]
+        else:
+            top |= 1 << pos
+    head = [_hex(top)] if top else []
+    return head + [f"{pos}-{_hex(bits)}" for pos, bits in sorted(nested.items())]
 
 
 # ------------------------------------------------------------------ event bodies

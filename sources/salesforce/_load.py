@@ -1,77 +1,68 @@
-"""Initial load: one SOQL query per object (query_all follows nextRecordsUrl, 2000 rows a
-page, so 10k contacts cost 5 API calls), each row a SNAPSHOT change keyed by record id."""
+"""``frontforce load salesforce``: the initial SOQL load of the synced objects (Contact,
+Lead, Account, Opportunity, Case, User by default; ``query`` follows ``nextRecordsUrl``,
+2,000 rows a page), each row a SNAPSHOT change keyed by record id, handed over to the
+change subscription without a hole.
+
+For a channel that has no cursor yet this is ``TopicSource.hand_over``: a Pub/Sub
+subscription from LATEST is opened first and its first answer awaited (a keepalive at the
+latest within Salesforce's 270 s), so its replay id is taken before the load starts; the
+rows are produced, and once the broker acknowledged all of them the cursor is written.
+``frontforce source salesforce`` then resumes right after that replay id: whatever changed
+during the load arrives again as a change (consumers order by ``commit_timestamp``).
+A channel that already has a cursor keeps it: the rows are produced as a refresh.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import structlog
-from confluent_kafka import Producer
 
 from frontforce.config import Settings
-from frontforce.kafka import producer_config
-from frontforce.salesforce import SalesforceConnection
 from frontforce.serialization import Serde
+from sources.salesforce._cursor import load_cursor
+from sources.salesforce._pubsub import PubSubClient
+from sources.salesforce._source import TopicSource, cursor_key
+
+__all__ = ["load_snapshot"]
 
 log = structlog.get_logger("sources.salesforce")
 
-FIELDS: dict[str, list[str]] = {
-    "Contact": ["Id", "Email", "Phone", "MobilePhone", "FirstName", "LastName", "AccountId",
-                "OwnerId", "SystemModstamp", "LastModifiedById"],
-}
+
+def _reader(source: TopicSource, counted: Any) -> Any:
+    return lambda: counted(source.load())
 
 
-def _ms(stamp: str | None) -> int:
-    if not stamp:
-        return 0
-    return int(datetime.fromisoformat(stamp).timestamp() * 1000)
-
-
-def to_change(sobject: str, row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "record_id": row["Id"],
-        "sobject": sobject,
-        "change_type": "SNAPSHOT",
-        "commit_timestamp": _ms(row.get("SystemModstamp")),
-        "commit_user": row.get("LastModifiedById"),
-        "changed_fields": [],
-        "email": row.get("Email"),
-        "phone": row.get("Phone"),
-        "mobile_phone": row.get("MobilePhone"),
-        "first_name": row.get("FirstName"),
-        "last_name": row.get("LastName"),
-        "name": row.get("Name"),
-        "account_id": row.get("AccountId"),
-        "owner_id": row.get("OwnerId"),
-        "custom_fields": {},
-    }
-
-
-def load_snapshot(settings: Settings, conn: SalesforceConnection,
-                  objects: list[str] | None = None) -> dict[str, int]:
-    """Produce every row of the synced objects; return rows produced per object.
-    Returns only after the broker acknowledged all of them."""
+def load_snapshot(settings: Settings, objects: list[str] | None = None) -> dict[str, int]:
+    """Produce every row of the synced objects (or of ``objects``); return rows produced per
+    object. Returns only after the broker acknowledged all of them (and the cursors)."""
     serde = Serde(settings)
-    topic = settings.topics.salesforce_changes
-    producer = Producer(producer_config(settings))
-    errors: list[str] = []
-
-    def on_delivery(err: Any, msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
+    client = PubSubClient(settings)
     counts: dict[str, int] = {}
-    for sobject in objects or list(FIELDS):
-        soql = f"SELECT {', '.join(FIELDS[sobject])} FROM {sobject}"
-        rows = conn.client.query_all(soql)["records"]
+
+    def counted(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for row in rows:
-            value = serde.encode(topic, to_change(sobject, row))
-            producer.produce(topic, key=row["Id"].encode(), value=value, on_delivery=on_delivery)
-            producer.poll(0)
-        counts[sobject] = len(rows)
-        log.info("snapshot loaded", sobject=sobject, rows=len(rows))
-    remaining = producer.flush(settings.kafka.delivery_timeout_s * 3)
-    if remaining or errors:
-        raise RuntimeError(f"snapshot not fully acknowledged: {remaining} pending, errors {errors[:3]}")
+            counts[row["sobject"]] = counts.get(row["sobject"], 0) + 1
+            yield row
+
+    try:
+        for topic in settings.salesforce_source.topics:
+            cursor = load_cursor(settings, serde, cursor_key(settings, topic))
+            source = TopicSource(settings, topic, client, serde, threading.Event(), cursor)
+            if objects is not None:
+                source.objects = [o for o in source.objects if o in objects]
+            for sobject in source.objects:
+                counts.setdefault(sobject, 0)
+            if source.cursor is None:
+                source.hand_over("initial load", _reader(source, counted), follow=False)
+            else:
+                log.info("channel has a cursor; loading without moving it", topic=topic,
+                         position=source.cursor.position)
+                for row in counted(source.load()):
+                    source.publish(row)
+            source.flush()
+    finally:
+        client.close()
     return counts

@@ -18,7 +18,7 @@ from frontforce.localstack import free_port
 
 def _start(state: Path, sf: int, fr: int, persist: bool) -> tuple[subprocess.Popen[str], Path]:
     args = [sys.executable, "-m", "emulators", "--state-dir", str(state),
-            "--salesforce-port", str(sf), "--front-port", str(fr)]
+            "--salesforce-port", str(sf), "--salesforce-pubsub-port", "0", "--front-port", str(fr)]
     proc = subprocess.Popen([*args, *(["--persist"] if persist else [])],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

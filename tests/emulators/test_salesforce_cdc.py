@@ -1,24 +1,32 @@
 """Change Data Capture in the Salesforce emulator: writes made through unmodified
-simple-salesforce (and the admin API) read back from ``/__cdc/events`` with plain httpx."""
+simple-salesforce (and the admin API) read back over the Pub/Sub API (gRPC ``eventbus.v1``)
+with stubs generated from Salesforce's proto, payloads decoded with the schema GetSchema
+returns."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import fastavro
+import grpc
 import pytest
 from simple_salesforce import Salesforce
 
 from emulators.salesforce import OrgState
 from emulators.salesforce._writes import Ctx, create, update
-from tests.emulators.conftest import Emulator
+from eventbus import pubsub_api_pb2 as pb
+from tests.emulators.conftest import EARLIEST, KEEPALIVE_S, LATEST, Emulator, expand_bitmap
+
+REPO = Path(__file__).resolve().parents[2]
 
 CONTACTS = "/data/ContactChangeEvent"
 HEADER = "ChangeEventHeader"
@@ -39,6 +47,18 @@ def body_fields(event: dict[str, Any]) -> dict[str, Any]:
 
 def contact(last: str, **fields: Any) -> dict[str, Any]:
     return {"attributes": {"type": "Contact"}, "LastName": last, **fields}
+
+
+def hex_bytes(bits: int) -> str:
+    """A bitmap as Salesforce writes it: ``0x``, whole bytes, upper case."""
+    digits = f"{bits:X}"
+    return "0x" + "0" * (len(digits) % 2) + digits
+
+
+def error_code(exc: grpc.RpcError) -> str:
+    """Salesforce's custom error code: the ``error-code`` trailer of the failed call."""
+    trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+    return str(trailers.get("error-code"))
 
 
 # ------------------------------------------------------------------ event shape
@@ -88,7 +108,8 @@ def test_update_event_carries_only_changed_fields(emulator: Emulator, sf: Salesf
     assert set(fields.values()) == {None}  # null = unchanged
 
     assert header(second)["changeOrigin"] == "com/salesforce/api/rest/59.0;client=frontforce"
-    assert header(second)["changedFields"] == ["Name.FirstName", "Phone", "LastModifiedDate"]
+    # Expanded as ChangeEventHeaderUtility does: top-level fields, then compound children.
+    assert header(second)["changedFields"] == ["Phone", "LastModifiedDate", "Name.FirstName"]
     assert header(second)["nulledFields"] == ["Phone"]  # null + listed here = cleared
     fields = body_fields(second)
     assert fields["Name"] == {"FirstName": "Augusta", "LastName": None}
@@ -249,68 +270,167 @@ def test_replay_from_a_stored_id_returns_exactly_the_later_events(emulator: Emul
         ([later], "CREATE"), ([lead], "CREATE"), ([early], "UPDATE")]
     replay_ids = [e["replayId"] for e in again["events"]]
     assert replay_ids == sorted(replay_ids) and replay_ids[0] > stored
-    assert again["latest_replay_id"] == replay_ids[-1] and again["has_more"] is False
+    assert again["latest_replay_id"] == replay_ids[-1] and again["pending_num_requested"] == 97
 
     # A per-entity channel skips other entities but still advances to the tip.
     contacts_only = subscriber.poll(CONTACTS, stored)
     assert [header(e)["recordIds"] for e in contacts_only["events"]] == [[later], [early]]
     assert contacts_only["latest_replay_id"] == replay_ids[-1]
-    # Paging with limit.
+    # Credit: never more than num_requested; the keepalive's latest_replay_id then stops at
+    # the last delivered event (safe to resume from), not at the tip.
     page = subscriber.poll(replay_id=stored, limit=2)
-    assert [e["replayId"] for e in page["events"]] == replay_ids[:2] and page["has_more"]
-    assert page["latest_replay_id"] == replay_ids[1]
+    assert [e["replayId"] for e in page["events"]] == replay_ids[:2]
+    assert page["latest_replay_id"] == replay_ids[1] and page["pending_num_requested"] == 0
     rest = subscriber.poll(replay_id=page["latest_replay_id"], limit=2)
-    assert [e["replayId"] for e in rest["events"]] == replay_ids[2:] and not rest["has_more"]
+    assert [e["replayId"] for e in rest["events"]] == replay_ids[2:]
+    assert rest["latest_replay_id"] == replay_ids[-1] and rest["pending_num_requested"] == 1
     # LATEST: nothing old, just the position.
     latest = subscriber.poll(replay_id=-1)
     assert latest["events"] == [] and latest["latest_replay_id"] == replay_ids[-1]
 
 
-def test_long_poll_returns_as_soon_as_an_event_commits(emulator: Emulator,
-                                                       sf: Salesforce) -> None:
+def test_flow_control_and_keepalive_on_one_stream(emulator: Emulator, sf: Salesforce) -> None:
+    """The server sends no more events than requested, asks for nothing in between, and
+    says it is alive (with the latest position) when it has nothing to send."""
     subscriber = emulator.subscriber()
-    position = subscriber.tip()
-    writer = emulator.client()
-    timer = threading.Timer(0.5, lambda: writer.Contact.create({"LastName": "Late"}))
-    timer.start()
-    started = time.monotonic()
-    body = subscriber.poll(CONTACTS, position, wait=20)
-    elapsed = time.monotonic() - started
-    timer.join()
-    assert [header(e)["changeType"] for e in body["events"]] == ["CREATE"]
-    assert 0.4 <= elapsed < 10
-    started = time.monotonic()
-    idle = subscriber.poll(CONTACTS, body["latest_replay_id"], wait=1)
-    assert idle["events"] == [] and time.monotonic() - started >= 0.9
-    assert idle["latest_replay_id"] == body["latest_replay_id"]
+    position = subscriber.tip(CONTACTS)
+    ids = [r["id"] for r in sf.restful("composite/sobjects", method="POST", json={
+        "allOrNone": False, "records": [contact(f"C{i}", Title=f"T{i}") for i in range(5)]})]
+    with subscriber.open(CONTACTS, position, limit=2) as stream:
+        first = stream.next()
+        assert len(first.events) == 2 and first.pending_num_requested == 0
+        assert first.latest_replay_id == first.events[-1].replay_id
+        # Out of credit: only keepalives, whose latest_replay_id is the last delivered event.
+        started = time.monotonic()
+        idle = stream.next()
+        assert list(idle.events) == [] and time.monotonic() - started >= KEEPALIVE_S * 0.8
+        assert idle.latest_replay_id == first.events[-1].replay_id
+        assert idle.pending_num_requested == 0 and idle.rpc_id == first.rpc_id
+        # More credit on the same stream; its replay preset is ignored (first request only).
+        stream.requests.put(pb.FetchRequest(replay_preset=pb.EARLIEST, num_requested=10))
+        rest: list[Any] = []
+        while len(rest) < 3:
+            rest += stream.next().events
+        got = [subscriber.decode(e) for e in [*first.events, *rest]]
+        assert [header(e)["recordIds"] for e in got] == [[i] for i in ids]
+        # An event committed while the stream waits arrives without a new request.
+        timer = threading.Timer(0.3, lambda: sf.Contact.create({"LastName": "Late"}))
+        timer.start()
+        late = stream.next()
+        while not late.events:
+            late = stream.next()
+        timer.join()
+        assert header(subscriber.decode(late.events[0]))["changeType"] == "CREATE"
+        assert late.pending_num_requested == 6
+
+
+def test_subscribe_argument_errors(emulator: Emulator) -> None:
+    subscriber = emulator.subscriber()
+    refused = subscriber.error(limit=0)
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_code(refused) == "sfdc.platform.eventbus.grpc.subscription.fetch.requested.events.invalid"
+    custom = pb.FetchRequest(topic_name=CONTACTS, replay_preset=pb.CUSTOM, num_requested=1)
+    call = subscriber.stub.Subscribe(iter([custom]), metadata=subscriber.metadata, timeout=10)
+    with pytest.raises(grpc.RpcError) as exc:
+        next(call)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_code(exc.value) == \
+        "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.validation.failed"
+    # A later request may omit the topic, but not name another one.
+    with subscriber.open(CONTACTS, LATEST, limit=1) as stream:
+        stream.more(1, topic="/data/LeadChangeEvent")
+        with pytest.raises(grpc.RpcError) as exc:
+            while True:
+                stream.next()
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    unknown = subscriber.error("/data/FeedItemChangeEvent")
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert "rpcId: " in unknown.details()
+
+
+def test_authentication_through_call_metadata(emulator: Emulator) -> None:
+    token = emulator.token()
+    good = emulator.subscriber(token)
+    assert good.poll()["events"] == []
+    org_id = str(token["id"]).split("/")[-2]
+    for metadata in (
+            (("accesstoken", "00Dnope!bad"), ("instanceurl", token["instance_url"]),
+             ("tenantid", org_id)),
+            (("accesstoken", token["access_token"]), ("instanceurl", token["instance_url"]),
+             ("tenantid", "00DXX0000000001AAA")),
+            (("accesstoken", token["access_token"]), ("tenantid", org_id))):
+        with pytest.raises(grpc.RpcError) as exc:
+            good.stub.GetTopic(pb.TopicRequest(topic_name=CONTACTS), metadata=metadata,
+                               timeout=10)
+        assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert exc.value.details().startswith(
+            "An authentication exception occurred. Provide valid authentication via metadata "
+            "headers. rpcId: ")
+        assert error_code(exc.value) == "sfdc.platform.eventbus.grpc.service.auth.error"
+    # The 15-character org id works as well; an expired session does not.
+    short = (("accesstoken", token["access_token"]), ("instanceurl", token["instance_url"]),
+             ("tenantid", org_id[:15]))
+    info = good.stub.GetTopic(pb.TopicRequest(topic_name=CONTACTS), metadata=short, timeout=10)
+    assert info.tenant_guid == org_id and info.can_subscribe and not info.can_publish
+    emulator.admin("POST", "sessions/expire", {"access_token": token["access_token"]})
+    assert good.error().code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_topics_and_schemas(emulator: Emulator) -> None:
+    subscriber = emulator.subscriber()
+    info = subscriber.stub.GetTopic(pb.TopicRequest(topic_name=CONTACTS),
+                                    metadata=subscriber.metadata, timeout=10)
+    assert info.topic_name == CONTACTS and info.rpc_id
+    schema = subscriber.schema(info.schema_id)
+    assert schema["name"] == "ContactChangeEvent" and schema["fields"][0]["name"] == HEADER
+    fastavro.parse_schema(schema)
+    again = subscriber.stub.GetTopic(pb.TopicRequest(topic_name=CONTACTS),
+                                     metadata=subscriber.metadata, timeout=10)
+    assert again.schema_id == info.schema_id  # fingerprints: stable
+    every = subscriber.stub.GetTopic(pb.TopicRequest(topic_name="/data/ChangeEvents"),
+                                     metadata=subscriber.metadata, timeout=10)
+    assert every.schema_id == ""  # each event names its entity's schema
+    with pytest.raises(grpc.RpcError) as exc:
+        subscriber.stub.GetSchema(pb.SchemaRequest(schema_id="nope"),
+                                  metadata=subscriber.metadata, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_replay_id_outside_retention_is_refused(emulator: Emulator, sf: Salesforce) -> None:
     sf.Contact.create({"LastName": "Old"})
     subscriber = emulator.subscriber()
-    before_first = subscriber.poll(replay_id=-2)["earliest_replay_id"]
+    before_first = emulator.admin("GET", "cdc")["earliest_replay_id"]
     stored = subscriber.tip()
     # 73 hours later the event is gone (72 h retention); log in again, sessions idled out.
     emulator.admin("POST", "config", {"clock_offset": 73 * 3600})
+    assert subscriber.error().code() == grpc.StatusCode.UNAUTHENTICATED
     subscriber = emulator.subscriber()
     for stale in (before_first, stored + 1000):
-        resp = subscriber.get(replay_id=stale)
-        assert resp.status_code == 400
-        error = resp.json()["error"]
-        assert error["code"] == "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
-        assert error["grpc_status"] == "INVALID_ARGUMENT"
+        refused = subscriber.error(replay_id=stale)
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_code(refused) == \
+            "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
+        assert refused.details().startswith(
+            "The Replay ID validation failed. Ensure that the Replay ID is valid. rpcId: ")
+    # A replay id that is not one of ours at all.
+    malformed = pb.FetchRequest(topic_name=CONTACTS, replay_preset=pb.CUSTOM,
+                                replay_id=b"\x01\x02", num_requested=1)
+    call = subscriber.stub.Subscribe(iter([malformed]), metadata=subscriber.metadata, timeout=10)
+    with pytest.raises(grpc.RpcError) as exc:
+        next(call)
+    assert error_code(exc.value) == "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
     # The last retained position is still valid; EARLIEST resolves to it.
     assert subscriber.poll(replay_id=stored)["events"] == []
-    earliest = subscriber.poll(replay_id=-2)
-    assert earliest["events"] == [] and earliest["earliest_replay_id"] == stored
+    assert subscriber.poll(replay_id=EARLIEST)["events"] == []
+    assert emulator.admin("GET", "cdc")["earliest_replay_id"] == stored
     fresh = emulator.client().Contact.create({"LastName": "New"})["id"]
-    assert [header(e)["recordIds"] for e in subscriber.events(replay_id=-2)] == [[fresh]]
+    assert [header(e)["recordIds"] for e in subscriber.events(replay_id=EARLIEST)] == [[fresh]]
 
-    # Retention is configurable.
+    # Retention is configurable (in hours of org time; the tests set it short).
     emulator.admin("POST", "config", {"cdc_retention_hours": 1, "clock_offset": 75 * 3600})
     subscriber = emulator.subscriber()
-    assert subscriber.get(replay_id=stored).status_code == 400
-    assert subscriber.poll(replay_id=-2)["events"] == []
+    assert subscriber.error(replay_id=stored).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert subscriber.poll(replay_id=EARLIEST)["events"] == []
 
 
 def test_reset_keeps_replay_ids_increasing(emulator: Emulator, sf: Salesforce) -> None:
@@ -318,7 +438,7 @@ def test_reset_keeps_replay_ids_increasing(emulator: Emulator, sf: Salesforce) -
     subscriber = emulator.subscriber()
     stored = subscriber.tip()
     emulator.admin("POST", "reset")
-    assert subscriber.get(replay_id=stored - 1).status_code == 400
+    assert subscriber.error(replay_id=stored - 1).code() == grpc.StatusCode.INVALID_ARGUMENT
     sf.Contact.create({"LastName": "After"})
     [event] = subscriber.events(replay_id=stored)
     assert event["replayId"] > stored
@@ -330,18 +450,23 @@ def test_daily_delivery_allocation(emulator: Emulator, sf: Salesforce) -> None:
     sf.restful("composite/sobjects", method="POST",
                json={"records": [contact(f"C{i}") for i in range(5)]})
     subscriber = emulator.subscriber()
-    first = subscriber.poll(replay_id=-2)
-    assert len(first["events"]) == 3 and first["has_more"] is True
-    assert first["delivery"] == {"used": 3, "max": 3}
-    refused = subscriber.get(replay_id=first["latest_replay_id"])
-    assert refused.status_code == 403
-    assert refused.json()["error"]["code"] == \
-        "sfdc.platform.eventbus.grpc.subscription.limit.exceeded"
-    # Empty answers cost nothing; the window is a rolling 24 h.
+    with subscriber.open(replay_id=EARLIEST) as stream:
+        first = stream.next()
+        assert len(first.events) == 3  # cut short at the allocation...
+        with pytest.raises(grpc.RpcError) as exc:  # ...then the subscription is closed
+            stream.next()
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_code(exc.value) == "sfdc.platform.eventbus.grpc.subscription.limit.exceeded"
+    assert exc.value.details().startswith("You have exceeded the event delivery limit for your org.")
+    stored = int.from_bytes(first.events[-1].replay_id, "big")
+    assert subscriber.error(replay_id=stored).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Nothing pending costs nothing: an idle subscription stays open.
+    assert subscriber.poll(replay_id=LATEST)["events"] == []
+    # The window is a rolling 24 h.
     emulator.admin("POST", "config", {"clock_offset": 25 * 3600})
     subscriber = emulator.subscriber()
-    rest = subscriber.poll(replay_id=first["latest_replay_id"])
-    assert len(rest["events"]) == 2 and rest["delivery"]["used"] == 2
+    rest = subscriber.poll(replay_id=stored)
+    assert len(rest["events"]) == 2
     info = emulator.admin("GET", "cdc")
     assert info["delivered"] == {"frontforce-emulator-client": 2}
     # Not charged to the REST API allocation.
@@ -351,82 +476,111 @@ def test_daily_delivery_allocation(emulator: Emulator, sf: Salesforce) -> None:
 def test_entity_selection_limit(emulator: Emulator) -> None:
     subscriber = emulator.subscriber()
     six = ["Contact", "Lead", "Account", "Opportunity", "Case", "User"]
-
-    def channels(entities: list[str]) -> str:
-        return ",".join(f"/data/{e}ChangeEvent" for e in entities)
-
-    resp = subscriber.get(channels(six))
-    assert resp.status_code == 400
-    assert resp.json()["error"]["code"] == "emulator.cdc.entity.selection.limit.exceeded"
-    assert subscriber.get(channels(six[:5])).status_code == 200
+    for entity in six[:5]:
+        assert subscriber.poll(f"/data/{entity}ChangeEvent")["events"] == []
     assert emulator.admin("GET", "config")["cdc_selected_entities"] == six[:5]
-    # The selection is sticky: a sixth entity later is refused too, selected ones still work.
-    assert subscriber.get("/data/TaskChangeEvent").status_code == 400
-    assert subscriber.get(CONTACTS).status_code == 200
-    assert subscriber.get("/data/ChangeEvents").status_code == 200
+    # The selection is sticky: a sixth entity is refused, selected ones still work.
+    refused = subscriber.error("/data/UserChangeEvent")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_code(refused) == "emulator.cdc.entity.selection.limit.exceeded"
+    assert subscriber.poll(CONTACTS)["events"] == []
+    assert subscriber.poll("/data/ChangeEvents")["events"] == []
     emulator.admin("POST", "config", {"cdc_selected_entities": []})
-    assert subscriber.get("/data/TaskChangeEvent").status_code == 200
+    assert subscriber.poll("/data/TaskChangeEvent")["events"] == []
     emulator.admin("POST", "config", {"cdc_entity_limit": 0})  # the add-on: no ceiling
-    assert subscriber.get(channels([*six, "Task"])).status_code == 200
-
-    unknown = subscriber.get("/data/FeedItemChangeEvent")
-    assert unknown.status_code == 400
-    assert unknown.json()["error"]["code"] == "emulator.cdc.topic.invalid"
-    assert subscriber.http.get("/__cdc/events", params={"replay_id": -1}).status_code == 400
-    anonymous = subscriber.http.get("/__cdc/events", params={"channel": CONTACTS},
-                                    headers={"Authorization": "Bearer nope"})
-    assert anonymous.status_code == 401
-    assert anonymous.json()[0]["errorCode"] == "INVALID_SESSION_ID"
+    for entity in six:
+        assert subscriber.poll(f"/data/{entity}ChangeEvent")["events"] == []
 
 
 # ------------------------------------------------------------------ Pub/Sub compatibility
-def _expand(schema: dict[str, Any], bitmaps: list[str]) -> list[str]:
-    """Bitmap -> field names, following Salesforce's ChangeEventHeaderUtility."""
-    fields = schema["fields"]
-    names: list[str] = []
-    if bitmaps and bitmaps[0].startswith("0x"):
-        top = int(bitmaps[0], 16)
-        names = [f["name"] for i, f in enumerate(fields) if top >> i & 1]
-    for item in bitmaps:
-        if "-" not in item:
-            continue
-        position, _, bits = item.partition("-")
-        parent = fields[int(position)]
-        child = next(t for t in parent["type"] if isinstance(t, dict))
-        value = int(bits, 16)
-        nested = [f"{parent['name']}.{c['name']}" for i, c in enumerate(child["fields"])
-                  if value >> i & 1]
-        if nested:
-            names.remove(parent["name"])
-            names += nested
-    return names
-
-
 def test_payloads_conform_to_the_avro_schema_and_bitmaps(emulator: Emulator,
                                                          sf: Salesforce) -> None:
     contact_id = sf.Contact.create({"FirstName": "Ada", "LastName": "Ng", "Phone": "1"})["id"]
     sf.Contact.update(contact_id, {"FirstName": "Augusta", "Phone": None})
+    sf.Contact.update(contact_id, {"FirstName": None})
     sf.Contact.delete(contact_id)
     subscriber = emulator.subscriber()
-    named = subscriber.events(CONTACTS)
-    bitmapped = subscriber.events(CONTACTS, bitmap="true")
-    schema_info = subscriber.http.get(f"/__cdc/schemas/{bitmapped[0]['schemaId']}").json()
-    assert schema_info["schema_id"] == bitmapped[0]["schemaId"]
-    schema = json.loads(schema_info["schema_json"])
-    assert schema["name"] == "ContactChangeEvent" and schema["fields"][0]["name"] == HEADER
-    parsed = fastavro.parse_schema(schema)
-    for event in bitmapped:
-        buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, parsed, event["payload"])
-        buffer.seek(0)
-        assert fastavro.schemaless_reader(buffer, parsed, None) == event["payload"]
-    update_bits = header(bitmapped[1])
-    assert update_bits["changedFields"][0].startswith("0x")
-    assert any("-0x" in b for b in update_bits["changedFields"])  # nested Name bitmap
-    for plain, bits in zip(named, bitmapped, strict=True):
-        for key in ("changedFields", "nulledFields", "diffFields"):
-            assert sorted(_expand(schema, header(bits)[key])) == sorted(header(plain)[key])
-    assert subscriber.http.get("/__cdc/schemas/nope").status_code == 404
+    created, updated, nulled_name, deleted = subscriber.events(CONTACTS)
+    schema = subscriber.schema(updated["schemaId"])
+    names = [f["name"] for f in schema["fields"]]
+    # changedFields: one bitmap over top-level positions (whole bytes, upper case hex), then
+    # "{position of Name}-{bitmap over Name's children}"; Name's own bit stays clear.
+    top, nested = updated["bitmaps"]["changedFields"]
+    assert top == hex_bytes(1 << names.index("Phone") | 1 << names.index("LastModifiedDate"))
+    assert nested == f"{names.index('Name')}-0x01"  # FirstName is Name's first child
+    assert header(updated)["changedFields"] == ["Phone", "LastModifiedDate", "Name.FirstName"]
+    assert updated["bitmaps"]["nulledFields"] == [hex_bytes(1 << names.index("Phone"))]
+    assert header(updated)["nulledFields"] == ["Phone"]
+    # Only a nested field nulled: no top-level element at all.
+    assert nulled_name["bitmaps"]["nulledFields"] == [f"{names.index('Name')}-0x01"]
+    assert header(nulled_name)["nulledFields"] == ["Name.FirstName"]
+    assert body_fields(updated)["Name"] == {"FirstName": "Augusta", "LastName": None}
+    # CREATE and DELETE carry no field lists; DELETE has every field empty.
+    assert created["bitmaps"] == deleted["bitmaps"] == {
+        "changedFields": [], "nulledFields": [], "diffFields": []}
+    assert set(body_fields(deleted).values()) == {None}
+    assert expand_bitmap(schema, ["0x03"]) == ["ChangeEventHeader", names[1]]
+
+
+def test_a_client_generated_from_the_proto_reads_the_emulator(emulator: Emulator, sf: Salesforce,
+                                                            tmp_path: Path) -> None:
+    """Guards against an emulator that only our own client understands: stubs generated now
+    from Salesforce's proto with grpcio-tools, in a process that imports nothing of this
+    repository, subscribe over TLS, fetch the schema with GetSchema and decode a payload."""
+    contact_id = sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper",
+                                    "Email": "grace@navy.mil"})["id"]
+    proto = tmp_path / "proto"
+    proto.mkdir()
+    (proto / "pubsub_api.proto").write_bytes((REPO / "eventbus" / "pubsub_api.proto").read_bytes())
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{proto}", f"--python_out={proto}",
+                    f"--grpc_python_out={proto}", "pubsub_api.proto"], check=True, cwd=proto)
+    token = emulator.token()
+    client = tmp_path / "client.py"
+    client.write_text(PLAIN_CLIENT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(proto)
+    out = subprocess.run(
+        [sys.executable, str(client), emulator.pubsub_target,
+         str(emulator.ca), token["access_token"], token["instance_url"],
+         str(token["id"]).split("/")[-2]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["ours"] == []  # its own stubs: nothing of this repository was imported
+    assert result["schema_name"] == "ContactChangeEvent"
+    event = result["event"]
+    assert event["ChangeEventHeader"]["changeType"] == "CREATE"
+    assert event["ChangeEventHeader"]["recordIds"] == [contact_id]
+    assert event["Name"] == {"FirstName": "Grace", "LastName": "Hopper"}
+    assert event["Email"] == "grace@navy.mil"
+
+
+PLAIN_CLIENT = """
+import io, json, sys
+import fastavro, grpc
+import pubsub_api_pb2 as pb
+import pubsub_api_pb2_grpc as pb_grpc
+
+target, ca, token, instance, org = sys.argv[1:]
+channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(open(ca, "rb").read()))
+stub = pb_grpc.PubSubStub(channel)
+md = (("accesstoken", token), ("instanceurl", instance), ("tenantid", org))
+topic = stub.GetTopic(pb.TopicRequest(topic_name="/data/ContactChangeEvent"), metadata=md)
+request = pb.FetchRequest(topic_name="/data/ContactChangeEvent",
+                          replay_preset=pb.ReplayPreset.EARLIEST, num_requested=1)
+for response in stub.Subscribe(iter([request]), metadata=md, timeout=30):
+    if response.events:
+        consumer_event = response.events[0]
+        break
+assert consumer_event.event.schema_id == topic.schema_id
+info = stub.GetSchema(pb.SchemaRequest(schema_id=consumer_event.event.schema_id), metadata=md)
+schema = json.loads(info.schema_json)
+decoded = fastavro.schemaless_reader(io.BytesIO(consumer_event.event.payload),
+                                     fastavro.parse_schema(schema), None)
+ours = sorted(m for m in sys.modules
+              if m.split(".")[0] in ("eventbus", "emulators", "frontforce", "sources", "tests"))
+print(json.dumps({"ours": ours, "schema_name": schema["name"], "event": decoded}))
+"""
 
 
 def test_gap_events_can_be_injected(emulator: Emulator, sf: Salesforce) -> None:

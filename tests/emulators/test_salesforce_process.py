@@ -15,25 +15,34 @@ from simple_salesforce.exceptions import SalesforceResourceNotFound
 
 from emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, OrgState
 from emulators.salesforce._writes import Ctx, create
-from tests.emulators.conftest import CdcSubscriber, Emulator, EmulatorProcesses, close_sessions, pinned_session
+from tests.emulators.conftest import (
+    Emulator,
+    EmulatorProcesses,
+    PubSubSubscriber,
+    close_sessions,
+    pinned_session,
+)
 
 READY = re.compile(r"^salesforce emulator ready on (https://127\.0\.0\.1:(\d+)) \(ca: (.+)\)$")
+PUBSUB_READY = re.compile(r"^salesforce pubsub api ready on (127\.0\.0\.1:(\d+))$")
 
 
 class Running:
-    def __init__(self, proc: subprocess.Popen[str], base_url: str, ca: Path) -> None:
-        self.proc, self.base_url, self.ca = proc, base_url, ca
+    def __init__(self, proc: subprocess.Popen[str], base_url: str, ca: Path, pubsub: str) -> None:
+        self.proc, self.base_url, self.ca, self.pubsub = proc, base_url, ca, pubsub
+        self.token: dict[str, Any] = {}
 
     def client(self) -> Salesforce:
         session = pinned_session(self.ca)
-        tok = session.post(f"{self.base_url}/services/oauth2/token",
-                           data={"grant_type": "client_credentials"},
-                           auth=(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)).json()
-        return Salesforce(session_id=tok["access_token"], instance_url=tok["instance_url"],
-                          session=session, version="59.0")
+        self.token = session.post(f"{self.base_url}/services/oauth2/token",
+                                  data={"grant_type": "client_credentials"},
+                                  auth=(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)).json()
+        return Salesforce(session_id=self.token["access_token"],
+                          instance_url=self.token["instance_url"], session=session, version="59.0")
 
-    def subscriber(self, sf: Salesforce) -> CdcSubscriber:
-        return CdcSubscriber(self.base_url, self.ca, sf.session_id)
+    def subscriber(self, sf: Salesforce) -> PubSubSubscriber:
+        assert sf.session_id == self.token["access_token"]
+        return PubSubSubscriber(self.pubsub, self.ca, self.token)
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -43,8 +52,14 @@ class Running:
 @pytest.fixture
 def launch(tmp_path: Path, emulator_processes: EmulatorProcesses) -> Iterator[Any]:
     def start(*extra: str) -> Running:
-        proc, match = emulator_processes.start("emulators.salesforce", tmp_path / "sf", READY, *extra)
-        return Running(proc, match.group(1), Path(match.group(3)))
+        # --pubsub-port 0: the Pub/Sub API on a free port, announced on the next line.
+        proc, match = emulator_processes.start("emulators.salesforce", tmp_path / "sf", READY,
+                                               "--pubsub-port", "0", "--pubsub-keepalive", "0.2",
+                                               *extra)
+        assert proc.stdout is not None
+        pubsub = PUBSUB_READY.match(proc.stdout.readline().strip())
+        assert pubsub, "no pubsub ready line"
+        return Running(proc, match.group(1), Path(match.group(3)), pubsub.group(1))
 
     yield start
     close_sessions()
@@ -60,6 +75,7 @@ def test_persist_survives_restart(launch: Any, tmp_path: Path) -> None:
     used_before = sf.api_usage["api-usage"].used
     assert used_before == 3
     stored = first.subscriber(sf).poll(replay_id=-2)["latest_replay_id"]
+    assert stored > 0
     assert first.terminate() == -signal.SIGTERM  # uvicorn re-raises the signal after saving
     assert (tmp_path / "sf" / "salesforce-state.json").exists()
 
