@@ -3,7 +3,10 @@
 A rule matches requests by method and path (``/__admin/...`` is never matched) and injects one
 fault kind:
 
-    latency             sleep ``ms`` milliseconds, then serve normally
+    latency             sleep ``ms`` milliseconds, then serve normally; with
+                        ``"phase": "after"`` serve first (the write is applied and visible
+                        at ``/__admin/records``), then hold the response ``ms`` milliseconds
+                        (a call that succeeded but whose answer is slow or never arrives)
     outage              503; body ``[{"errorCode":"SERVER_UNAVAILABLE",...}]`` or, with
                         ``"body": "html"``, a maintenance HTML page (edge failures are HTML)
     unable_to_lock_row  every DML of the matched request fails with UNABLE_TO_LOCK_ROW:
@@ -15,32 +18,44 @@ fault kind:
                         (override with ``"message": "ConcurrentPerOrgLongTxn Limit exceeded."``)
 
 Counters: each matching request increments ``matched``; the fault is applied when ``matched``
-is a multiple of ``every_nth`` (default 1). After ``times`` applications (default unlimited) the
+is a multiple of ``every_nth`` (default 1); ``dropped`` counts requests whose client left while
+this rule held them (see below). After ``times`` applications (default unlimited) the
 rule is exhausted: it stays listed (``GET /__admin/faults``) but matches nothing any more.
 Any rule may also carry ``ms`` (delay before the fault). When several
 rules are due, every delay applies and the first due non-latency rule (in creation order)
 decides the response. Faulted requests that never reach a handler (outage, expired_session,
 request_limit) are not charged to the API allocation; unable_to_lock_row requests are.
+
+A client that goes away while its request is held before serving (any delay before the
+fault, including latency's default ``"phase": "before"``) gets nothing and nothing happens:
+the request is dropped without reaching a handler, as a request that never got past the
+load balancer; no write, no API call charged. The body is read and the connection watched
+during the delay, so a disconnect is seen even when the client had sent everything. After
+serving has started (``"phase": "after"``) a disconnect changes nothing: the write stands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulators.salesforce._schema import get_sobject
 
-__all__ = ["FAULT_KINDS", "FaultInjector", "FaultMiddleware", "FaultRule", "LockFault"]
+__all__ = ["FAULT_KINDS", "Decision", "FaultInjector", "FaultMiddleware", "FaultRule",
+           "LockFault"]
 
 FAULT_KINDS = ("latency", "outage", "unable_to_lock_row", "expired_session", "request_limit")
 LOCK_FAULT_SCOPE_KEY = "emulator.lock_fault"
-_RULE_KEYS = {"match", "fault", "ms", "times", "every_nth", "message", "body", "sobjects"}
+_RULE_KEYS = {"match", "fault", "ms", "times", "every_nth", "message", "body", "sobjects",
+              "phase"}
+_PHASES = ("before", "after")
 _MATCH_KEYS = {"method", "path_regex", "query_regex"}
 _OUTAGE_HTML = ("<html><head><title>Service Unavailable</title></head><body>"
                 "<h1>Down for Maintenance</h1><p>The server is temporarily unable to service "
@@ -71,8 +86,10 @@ class FaultRule:
     message: str | None = None
     body: str = "json"
     sobjects: tuple[str, ...] = ()
+    phase: str = "before"
     matched: int = 0
     applied: int = 0
+    dropped: int = 0
     _path: re.Pattern[str] | None = field(default=None, repr=False)
     _query: re.Pattern[str] | None = field(default=None, repr=False)
 
@@ -98,13 +115,15 @@ class FaultRule:
         out: dict[str, Any] = {"id": self.id, "match": match, "fault": self.fault,
                                "ms": self.ms, "times": self.times, "every_nth": self.every_nth,
                                "matched": self.matched, "applied": self.applied,
-                               "exhausted": self.exhausted}
+                               "dropped": self.dropped, "exhausted": self.exhausted}
         if self.message is not None:
             out["message"] = self.message
         if self.fault == "outage":
             out["body"] = self.body
         if self.sobjects:
             out["sobjects"] = list(self.sobjects)
+        if self.fault == "latency":
+            out["phase"] = self.phase
         return out
 
 
@@ -115,6 +134,18 @@ def _number(spec: dict[str, Any], key: str, default: Any, minimum: float) -> Any
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
         raise ValueError(f"{key} must be a number >= {minimum}")
     return value
+
+
+@dataclass
+class Decision:
+    """What the rules due for one request do to it: wait ``before_ms`` before serving,
+    answer with ``rule``'s fault (None: serve normally), hold the answer ``after_ms``."""
+
+    before_ms: float = 0.0
+    after_ms: float = 0.0
+    rule: FaultRule | None = None
+    # Rules whose delay held the request before serving (credited when its client leaves).
+    holders: list[FaultRule] = field(default_factory=list)
 
 
 class FaultInjector:
@@ -172,6 +203,11 @@ class FaultInjector:
         message = spec.get("message")
         if message is not None and not isinstance(message, str):
             raise ValueError("message must be a string")
+        phase = spec.get("phase", "before")
+        if phase not in _PHASES:
+            raise ValueError('phase must be "before" or "after"')
+        if phase != "before" and kind != "latency":
+            raise ValueError('phase "after" applies to latency only')
         sobjects = spec.get("sobjects") or []
         if not isinstance(sobjects, list):
             raise ValueError("sobjects must be a list of sObject names")
@@ -188,14 +224,14 @@ class FaultInjector:
             path_regex=match.get("path_regex"), query_regex=match.get("query_regex"),
             ms=float(ms), times=int(times) if times is not None else None,
             every_nth=int(every_nth), message=message, body=body, sobjects=tuple(names),
+            phase=phase,
             _path=patterns.get("path_regex"), _query=patterns.get("query_regex"))
         self.rules.append(rule)
         return rule
 
-    def decide(self, method: str, path: str, query: str) -> tuple[float, FaultRule | None]:
-        """Count a request against every rule; return (delay ms, fault rule to apply)."""
-        delay = 0.0
-        chosen: FaultRule | None = None
+    def decide(self, method: str, path: str, query: str) -> Decision:
+        """Count a request against every rule; return the delays and the fault to apply."""
+        decision = Decision()
         for rule in self.rules:
             if rule.exhausted or not rule.matches(method, path, query):
                 continue
@@ -204,12 +240,18 @@ class FaultInjector:
                 continue
             if rule.fault == "latency":
                 rule.applied += 1
-                delay += rule.ms
-            elif chosen is None:
+                if rule.phase == "after":
+                    decision.after_ms += rule.ms
+                    continue
+            elif decision.rule is None:
                 rule.applied += 1
-                delay += rule.ms
-                chosen = rule
-        return delay, chosen
+                decision.rule = rule
+            else:
+                continue
+            if rule.ms > 0:
+                decision.before_ms += rule.ms
+                decision.holders.append(rule)
+        return decision
 
 
 def _json_body(items: list[dict[str, Any]]) -> bytes:
@@ -230,7 +272,8 @@ class FaultMiddleware:
         state = self.state
         query = scope.get("query_string", b"").decode("latin-1")
         with state.lock:
-            delay, rule = state.faults.decide(scope["method"], scope["path"], query)
+            decision = state.faults.decide(scope["method"], scope["path"], query)
+            rule = decision.rule
             if rule is not None:
                 faults = state.stats.setdefault("faults", {})
                 faults[rule.fault] = faults.get(rule.fault, 0) + 1
@@ -238,8 +281,17 @@ class FaultMiddleware:
                     token = _bearer(scope)
                     if token:
                         state.sessions.pop(token, None)
-        if delay > 0:
-            await asyncio.sleep(delay / 1000.0)
+        if decision.before_ms > 0:
+            receive, gone = await _hold(decision.before_ms / 1000.0, receive)
+            if gone:
+                # The client went away while we held its request: serve nothing, write
+                # nothing (it never got past the load balancer).
+                with state.lock:
+                    for holder in decision.holders:
+                        holder.dropped += 1
+                return
+        if decision.after_ms > 0:
+            send = _held_response(decision.after_ms / 1000.0, send)
         if rule is None:
             await self.app(scope, receive, send)
             return
@@ -249,6 +301,59 @@ class FaultMiddleware:
             return
         response = _fault_response(rule)
         await response(scope, receive, send)
+
+
+async def _hold(seconds: float, receive: Receive) -> tuple[Receive, bool]:
+    """Wait ``seconds`` while reading the request body and watching the connection.
+
+    Returns a ``receive`` that replays the body read meanwhile, and whether the client
+    disconnected. Reading during the wait matters: the server reads from the socket only
+    while someone waits on ``receive``, so a peer's close is seen only that way.
+    """
+    buffered: list[Message] = []
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                return
+            buffered.append(message)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gone.wait(), seconds)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if gone.is_set():
+        return receive, True
+    pending = list(buffered)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay, False
+
+
+def _held_response(seconds: float, send: Send) -> Send:
+    """A ``send`` that holds the response start ``seconds``: the handler has already run
+    (its writes are committed) when the client is kept waiting."""
+    held = False
+
+    async def send_late(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and not held:
+            held = True
+            await asyncio.sleep(seconds)
+        await send(message)
+
+    return send_late
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -78,6 +78,13 @@ class OrgState:
             "clock_offset": 0.0,
             # Standard Lead/Contact duplicate rules (alert rules: allowSave=true bypasses).
             "duplicate_rules": True,
+            # Custom fields marked Unique (Task.Front_Message_Id__c, ...) refuse a second
+            # record with the same value. False (a test switch): the org stops enforcing
+            # it, so a client that writes twice leaves two rows instead of being saved by
+            # the org (an upsert on the value then answers MULTIPLE_CHOICES). describe
+            # still reports the field Unique; standard unique fields (User.Username) stay
+            # enforced.
+            "enforce_unique": True,
             # Change Data Capture: retention, delivered events per client id and rolling
             # 24 h, and the per-entity channel selection ceiling (0 = unlimited).
             "cdc_retention_hours": DEFAULT_RETENTION_HOURS,
