@@ -160,7 +160,7 @@ def test_fault_rules_admin(emulator: Emulator, sf: Salesforce) -> None:
     token = emulator.session.post(f"{emulator.base_url}/services/oauth2/token",
                                   data={"grant_type": "client_credentials"})
     assert token.status_code == 503
-    assert emulator.session.get(f"{emulator.base_url}/__cdc/events").status_code == 503
+    assert emulator.session.get(f"{emulator.base_url}/services/data/v59.0/limits").status_code == 503
     resp = emulator.session.delete(f"{emulator.base_url}/__admin/faults/f1")
     assert resp.status_code == 200 and [r["id"] for r in rules(emulator)] == ["f2"]
     assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
