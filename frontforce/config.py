@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from frontforce.errors import ConfigError
 
@@ -112,7 +112,23 @@ class SalesforceConfig(_Model):
         description="Base URL of the OAuth token endpoint (My Domain, or the emulator)."
     )
     client_id: str = Field(description="Connected app consumer key.")
-    client_secret: SecretStr = Field(description="Connected app consumer secret.")
+    auth: Literal["client_credentials", "jwt_bearer"] = Field(
+        "client_credentials",
+        description="OAuth flow: client credentials (client_secret; the app's Run As user) or the"
+        " JWT bearer flow (username + private_key_file; the app holds the certificate).",
+    )
+    client_secret: SecretStr | None = Field(
+        None, description="Connected app consumer secret (client_credentials)."
+    )
+    username: str | None = Field(None, description="Salesforce username the JWT is issued for (jwt_bearer).")
+    private_key_file: Path | None = Field(
+        None, description="PEM RSA private key whose certificate the connected app holds (jwt_bearer)."
+    )
+    jwt_audience: str = Field(
+        "https://login.salesforce.com",
+        description="JWT aud: https://login.salesforce.com, https://test.salesforce.com (sandbox),"
+        " or a community URL.",
+    )
     api_version: str = Field("59.0", description="REST API version, without the leading v.")
     ca_bundle: Path | None = Field(
         None, description="PEM bundle to trust instead of the system store (local CA)."
@@ -128,6 +144,14 @@ class SalesforceConfig(_Model):
         if not re.fullmatch(r"\d+\.\d", v):
             raise ValueError("must look like 59.0 (no leading v)")
         return v
+
+    @model_validator(mode="after")
+    def _flow_has_its_credentials(self) -> SalesforceConfig:
+        if self.auth == "client_credentials" and self.client_secret is None:
+            raise ValueError("client_secret is required for auth: client_credentials")
+        if self.auth == "jwt_bearer" and (self.username is None or self.private_key_file is None):
+            raise ValueError("username and private_key_file are required for auth: jwt_bearer")
+        return self
 
 
 class SalesforceSourceConfig(_Model):

@@ -57,6 +57,8 @@ class LocalStack:
     rule_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     sf_client_id: str = "frontforce-demo"
     sf_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # More options for the Salesforce emulator (e.g. the JWT bearer flow's public key).
+    sf_extra_args: tuple[str, ...] = ()
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ca_file: Path | None = None
     # Seconds without events before the emulator's Pub/Sub API sends a keepalive (Salesforce:
@@ -122,6 +124,7 @@ class LocalStack:
                 "--pubsub-keepalive", str(self.pubsub_keepalive_s)]
         if self.persist:
             args.append("--persist")
+        args.extend(self.sf_extra_args)
         m = self._start_emulator("salesforce-emulator", args, r"ready on (\S+) \(ca: ([^)]+)\)")
         self.ca_file = Path(m.group(2))
         # The Pub/Sub API announces itself on the next line.

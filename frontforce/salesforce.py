@@ -1,15 +1,18 @@
 """An authenticated simple-salesforce client from configuration.
 
 simple-salesforce builds its own token URL on ``*.salesforce.com`` (see
-reference/salesforce-api.md §1.2), so we do the OAuth client-credentials POST against the
-configured login URL ourselves and hand the token to ``Salesforce(session_id=...)``.
+reference/salesforce-api.md §1.2), so we do the OAuth POST against the configured login URL
+ourselves (client credentials, or the JWT bearer flow as server-to-server integrations do)
+and hand the token to ``Salesforce(session_id=...)``.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 import requests
 from simple_salesforce import Salesforce
 
@@ -49,16 +52,46 @@ def make_session(cfg: SalesforceConfig) -> requests.Session:
     return session
 
 
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Salesforce refuses assertions that expire more than a few minutes ahead (fact sheet §1.1).
+JWT_LIFETIME_S = 180
+
+
+def jwt_assertion(cfg: SalesforceConfig, now: float | None = None) -> str:
+    """The signed assertion of the JWT bearer flow: iss = consumer key, sub = username,
+    aud = login host, exp = now + 3 minutes, RS256 with the key whose certificate the
+    connected app holds."""
+    assert cfg.private_key_file is not None and cfg.username is not None
+    try:
+        key = cfg.private_key_file.read_bytes()
+    except OSError as exc:
+        raise FatalError(f"salesforce.private_key_file: cannot read: {exc.strerror}") from exc
+    issued = time.time() if now is None else now
+    claims = {"iss": cfg.client_id, "sub": cfg.username, "aud": cfg.jwt_audience,
+              "exp": int(issued) + JWT_LIFETIME_S}
+    try:
+        return jwt.encode(claims, key, algorithm="RS256")
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        raise FatalError(f"salesforce.private_key_file is not a usable RSA key: {exc}") from exc
+
+
 def connect(cfg: SalesforceConfig) -> SalesforceConnection:
+    """Log in with the configured OAuth flow (a new token each call: on INVALID_SESSION_ID the
+    caller connects again) and hand simple-salesforce the session."""
     session = make_session(cfg)
     url = cfg.login_url.rstrip("/") + "/services/oauth2/token"
     try:
-        resp = session.post(
-            url,
-            data={"grant_type": "client_credentials"},
-            auth=(cfg.client_id, cfg.client_secret.get_secret_value()),
-            timeout=cfg.timeout_s,
-        )
+        if cfg.auth == "jwt_bearer":
+            resp = session.post(url, data={"grant_type": JWT_GRANT, "assertion": jwt_assertion(cfg)},
+                                timeout=cfg.timeout_s)
+        else:
+            assert cfg.client_secret is not None  # the config validator insists
+            resp = session.post(
+                url,
+                data={"grant_type": "client_credentials"},
+                auth=(cfg.client_id, cfg.client_secret.get_secret_value()),
+                timeout=cfg.timeout_s,
+            )
     except requests.RequestException as exc:
         raise RetriableError(f"salesforce login: {type(exc).__name__}: {exc}") from exc
     if resp.status_code >= 500:
