@@ -138,7 +138,7 @@ def load_salesforce(config: Path = ConfigOpt) -> None:
     from sources.salesforce import load_snapshot
 
     try:
-        counts = load_snapshot(_settings(config))
+        counts = load_snapshot(_settings(config), progress=sys.stderr.isatty())
     except FatalError as exc:
         typer.echo(f"fatal: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -35,16 +35,21 @@ def _reader(source: TopicSource, counted: Any) -> Any:
     return lambda: counted(source.load())
 
 
-def load_snapshot(settings: Settings, objects: list[str] | None = None) -> dict[str, int]:
+def load_snapshot(settings: Settings, objects: list[str] | None = None,
+                  progress: bool = False) -> dict[str, int]:
     """Produce every row of the synced objects (or of ``objects``); return rows produced per
-    object. Returns only after the broker acknowledged all of them (and the cursors)."""
+    object. Returns only after the broker acknowledged all of them (and the cursors).
+    ``progress`` shows a live count per object on the terminal."""
     serde = Serde(settings)
     client = PubSubClient(settings)
     counts: dict[str, int] = {}
+    bar = _Progress() if progress else None
 
     def counted(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for row in rows:
             counts[row["sobject"]] = counts.get(row["sobject"], 0) + 1
+            if bar is not None:
+                bar.advance(row["sobject"])
             yield row
 
     try:
@@ -65,4 +70,26 @@ def load_snapshot(settings: Settings, objects: list[str] | None = None) -> dict[
             source.flush()
     finally:
         client.close()
+        if bar is not None:
+            bar.stop()
     return counts
+
+
+class _Progress:
+    """Rows read per object, live (the total is not known without a COUNT() call each)."""
+
+    def __init__(self) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                            TextColumn("{task.completed} rows"))
+        self.tasks: dict[str, Any] = {}
+        self.bar.start()
+
+    def advance(self, sobject: str) -> None:
+        if sobject not in self.tasks:
+            self.tasks[sobject] = self.bar.add_task(sobject, total=None)
+        self.bar.advance(self.tasks[sobject])
+
+    def stop(self) -> None:
+        self.bar.stop()
