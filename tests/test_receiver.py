@@ -283,3 +283,22 @@ def test_broker_down_while_webhooks_arrive_then_back_every_event_stored(
     finally:
         producer.close(timeout=2)
         late.stop_infra()
+
+
+def test_an_event_larger_than_the_broker_takes_is_a_422_not_a_500(infra: LocalStack) -> None:
+    """Guards: the producer refuses a too-large record synchronously; that used to escape as a
+    500, which Front would retry forever."""
+    s = config(infra, f"x{uuid.uuid4().hex[:8]}.", max_body_bytes=4_000_000)
+    ensure_topics(s, [s.topics.front_events])
+    producer = AsyncProducer(producer_config(s))
+    try:
+        with TestClient(create_receiver_app(s, producer, Serde(s))) as client:
+            huge = payload("evt_huge")
+            huge["target"]["data"]["text"] = "x" * 1_500_000  # the message body
+            body = envelope(huge)
+            r = client.post("/webhooks/front", content=body, headers=signed(body))
+            assert r.status_code == 422 and "cannot be stored" in r.json()["error"]
+            good = envelope(payload("evt_after_huge"))
+            assert client.post("/webhooks/front", content=good, headers=signed(good)).status_code == 200
+    finally:
+        producer.close(timeout=2)
