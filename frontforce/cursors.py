@@ -6,49 +6,23 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 
 from frontforce.config import Settings
 from frontforce.errors import RetriableError
-from frontforce.kafka import watermarks
+from frontforce.kafka import read_to_end
 from frontforce.serialization import Serde
 
 
 def read_cursor(settings: Settings, serde: Serde, name: str) -> dict[str, Any] | None:
     """The newest cursor stored under ``name`` (its position parsed as JSON), or None."""
     topic = settings.topics.source_cursors
-    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                  "group.id": f"cursor-reader-{uuid.uuid4()}", "enable.auto.commit": False,
-                  "enable.partition.eof": True, "isolation.level": "read_committed"})
+    key = name.encode()
     found: dict[str, Any] | None = None
     try:
-        meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return None
-        pending = set()
-        assignment = []
-        for p in meta.partitions:
-            low, high = watermarks(c, TopicPartition(topic, p))
-            if high > low:
-                pending.add(p)
-                assignment.append(TopicPartition(topic, p, low))
-        c.assign(assignment)
-        key = name.encode()
-        deadline = time.monotonic() + 30
-        while pending:
-            if time.monotonic() > deadline:
-                raise RetriableError(f"{topic}: could not read to the end")
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition() or 0)
-                continue
+        for m in read_to_end(settings.kafka.bootstrap_servers, topic):
             if m.key() != key:
                 continue
             if m.value() is None:
@@ -56,9 +30,9 @@ def read_cursor(settings: Settings, serde: Serde, name: str) -> dict[str, Any] |
                 continue
             record = serde.decode(topic, m.value())
             found = {**record, "position": json.loads(record["position"])}
-        return found
-    finally:
-        c.close()
+    except TimeoutError as exc:
+        raise RetriableError(str(exc)) from exc
+    return found
 
 
 def write_cursor(settings: Settings, serde: Serde, producer: Producer, name: str,

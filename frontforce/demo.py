@@ -9,14 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from frontforce.kafka import watermarks
+from frontforce.kafka import read_to_end
 from frontforce.lag import wait_settled
 from frontforce.localstack import REPO, LocalStack
 from frontforce.serialization import avro_deserializer, registry_client
@@ -25,40 +23,10 @@ from frontforce.serialization import avro_deserializer, registry_client
 def read_topic(bootstrap: str, registry_url: str, topic: str,
                timeout_s: float = 60.0) -> list[dict[str, Any]]:
     """Every record of a topic up to its end as of now, decoded by an independent consumer
-    through the registry. Reads partitions by assignment up to their high watermarks: no
-    group join to wait for, no guessing from idle time."""
+    through the registry (``frontforce.kafka.read_to_end``)."""
     de = avro_deserializer(registry_client(registry_url))
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
-    out: list[dict[str, Any]] = []
-    try:
-        meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return out
-        pending: set[int] = set()
-        assignment = []
-        for p in meta.partitions:
-            low, high = watermarks(c, TopicPartition(topic, p))
-            if high > low:
-                pending.add(p)
-                assignment.append(TopicPartition(topic, p, low))
-        c.assign(assignment)
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition() or 0)
-                continue
-            out.append(cast(dict[str, Any], de(m.value(), SerializationContext(topic, MessageField.VALUE))))
-        if pending:
-            raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end")
-    finally:
-        c.close()
-    return out
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    return [cast(dict[str, Any], de(m.value(), ctx)) for m in read_to_end(bootstrap, topic, timeout_s)]
 
 
 def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple[str, bool]:

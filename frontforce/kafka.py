@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from frontforce.config import Settings
@@ -158,3 +159,39 @@ def watermarks(consumer: Any, tp: Any, timeout_s: float = 30.0) -> tuple[int, in
 
 _NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT})
+
+
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[Message]:
+    """Every record of ``topic`` up to its end as of the call, read by assignment to the high
+    watermarks (no group join to wait for, no guessing from idle time); ``TimeoutError`` if
+    the end is not reached within ``timeout_s``. Nothing is committed."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": "read_committed"})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return
+        pending: set[int] = set()
+        assignment = []
+        for p in meta.partitions:
+            low, high = watermarks(c, TopicPartition(topic, p))
+            if high > low:
+                pending.add(p)
+                assignment.append(TopicPartition(topic, p, low))
+        c.assign(assignment)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end")
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition() or 0)
+                continue
+            yield m
+    finally:
+        c.close()
