@@ -58,9 +58,9 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         f" (sent: {sent['messages']})",
         f"  Tasks written             {len(tasks):>5}  in Salesforce (expected {expected_tasks}:"
         f" messages from known Contacts)",
-        f"  sink upserts              {outcomes['CREATED'] + outcomes['UPDATED']:>5}  "
-        f"({outcomes['CREATED']} created a Task, {outcomes['UPDATED']} re-deliveries updated"
-        " the same Task)",
+        f"  sink writes               {outcomes['CREATED'] + outcomes['SKIPPED']:>5}  "
+        f"({outcomes['CREATED']} created a Task, {outcomes['SKIPPED']} re-deliveries found it"
+        " logged and left it as is)",
         f"  senders                   {sent['senders']:>5}  ({sent['known_senders']} known Contacts)",
         f"  unmatched senders         {len(unmatched):>5}  (no Contact; Lead creation is a later step)",
         f"  dead letters              {len(dead):>5}",

@@ -7,8 +7,9 @@ moment, then restarted, leaves every Front message logged once, on the right Con
 nothing missing, nothing doubled. The incidents it stands for: a sink that commits offsets
 before its Salesforce write is durable loses the batch it dies in (the second test runs that
 sink, ``tests/chaos/broken_sink.py``, and the check must report the loss); a sink or worker
-whose replay is not idempotent writes a Task twice (the org's uniqueness check is off, so a
-second row would show); a worker or sink that does not re-read what it had not committed
+whose replay is not idempotent writes a Task twice (the sink creates Tasks and relies on the
+Unique external id it checks at start, so the org keeps uniqueness on and a replayed create
+shows as a SKIPPED audit, never as a second row); a worker or sink that does not re-read what it had not committed
 loses it; a receiver that acknowledges a webhook it has not stored loses it when killed
 mid-request. The check also requires evidence that each kill made the pipeline redo work,
 so a kill that landed where nothing was at stake fails the test instead of passing it.

@@ -178,6 +178,38 @@ class Env:
         assert self.producer.flush(10) == 0
         return ids
 
+    def op_command(self, command_id: str, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """A command of any operation (``name`` as in the schema, e.g. "UpdateRecord")."""
+        return {
+            "command_id": command_id,
+            "idempotency_key": command_id,
+            "created_at": int(time.time() * 1000),
+            "origin": {"system": "frontforce", "source_event_id": f"evt-{command_id}",
+                       "correlation_id": f"evt-{command_id}"},
+            "operation": (f"frontforce.commands.{name}", fields),
+        }
+
+    def send_commands(self, commands: list[dict[str, Any]], key: str = "one-partition") -> None:
+        for cmd in commands:
+            self.producer.produce(self.topics.commands_salesforce, key=key.encode(),
+                                  value=self.serde.encode(self.topics.commands_salesforce, cmd))
+        assert self.producer.flush(10) == 0
+
+    def seed(self, records: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+        r = self.sf.post("/__admin/seed", json={"records": records})
+        r.raise_for_status()
+        return dict(r.json()["ids"])
+
+    def rows(self, sobject: str) -> dict[str, dict[str, Any]]:
+        r = self.sf.get(f"/__admin/records/{sobject}")
+        r.raise_for_status()
+        return {row["Id"]: row for row in r.json()["records"]}
+
+    def api_calls(self) -> int:
+        r = self.sf.get("/__admin/stats")
+        r.raise_for_status()
+        return int(r.json()["api_calls"])
+
     def send_raw(self, key: bytes, value: bytes) -> None:
         self.producer.produce(self.topics.commands_salesforce, key=key, value=value)
         assert self.producer.flush(10) == 0
@@ -427,7 +459,7 @@ def test_request_limit_exceeded_pauses_and_never_dead_letters(
     """A 403 REQUEST_LIMIT_EXCEEDED (the org's allocation spent by someone else) is
     back-pressure: pause, re-read /limits, try again; never a dead letter."""
     env = env_factory(sink={"budget_recheck_s": 1.0})
-    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"}, fault="request_limit",
+    env.fault(match={"method": "POST", "path_regex": "composite/sobjects"}, fault="request_limit",
               times=2)
     ids = env.send(3)
     run = running(SalesforceSink(env.settings))
@@ -447,7 +479,7 @@ def test_slow_login_and_slow_call_time_out_and_are_retried_within_the_poll_inter
     and the consumer is polled in between."""
     env = env_factory(sink={"max_poll_interval_ms": 10000}, salesforce={"timeout_s": 2.0})
     env.fault(match={"path_regex": "oauth2/token"}, fault="latency", ms=15000, times=1)
-    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"}, fault="latency",
+    env.fault(match={"method": "POST", "path_regex": "composite/sobjects"}, fault="latency",
               ms=15000, times=1)
     ids = env.send(3)
     run = running(SalesforceSink(env.settings))
@@ -467,7 +499,7 @@ def test_row_lock_retries_poll_between_attempts_and_the_member_stays(
     batches are smaller than what is on the partition: pausing mid-batch and resuming must
     not skip the records fetched meanwhile."""
     env = env_factory(sink={"max_poll_interval_ms": 10000, "batch_size": 2})
-    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"},
+    env.fault(match={"method": "POST", "path_regex": "composite/sobjects"},
               fault="unable_to_lock_row", ms=1800, times=5)
     ids = env.send(6, key=lambda i: "same-partition")
     run = running(SalesforceSink(env.settings))
@@ -487,7 +519,7 @@ def test_salesforce_down_is_retried_by_one_bounded_policy_then_stops_the_sink(
     escaped uncaught. Now one policy makes exactly sink.max_attempts attempts, then the sink
     stops with a FatalError, dead-letters nothing and commits nothing."""
     env = env_factory(sink={"max_attempts": 3})
-    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"}, fault="outage")
+    env.fault(match={"method": "POST", "path_regex": "composite/sobjects"}, fault="outage")
     ids = env.send(2, key=lambda i: "one-partition")
     run = running(SalesforceSink(env.settings))
     run.thread.join(60)
@@ -506,7 +538,7 @@ def test_a_member_that_loses_partitions_mid_batch_commits_only_what_it_still_own
     longer owns (or owns again under a new assignment); every command still ends up as
     exactly one Task and every offset is committed."""
     env = env_factory(sink={"max_poll_interval_ms": 10000})
-    env.fault(match={"method": "PATCH", "path_regex": "composite/sobjects"},
+    env.fault(match={"method": "POST", "path_regex": "composite/sobjects"},
               fault="unable_to_lock_row", ms=1500, times=4)
     ids = env.send(30)
     first = running(SalesforceSink(env.settings))
@@ -530,7 +562,7 @@ def test_a_member_that_loses_partitions_mid_batch_commits_only_what_it_still_own
 
 class _RaceAdapter(HTTPAdapter):
     """Plays the race of two writers on one new external id: before our first collections
-    upsert reaches Salesforce, the other writer's identical upsert does (and inserts the
+    create reaches Salesforce, the other writer's identical create does (and inserts the
     Tasks); our request then gets what the race's loser gets from a real org, a per-record
     DUPLICATE_VALUE on the unique external id. The emulator serializes writes, so it cannot
     lose this race by itself."""
@@ -540,7 +572,7 @@ class _RaceAdapter(HTTPAdapter):
         self.raced = 0
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        if self.raced or request.method != "PATCH" or "composite/sobjects/Task" not in (request.url or ""):
+        if self.raced or request.method != "POST" or not (request.url or "").endswith("composite/sobjects"):
             return super().send(request, *args, **kwargs)
         winner = super().send(request.copy(), *args, **kwargs)  # the other writer's insert
         self.raced += 1
@@ -560,7 +592,7 @@ class _RaceAdapter(HTTPAdapter):
 def test_duplicate_value_on_the_external_id_is_the_same_upsert_not_a_dead_letter(
         env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
     """Two sinks (or a replay) racing on one new external id: the loser's DUPLICATE_VALUE
-    means the Task exists. The sink upserts once more (an update) and audits UPDATED with the
+    means the Task exists. The sink does not write it again and audits SKIPPED with the
     winner's Task id; nothing is dead-lettered and no Task is doubled."""
     env = env_factory()
     adapter = _RaceAdapter()
@@ -577,9 +609,54 @@ def test_duplicate_value_on_the_external_id_is_the_same_upsert_not_a_dead_letter
     tasks = env.tasks(ids)
     assert len(tasks) == len(ids)
     audit = [a for a in env.audit() if a["command_id"] in {f"cmd-{i}" for i in ids}]
-    assert sorted(a["outcome"] for a in audit) == ["UPDATED"] * len(ids)
+    assert sorted(a["outcome"] for a in audit) == ["SKIPPED"] * len(ids)
     assert {a["record_id"] for a in audit} == {t["Id"] for t in tasks}
     assert env.deadletters() == []
+
+
+def test_a_logged_message_is_a_fact_a_redelivered_command_never_rewrites_its_task(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Issue 9: a re-delivered UpsertTask upserted the Task again and overwrote what a user
+    edited in Salesforce since. Now Tasks are created (sObject Collections create) and an
+    existing external id answers DUPLICATE_VALUE: audited SKIPPED with the Task's id, no
+    second write, no dead letter, the user's edit kept. Twice the same external id inside one
+    batch creates one Task (CREATED, then SKIPPED)."""
+    env = env_factory()
+    ids = env.send(2, key=lambda i: "one-partition")
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=30), repr(run.error)
+    tasks = {t[EXT]: t for t in env.tasks(ids)}
+    assert len(tasks) == 2
+    edited = tasks[ids[0]]["Id"]
+    conn = connect(env.settings.salesforce)
+    conn.client.Task.update(edited, {"Subject": "Edited by a user"})
+    calls_before = run.sink.stats["api_calls"]
+    # The same commands again (a re-delivery), plus one new message's command twice.
+    for mid in ids:
+        env.producer.produce(env.topics.commands_salesforce, key=b"one-partition",
+                             value=env.serde.encode(env.topics.commands_salesforce, env.command(mid)))
+    new = f"msg_new_{uuid.uuid4().hex[:6]}"
+    for _ in range(2):
+        env.producer.produce(env.topics.commands_salesforce, key=b"one-partition",
+                             value=env.serde.encode(env.topics.commands_salesforce, env.command(new)))
+    assert env.producer.flush(10) == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(env.audit()) < 6:
+        time.sleep(0.3)
+    assert env.committed_all(timeout=30), repr(run.error)
+    after = {t[EXT]: t for t in env.tasks([*ids, new])}
+    assert len(env.tasks([*ids, new])) == 3  # nothing doubled
+    assert after[ids[0]]["Subject"] == "Edited by a user"
+    assert after[ids[1]]["Subject"] == tasks[ids[1]]["Subject"]
+    audit = env.audit()
+    assert outcomes(audit, ids) == ["CREATED", "CREATED", "SKIPPED", "SKIPPED"]
+    assert {a["record_id"] for a in audit if a["command_id"] in {f"cmd-{i}" for i in ids}} == {
+        tasks[i]["Id"] for i in ids}
+    assert outcomes(audit, [new]) == ["CREATED", "SKIPPED"]
+    assert {a["record_id"] for a in audit if a["command_id"] == f"cmd-{new}"} == {after[new]["Id"]}
+    assert env.deadletters() == []
+    # Each command is one create attempt, nothing else: no update call follows a duplicate.
+    assert run.sink.stats["api_calls"] - calls_before <= 2
 
 
 # ------------------------------------------------------------------ 4. external id field
@@ -627,3 +704,177 @@ def test_cli_exits_non_zero_with_the_fatal_message(sf: LocalStack, tmp_path: Pat
     assert done.returncode == 1, done.stderr[-2000:]
     assert "fatal:" in done.stderr and "Subject" in done.stderr
 
+
+
+# ------------------------------------------------------------------ 5. every command (issue 9)
+def _audit_by_command(env: Env, ids: set[str], timeout: float = 30) -> dict[str, list[dict[str, Any]]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        audit = [a for a in env.audit() if a["command_id"] in ids]
+        if len(audit) >= len(ids) or time.monotonic() > deadline:
+            by: dict[str, list[dict[str, Any]]] = {}
+            for a in audit:
+                by.setdefault(a["command_id"], []).append(a)
+            return by
+        time.sleep(0.3)
+
+
+def test_update_record_and_close_case_patch_only_their_fields_in_one_call_per_batch(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """UpdateRecord (Contact, Lead, Account, Opportunity, Case) and CloseCase are executed:
+    one sObject Collections update for the whole batch, only the fields each command carries
+    (a field a user set and the command does not name stays), one audit record per command
+    with its share of the call, a record Salesforce refuses dead-lettered with the
+    Salesforce error while the others are written, and an unsupported command (PostFeedItem,
+    UpdateRecord on a Task) dead-lettered with the reason, never pretended applied."""
+    env = env_factory()
+    ids = env.seed({
+        "Account": [{"Name": "Acme"}],
+        "Contact": [{"LastName": "Doe", "Email": "doe@example.com", "Title": "CTO"}],
+        "Lead": [{"LastName": "Roe", "Company": "Roe Inc", "Email": "roe@example.com"}],
+        "Opportunity": [{"Name": "Big deal", "StageName": "Prospecting", "CloseDate": "2026-12-31"}],
+        "Case": [{"Subject": "Broken", "Description": "User text"}],
+    })
+    contact, lead, case = ids["Contact"][0], ids["Lead"][0], ids["Case"][0]
+    account, opp = ids["Account"][0], ids["Opportunity"][0]
+    cmds = [
+        env.op_command("c-contact", "UpdateRecord", {"sobject": "Contact", "record_id": contact,
+                                                     "fields": {"Phone": "+14155550100"}, "only_if_blank": []}),
+        env.op_command("c-lead", "UpdateRecord", {"sobject": "Lead", "record_id": lead,
+                                                  "fields": {"Phone": "+14155550101"}, "only_if_blank": []}),
+        env.op_command("c-account", "UpdateRecord", {"sobject": "Account", "record_id": account,
+                                                     "fields": {"Phone": "+14155550102"}, "only_if_blank": []}),
+        env.op_command("c-opp", "UpdateRecord", {"sobject": "Opportunity", "record_id": opp,
+                                                 "fields": {"StageName": "Qualification"}, "only_if_blank": []}),
+        env.op_command("c-close", "CloseCase", {"case_id": case, "front_conversation_id": None,
+                                                "status": "Closed", "resolution_note": None}),
+        # Same Case, refused by Salesforce (no such Status): merged with c-close into one
+        # record first, then written alone; dead-lettered, c-close still applied.
+        env.op_command("c-bad", "UpdateRecord", {"sobject": "Case", "record_id": case,
+                                                 "fields": {"Status": "Whenever"}, "only_if_blank": []}),
+        env.op_command("c-feed", "PostFeedItem", {"parent_id": case, "body": "note"}),
+        env.op_command("c-task", "UpdateRecord", {"sobject": "Task", "record_id": case,
+                                                  "fields": {"Subject": "x"}, "only_if_blank": []}),
+    ]
+    env.send_commands(cmds)
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=30), repr(run.error)
+    by = _audit_by_command(env, {c["command_id"] for c in cmds})
+    assert {k: [a["outcome"] for a in v] for k, v in by.items()} == {
+        "c-contact": ["UPDATED"], "c-lead": ["UPDATED"], "c-account": ["UPDATED"],
+        "c-opp": ["UPDATED"], "c-close": ["UPDATED"], "c-bad": ["DEAD_LETTERED"],
+        "c-feed": ["DEAD_LETTERED"], "c-task": ["DEAD_LETTERED"]}
+    assert by["c-close"][0]["record_id"] == case
+    assert all(by[k][0]["api_calls"].get("salesforce.rest", 0) > 0 for k in ("c-contact", "c-close"))
+    assert by["c-feed"][0]["api_calls"] == {} and "not supported" in (by["c-feed"][0]["error"] or "")
+    rows = {t: env.rows(t) for t in ("Contact", "Lead", "Account", "Opportunity", "Case")}
+    assert rows["Contact"][contact]["Phone"] == "+14155550100"
+    assert rows["Contact"][contact]["Title"] == "CTO"  # not named by the command: kept
+    assert rows["Lead"][lead]["Phone"] == "+14155550101"
+    assert rows["Account"][account]["Phone"] == "+14155550102"
+    assert rows["Opportunity"][opp]["StageName"] == "Qualification"
+    assert rows["Case"][case]["Status"] == "Closed"
+    assert rows["Case"][case]["Description"] == "User text" and rows["Case"][case]["Priority"] == "Medium"
+    dead = {d["original_offset"]: d for d in env.deadletters()}
+    assert len(dead) == 3
+    assert any("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in d["error_message"] for d in dead.values()), dead
+    # Six executable commands: one collections call for the batch, then c-close and c-bad
+    # alone (their merged record was refused); plus the sink's describe and /limits at start.
+    assert run.sink.stats["api_calls"] == 2 + 3, (run.sink.stats, env.sf.get("/__admin/stats").json())
+
+
+def test_upsert_lead_creates_one_lead_per_handle_and_attaches_to_a_duplicate_rule_match(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """UpsertLead upserts on the Lead external id the command names (Front_Handle__c): the
+    same handle twice, even in one batch, is one Lead; a replay updates only the fields the
+    command owns. When a duplicate rule answers DUPLICATES_DETECTED (an existing Contact with
+    that email), the command is attached to the record the rule names (Salesforce's
+    ``duplicateResut``): audited SKIPPED with that Id, no Lead created, no dead letter."""
+    env = env_factory()
+    contact = env.seed({"Contact": [{"LastName": "Known", "Email": "known@example.com"}]})["Contact"][0]
+
+    def lead(cid: str, handle: str, last: str) -> dict[str, Any]:
+        return env.op_command(cid, "UpsertLead", {
+            "external_id_field": "Front_Handle__c", "external_id": handle, "first_name": None,
+            "last_name": last, "company": "[not provided]", "email": handle, "phone": None,
+            "lead_source": "Other", "owner_id": None})
+
+    cmds = [lead("l-1", "new@example.com", "New"), lead("l-2", "new@example.com", "New"),
+            lead("l-dup", "known@example.com", "Known")]
+    env.send_commands(cmds)
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=30), repr(run.error)
+    by = _audit_by_command(env, {c["command_id"] for c in cmds})
+    leads = [r for r in env.rows("Lead").values() if r.get("Front_Handle__c")]
+    assert len(leads) == 1 and leads[0]["Front_Handle__c"] == "new@example.com"
+    assert [a["outcome"] for a in by["l-1"]] == ["CREATED"]
+    assert [a["outcome"] for a in by["l-2"]] == ["UPDATED"]
+    assert by["l-1"][0]["record_id"] == by["l-2"][0]["record_id"] == leads[0]["Id"]
+    assert [a["outcome"] for a in by["l-dup"]] == ["SKIPPED"]
+    assert by["l-dup"][0]["record_id"] == contact
+    assert env.deadletters() == []
+    # A replay of l-1 writes the same Lead, not a second one.
+    env.send_commands([lead("l-1", "new@example.com", "New")])
+    assert env.committed_all(timeout=30), repr(run.error)
+    assert len([r for r in env.rows("Lead").values() if r.get("Front_Handle__c")]) == 1
+
+
+def test_only_if_blank_fields_are_written_only_where_salesforce_has_no_value(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """UpdateRecord.only_if_blank: the sink reads those fields first (one collections
+    retrieve per sObject and batch) and writes only the blank ones, so a Contact's phone a
+    user typed stays; a command whose every field is already filled is audited SKIPPED with
+    no write; a field Salesforce refuses to read dead-letters only its own command."""
+    env = env_factory()
+    contacts = env.seed({"Contact": [
+        {"LastName": "A", "Email": "a@example.com", "Phone": "+14155550000"},
+        {"LastName": "B", "Email": "b@example.com", "Phone": "+14155550001", "Title": "CEO"},
+    ]})["Contact"]
+    a, b = contacts
+    cmds = [
+        env.op_command("b-a", "UpdateRecord", {"sobject": "Contact", "record_id": a,
+                       "fields": {"Phone": "+14155559999", "Title": "VP", "MobilePhone": "+14155557777"},
+                       "only_if_blank": ["Phone", "Title"]}),
+        env.op_command("b-b", "UpdateRecord", {"sobject": "Contact", "record_id": b,
+                       "fields": {"Phone": "+14155559998", "Title": "CTO"},
+                       "only_if_blank": ["Phone", "Title"]}),
+        env.op_command("b-bad", "UpdateRecord", {"sobject": "Contact", "record_id": b,
+                       "fields": {"Nope__c": "x"}, "only_if_blank": ["Nope__c"]}),
+    ]
+    env.send_commands(cmds)
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=30), repr(run.error)
+    by = _audit_by_command(env, {c["command_id"] for c in cmds})
+    assert {k: [x["outcome"] for x in v] for k, v in by.items()} == {
+        "b-a": ["UPDATED"], "b-b": ["SKIPPED"], "b-bad": ["DEAD_LETTERED"]}
+    assert by["b-b"][0]["record_id"] == b and by["b-b"][0]["api_calls"]["salesforce.rest"] > 0
+    rows = env.rows("Contact")
+    assert rows[a]["Phone"] == "+14155550000"  # filled before: kept
+    assert rows[a]["Title"] == "VP" and rows[a]["MobilePhone"] == "+14155557777"
+    assert rows[b]["Phone"] == "+14155550001" and rows[b]["Title"] == "CEO"
+    dead = env.deadletters()
+    assert len(dead) == 1 and "Nope__c" in dead[0]["error_message"]
+    assert run.alive(), repr(run.error)
+
+
+def test_close_case_by_conversation_finds_the_case_with_one_query_and_never_creates_one(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """CloseCase that knows only the Front conversation: one SOQL query for the batch finds
+    the Cases by Front_Conversation_Id__c, then one collections update closes them. A
+    conversation without a Case is dead-lettered with the reason; no Case is created (an
+    upsert on the external id would have created a closed Case that never existed)."""
+    env = env_factory()
+    case = env.seed({"Case": [{"Subject": "Help", "Front_Conversation_Id__c": "cnv_one"}]})["Case"][0]
+    cmds = [env.op_command(cid, "CloseCase", {"case_id": None, "front_conversation_id": cnv,
+                                              "status": "Closed", "resolution_note": None})
+            for cid, cnv in (("k-one", "cnv_one"), ("k-none", "cnv_none"))]
+    env.send_commands(cmds)
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=30), repr(run.error)
+    by = _audit_by_command(env, {c["command_id"] for c in cmds})
+    assert [x["outcome"] for x in by["k-one"]] == ["UPDATED"] and by["k-one"][0]["record_id"] == case
+    assert [x["outcome"] for x in by["k-none"]] == ["DEAD_LETTERED"]
+    assert "cnv_none" in (by["k-none"][0]["error"] or "")
+    cases = env.rows("Case")
+    assert len(cases) == 1 and cases[case]["Status"] == "Closed"
+    assert run.sink.stats["api_calls"] == 2 + 2, run.sink.stats  # describe, limits; query, update

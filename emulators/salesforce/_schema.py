@@ -237,6 +237,9 @@ _OBJECTS = [
              updateable=False),
         _ref("ConvertedOpportunityId", ["Opportunity"], "ConvertedOpportunity",
              createable=False, updateable=False),
+        # The org customization frontforce documents for UpsertLead: one Lead per handle.
+        FieldDef("Front_Handle__c", "string", custom=True, external_id=True, unique=True,
+                 id_lookup=True, label="Front Handle"),
     )),
     SObjectDef("Opportunity", "Opportunities", _system() + (
         FieldDef("Name", "string", length=120, nillable=False, name_field=True),

@@ -104,6 +104,21 @@ def external_id_duplicate(errors: list[dict[str, Any]], field: str) -> bool:
     return True
 
 
+def unknown_field_item_error(errors: list[dict[str, Any]], field: str) -> bool:
+    """A record refused because the external id field does not exist (a create names it in
+    the record, so Salesforce answers per record where an upsert refuses the whole call)."""
+    return bool(errors) and any(
+        e.get("statusCode") in CONFIG_CALL_CODES
+        and (field.lower() in [str(f).lower() for f in e.get("fields") or []]
+             or field.lower() in str(e.get("message", "")).lower())
+        for e in errors)
+
+
+def duplicates_detected(errors: list[dict[str, Any]]) -> bool:
+    """A duplicate rule (not a unique index) refused the record."""
+    return bool(errors) and all(e.get("statusCode") == "DUPLICATES_DETECTED" for e in errors)
+
+
 def duplicate_record_id(errors: list[dict[str, Any]]) -> str | None:
     """The id of the record a DUPLICATE_VALUE error points at, when the message names it."""
     for e in errors:

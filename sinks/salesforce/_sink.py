@@ -8,14 +8,15 @@ One commit path, in this order (STYLE habit 2):
   1. take up to ``batch_size`` commands (or what arrived within ``batch_wait_ms``);
   2. decode them; a registry that does not answer is retried in place, only a record that
      can never decode is dead-lettered;
-  3. write them with one sObject Collections upsert per external-id field (200 records,
+  3. write them with one sObject Collections create per external-id field (200 records,
      one API call), retrying retriable records with backoff, unrolling a rejected batch,
      dead-lettering only records that are permanently wrong;
   4. wait until the broker acknowledged every audit and dead-letter record, producing again
      the ones it refused;
   5. commit the consumed offsets of the partitions this member still owns.
-A crash anywhere before 5 replays the batch; upserts on the external id make the replay
-harmless (same Task, no duplicate).
+A crash anywhere before 5 replays the batch; the Unique external id makes the replay
+harmless: a Task that exists answers DUPLICATE_VALUE and is audited SKIPPED, never written
+again (a logged message is a fact; what a user edited in Salesforce since stays).
 
 Whatever waits (backoff, the API budget, acknowledgements) waits with the partitions paused
 while the consumer keeps polling, so the member stays in its group. Before each Salesforce
@@ -37,11 +38,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from simple_salesforce import Salesforce
-from simple_salesforce.exceptions import SalesforceRefusedRequest, SalesforceResourceNotFound
+from simple_salesforce.exceptions import (
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
+)
 
 from frontforce.config import Settings
 from frontforce.errors import BackPressure, FatalError, InvalidRecordError, RetriableError
@@ -50,17 +56,29 @@ from frontforce.logs import coords
 from frontforce.salesforce import SalesforceConnection, connect
 from frontforce.serialization import Serde
 from sinks.salesforce._budget import Budget
+from sinks.salesforce._commands import (
+    NotExecutable,
+    Write,
+    duplicate_match_id,
+    keep_blank_only,
+    merged,
+    soql_literal,
+    write_for,
+)
 from sinks.salesforce._errors import (
     BatchRejected,
     QuotaExceeded,
     SessionExpired,
     classify_call_error,
     classify_item_error,
+    duplicate_record_id,
+    duplicates_detected,
     external_id_duplicate,
+    unknown_field_item_error,
 )
 from sinks.salesforce._member import GroupMember, Received
 from sinks.salesforce._retry import RetryPolicy
-from sinks.salesforce._task import check_external_id_field, insert_only_refused, task_record
+from sinks.salesforce._task import check_external_id_field, task_record
 
 log = structlog.get_logger("sinks.salesforce")
 
@@ -71,13 +89,23 @@ GAP_SHARE = 0.5
 _IDLE_STEP_S = 0.5
 
 
+# Records per sObject Collections call (Salesforce's limit).
+COLLECTION_SIZE = 200
+
+
+def _chunks(groups: OrderedDict[str, list[_Item]]) -> list[OrderedDict[str, list[_Item]]]:
+    keys = list(groups)
+    return [OrderedDict((k, groups[k]) for k in keys[n:n + COLLECTION_SIZE])
+            for n in range(0, len(keys), COLLECTION_SIZE)]
+
+
 class _Stopping(Exception):
     """The stop flag was set while a batch was in flight: leave it uncommitted."""
 
 
 class _Item:
-    __slots__ = ("rec", "command", "op_name", "op", "attempts", "for_update", "raced", "done",
-                 "last_error")
+    __slots__ = ("rec", "command", "op_name", "op", "attempts", "done", "last_error", "write",
+                 "read_calls")
 
     def __init__(self, rec: Received, command: dict[str, Any]) -> None:
         self.rec = rec
@@ -87,10 +115,10 @@ class _Item:
         self.op_name: str = name.rsplit(".", 1)[-1]
         self.op: dict[str, Any] = fields
         self.attempts = 0
-        self.for_update = False  # set once Salesforce told us the record already exists
-        self.raced = False  # set once another writer inserted the same external id first
         self.done = False  # audited (applied or dead-lettered): nothing left to do
         self.last_error: str | None = None
+        self.write: Write | None = None  # set for every command but UpsertTask
+        self.read_calls = 0.0  # its share of the reads made for it (only_if_blank)
 
 
 @dataclass(frozen=True)
@@ -121,7 +149,7 @@ class SalesforceSink:
         self.retry = RetryPolicy(sink.retry_max_s, self._idle)
         self._failed: list[tuple[_Out, KafkaError]] = []
         self._pause: tuple[str, Received, float] | None = None  # (pause id, where, since)
-        self.stats = {"created": 0, "updated": 0, "dead_lettered": 0, "api_calls": 0, "pauses": 0}
+        self.stats = {"created": 0, "updated": 0, "skipped": 0, "dead_lettered": 0, "api_calls": 0, "pauses": 0}
 
     # -- waiting without leaving the group -----------------------------------------------
     def _idle(self, seconds: float) -> None:
@@ -211,21 +239,36 @@ class SalesforceSink:
         """One attempt at every item not yet done; ``RetriableError`` while some remain."""
         todo = [i for i in items if not i.done and self.member.owns(i.rec)]
         by_field: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
+        by_group: OrderedDict[tuple[str, str, str | None], OrderedDict[str, list[_Item]]] = OrderedDict()
+        self._resolve(todo)
+        self._read_blanks(todo)
+        todo = [i for i in todo if not i.done]
         for it in todo:
-            by_field.setdefault(it.op["external_id_field"], OrderedDict()).setdefault(
-                it.op["external_id"], []).append(it)
+            if it.write is None:
+                by_field.setdefault(it.op["external_id_field"], OrderedDict()).setdefault(
+                    it.op["external_id"], []).append(it)
+            else:
+                by_group.setdefault(it.write.group, OrderedDict()).setdefault(
+                    it.write.key, []).append(it)
         for field, groups in by_field.items():
-            self._upsert(field, groups)
+            for chunk in _chunks(groups):
+                self._create_tasks(field, chunk)
+        for group, records in by_group.items():
+            for chunk in _chunks(records):
+                self._write_records(group, chunk)
         left = [i for i in todo if not i.done and self.member.owns(i.rec)]
         if left:
             raise RetriableError(f"{len(left)} record(s) not written yet: {left[0].last_error}")
 
     def _validate(self, item: _Item) -> bool:
         if item.op_name != "UpsertTask":
-            # Not yet executable by this sink version: keep it, with the reason, rather than
-            # pretend it was applied.
-            self._fail(item, f"operation {item.op_name} is not supported by this sink version", 0.0)
-            return False
+            try:
+                item.write = write_for(item.op_name, item.op)
+            except NotExecutable as exc:
+                # Keep it, with the reason, rather than pretend it was applied.
+                self._fail(item, str(exc), 0.0)
+                return False
+            return True
         if not item.op.get("external_id"):
             self._fail(item, "UpsertTask without an external id", 0.0)
             return False
@@ -259,20 +302,25 @@ class SalesforceSink:
         self.budget.observe_header(client.api_usage)
         return result
 
-    def _upsert(self, field: str, groups: OrderedDict[str, list[_Item]]) -> None:
-        """Upsert one external-id field's records in one call; mark what is done."""
+    def _create_tasks(self, field: str, groups: OrderedDict[str, list[_Item]]) -> None:
+        """Create one external-id field's Tasks in one sObject Collections create call; mark
+        what is done. A logged message is a fact: a Task whose external id already exists
+        (a re-delivery, a replay, a second writer, a retry after a call that committed but
+        timed out) answers DUPLICATE_VALUE on the external id and is audited SKIPPED with that
+        Task's id, never written again, so what a user edited in Salesforce since stays.
+        This relies on the field being Unique, which ``preflight`` checks."""
         groups = OrderedDict((k, live) for k, its in groups.items()
                              if (live := [i for i in its if not i.done and self.member.owns(i.rec)]))
         if not groups:
             return
-        # Same external id twice in one batch: write it once (the newest command), report
-        # the outcome to every command that asked for it.
+        # Same external id twice in one batch: create it once (the first command: the fact
+        # as first logged), report the outcome to every command that asked for it.
         keys = list(groups)
-        records = [task_record(groups[k][-1].op, groups[k][-1].for_update) for k in keys]
+        records = [task_record(groups[k][0].op) for k in keys]
         body = {"allOrNone": False, "records": records}
         try:
             results = self._call(
-                lambda c: c.restful(f"composite/sobjects/Task/{field}", method="PATCH", json=body,
+                lambda c: c.restful("composite/sobjects", method="POST", json=body,
                                     timeout=self.timeout_s),
                 external_id_field=field)
         except BatchRejected as exc:
@@ -284,43 +332,204 @@ class SalesforceSink:
             # Unroll: find the bad record(s) one by one; the rest go through.
             log.warning("batch rejected, unrolling", size=len(keys), error=str(exc))
             for k in keys:
-                self._upsert(field, OrderedDict([(k, groups[k])]))
+                self._create_tasks(field, OrderedDict([(k, groups[k])]))
             return
         if not isinstance(results, list) or len(results) != len(keys):
             raise RetriableError(f"salesforce answered {len(keys)} records with {str(results)[:200]}")
+        for res in results:
+            if unknown_field_item_error(res.get("errors") or [], field):
+                # Configuration, not data: every record would fail alike. Stop, name it.
+                raise FatalError(f"salesforce refused the Task external id field {field!r}: "
+                                 f"{classify_item_error(res['errors'])[1]}; "
+                                 "salesforce.task_external_id_field must be a field of Task "
+                                 "marked External ID and Unique")
         share = 1.0 / len(keys)
-        again: OrderedDict[str, list[_Item]] = OrderedDict()
         for k, res in zip(keys, results, strict=True):
             errors = res.get("errors") or []
             for n, it in enumerate(groups[k]):
                 it.attempts += 1
                 if res.get("success"):
-                    # Later commands for the same record found it existing: updates.
-                    outcome = "CREATED" if res.get("created") and n == 0 else "UPDATED"
+                    outcome = "CREATED" if n == 0 else "SKIPPED"
                     self.stats[outcome.lower()] += 1
                     self._audit(it, outcome, res.get("id"), None, share)
                     it.done = True
-                elif not it.for_update and insert_only_refused(errors):
-                    # The Task exists (a re-delivery): write it again without the
-                    # insert-only fields, right away, as an update.
-                    it.for_update = True
-                    again.setdefault(k, []).append(it)
-                elif not it.raced and external_id_duplicate(errors, field):
-                    # Another writer (a second sink, a replay) inserted this external id
-                    # between Salesforce's lookup and our insert. The Task exists, so the
-                    # same upsert, sent once more, updates it.
-                    log.info("external id inserted concurrently; upserting again", external_id=k,
+                elif external_id_duplicate(errors, field):
+                    # The Task exists: logged before (or by another writer just now).
+                    existing = duplicate_record_id(errors)
+                    log.info("task already logged; not written again", external_id=k,
+                             record_id=existing,
                              at=coords(it.rec.topic, it.rec.partition, it.rec.offset))
-                    it.raced = it.for_update = True
-                    again.setdefault(k, []).append(it)
+                    self.stats["skipped"] += 1
+                    self._audit(it, "SKIPPED", existing, None, share)
+                    it.done = True
                 else:
                     retriable, reason = classify_item_error(errors)
                     if retriable:
                         it.last_error = reason
                     else:
                         self._fail(it, reason, share)
-        if again:
-            self._upsert(field, again)
+
+    def _resolve(self, items: list[_Item]) -> None:
+        """CloseCase by conversation: find the Cases by their external id, one SOQL query
+        for the batch, and turn each into an update by Id. No Case for the conversation is
+        permanent for that command: dead-lettered with the reason."""
+        its = [i for i in items if i.write is not None and i.write.kind == "resolve"]
+        if not its:
+            return
+        writes = [i.write for i in its if i.write is not None]
+        field, sobject = writes[0].key_field, writes[0].sobject
+        values = sorted({w.key for w in writes})
+        soql = (f"SELECT Id, {field} FROM {sobject} WHERE {field} IN "
+                f"({', '.join(soql_literal(v) for v in values)})")
+        res = self._call(lambda c: c.restful("query", params={"q": soql}, timeout=self.timeout_s))
+        found = {str(r.get(field)).lower(): r["Id"] for r in (res or {}).get("records") or []}
+        for it in its:
+            assert it.write is not None
+            it.read_calls += 1.0 / len(its)
+            rid = found.get(it.write.key.lower())
+            if rid is None:
+                it.attempts += 1
+                self._fail(it, f"no {sobject} with {field} = {it.write.key!r}", 0.0)
+                continue
+            it.write = Write("update", sobject, None, rid, it.write.fields)
+
+    def _read_blanks(self, items: list[_Item]) -> None:
+        """For updates with ``only_if_blank`` fields: read those fields (one sObject
+        Collections retrieve per sObject) and drop the ones Salesforce already has a value
+        for. A command left with nothing to write is audited SKIPPED. A user may fill a
+        field between the read and the write: the write then overwrites it (a window of one
+        batch, not closed)."""
+        by_type: dict[str, list[_Item]] = {}
+        for it in items:
+            if it.write is not None and it.write.only_if_blank:
+                by_type.setdefault(it.write.sobject, []).append(it)
+        for sobject, its in by_type.items():
+            self._read_blanks_of(sobject, its)
+
+    def _read_blanks_of(self, sobject: str, items: list[_Item]) -> None:
+        writes = [i.write for i in items if i.write is not None]
+        ids = list(dict.fromkeys(w.key for w in writes))
+        fields = sorted({f for w in writes for f in w.only_if_blank})
+        body = {"ids": ids, "fields": fields}
+        try:
+            rows = self._call(lambda c: c.restful(f"composite/sobjects/{sobject}", method="POST",
+                                                  json=body, timeout=self.timeout_s))
+        except (BatchRejected, FatalError) as exc:
+            if isinstance(exc, FatalError) and not isinstance(exc.__cause__, SalesforceMalformedRequest):
+                raise
+            # A field or id the commands name is refused: find the command(s) at fault.
+            if len(items) > 1:
+                for it in items:
+                    self._read_blanks_of(sobject, [it])
+                return
+            items[0].attempts += 1
+            self._fail(items[0], f"reading only_if_blank fields: {exc}", 1.0)
+            return
+        if not isinstance(rows, list) or len(rows) != len(ids):
+            raise RetriableError(f"salesforce answered {len(ids)} ids with {str(rows)[:200]}")
+        current = dict(zip(ids, rows, strict=True))
+        for it in items:
+            assert it.write is not None
+            it.read_calls += 1.0 / len(items)
+            row = current.get(it.write.key)
+            # A record that is gone: the update itself says so (and is dead-lettered).
+            it.write = keep_blank_only(it.write, row if isinstance(row, dict) else {})
+            if not it.write.fields:
+                self.stats["skipped"] += 1
+                self._audit(it, "SKIPPED", it.write.key, None, 0.0)
+                it.done = True
+
+    def _write_records(self, group: tuple[str, str, str | None],
+                       groups: OrderedDict[str, list[_Item]]) -> None:
+        """One sObject Collections update (by Id) or upsert (by external id) of one sObject's
+        records; mark what is done. Several commands for one record in the batch are merged
+        into one record (later fields win) and each is audited."""
+        kind, sobject, key_field = group
+        groups = OrderedDict((k, live) for k, its in groups.items()
+                             if (live := [i for i in its if not i.done and self.member.owns(i.rec)]))
+        if not groups:
+            return
+        writes = {k: merged([i.write for i in its if i.write is not None]) for k, its in groups.items()}
+        # One sObject after the other: Salesforce processes a mixed call in runs of one type
+        # (at most 10 runs a call).
+        keys = sorted(groups, key=lambda k: writes[k].sobject)
+        body = {"allOrNone": False, "records": [writes[k].record() for k in keys]}
+        path = "composite/sobjects" if kind == "update" else f"composite/sobjects/{sobject}/{key_field}"
+        try:
+            results = self._call(lambda c: c.restful(path, method="PATCH", json=body,
+                                                     timeout=self.timeout_s))
+        except BatchRejected as exc:
+            if len(keys) == 1:
+                for it in groups[keys[0]]:
+                    it.attempts += 1
+                    self._fail(it, str(exc), 1.0)
+                return
+            log.warning("batch rejected, unrolling", size=len(keys), error=str(exc))
+            for k in keys:
+                self._write_records(group, OrderedDict([(k, groups[k])]))
+            return
+        if not isinstance(results, list) or len(results) != len(keys):
+            raise RetriableError(f"salesforce answered {len(keys)} records with {str(results)[:200]}")
+        share = 1.0 / len(keys)
+        for k, res in zip(keys, results, strict=True):
+            errors = res.get("errors") or []
+            if not res.get("success") and kind == "upsert" and duplicates_detected(errors):
+                self._attach_to_duplicate(writes[k], groups[k], share)
+                continue
+            if not res.get("success") and len(groups[k]) > 1 and not classify_item_error(errors)[0]:
+                # Merged commands refused together: one of them may be wrong. Write each alone,
+                # in order, so the others are applied and only the wrong one dead-lettered.
+                for it in groups[k]:
+                    self._write_records(group, OrderedDict([(k, [it])]))
+                continue
+            for n, it in enumerate(groups[k]):
+                it.attempts += 1
+                if res.get("success"):
+                    created = kind == "upsert" and bool(res.get("created")) and n == 0
+                    outcome = "CREATED" if created else "UPDATED"
+                    self.stats[outcome.lower()] += 1
+                    self._audit(it, outcome, res.get("id"), None, share)
+                    it.done = True
+                else:
+                    retriable, reason = classify_item_error(errors)
+                    if retriable:
+                        it.last_error = reason
+                    else:
+                        self._fail(it, reason, share)
+
+    def _attach_to_duplicate(self, write: Write, items: list[_Item], share: float) -> None:
+        """A duplicate rule refused the upsert. Collections results do not say which record
+        matched; the same upsert as a single-record call answers with ``duplicateResut``
+        (one extra API call, only on a duplicate). The command is then attached to the
+        record it names: audited SKIPPED with that Id, nothing written, nothing
+        dead-lettered. The rule may also have stopped matching since: the call then writes."""
+        assert write.key_field is not None
+        path = f"sobjects/{write.sobject}/{write.key_field}/{quote(write.key, safe='@+')}"
+        try:
+            res = self._call(lambda c: c.restful(path, method="PATCH", json=write.fields,
+                                                 timeout=self.timeout_s))
+        except BatchRejected as exc:
+            content = getattr(exc.__cause__, "content", None)
+            matched = duplicate_match_id(content)
+            for it in items:
+                it.attempts += 1
+                if matched is None:
+                    self._fail(it, str(exc), share + 1.0 / len(items))
+                    continue
+                log.info("duplicate rule matched; attached to the existing record",
+                         sobject=write.sobject, external_id=write.key, record_id=matched)
+                self.stats["skipped"] += 1
+                self._audit(it, "SKIPPED", matched, None, share + 1.0 / len(items))
+                it.done = True
+            return
+        created = isinstance(res, dict) and bool(res.get("created"))
+        for n, it in enumerate(items):
+            it.attempts += 1
+            outcome = "CREATED" if created and n == 0 else "UPDATED"
+            self.stats[outcome.lower()] += 1
+            self._audit(it, outcome, res.get("id") if isinstance(res, dict) else None, None,
+                        share + 1.0 / len(items))
+            it.done = True
 
     def _fail(self, item: _Item, reason: str, share: float) -> None:
         self._dead_letter(item.rec, "sink.salesforce", InvalidRecordError(reason),
@@ -463,7 +672,8 @@ class SalesforceSink:
             "operation": item.op_name,
             "outcome": outcome,
             "record_id": record_id,
-            "api_calls": {"salesforce.rest": api_share} if api_share else {},
+            "api_calls": ({"salesforce.rest": api_share + item.read_calls}
+                          if api_share + item.read_calls else {}),
             "error": error,
             "source_topic": r.topic,
             "source_partition": r.partition,

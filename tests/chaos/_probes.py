@@ -19,8 +19,8 @@ from tests.test_pipeline import KNOWN, Pipeline, event
 
 T = TypeVar("T")
 
-# The sink's sObject Collections upsert: PATCH .../composite/sobjects/Task/<external id field>
-TASK_UPSERT = {"method": "PATCH", "path_regex": r"^/services/data/v[\d.]+/composite/sobjects/Task/"}
+# The sink's sObject Collections create of Tasks: POST .../composite/sobjects
+TASK_UPSERT = {"method": "POST", "path_regex": r"^/services/data/v[\d.]+/composite/sobjects$"}
 
 
 def poll(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.05,
