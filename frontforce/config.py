@@ -49,6 +49,8 @@ class Topics(_Model):
     audit: str
     deadletter: str
     source_cursors: str
+    front_ledger: str
+    salesforce_ledger: str
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -60,6 +62,8 @@ class Topics(_Model):
             audit=f"{prefix}audit",
             deadletter=f"{prefix}deadletter",
             source_cursors=f"{prefix}source.cursors",
+            front_ledger=f"{prefix}front.ledger",
+            salesforce_ledger=f"{prefix}salesforce.ledger",
         )
 
 

@@ -57,10 +57,12 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> lis
               else [*topics.model_dump().values(), *settings.worker_topics.values()])
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     existing = set(admin.list_topics(timeout=10).topics)
-    # Cursors are state, not history: compacted, one partition (a handful of keys).
-    compacted = {topics.source_cursors}
+    # Cursors and sink ledgers are state, not history: compacted, keyed. Cursors are a
+    # handful of keys (one partition); a ledger grows with the commands it records.
+    compacted = {topics.source_cursors, topics.front_ledger, topics.salesforce_ledger}
+    single = {topics.source_cursors}
     new = [
-        NewTopic(n, num_partitions=1 if n in compacted else settings.kafka.partitions,
+        NewTopic(n, num_partitions=1 if n in single else settings.kafka.partitions,
                  replication_factor=settings.kafka.replication_factor,
                  config={"cleanup.policy": "compact"} if n in compacted else {})
         for n in wanted

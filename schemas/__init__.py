@@ -20,6 +20,8 @@ SCHEMA_FILES: dict[str, str] = {
     "audit": "audit.avsc",
     "deadletter": "deadletter.avsc",
     "source.cursors": "source_cursor.avsc",
+    "front.ledger": "sink_ledger.avsc",
+    "salesforce.ledger": "sink_ledger.avsc",
 }
 
 # Internal topics of the stream worker (named after its app id, see Settings.worker_topics)
