@@ -725,8 +725,9 @@ def test_update_record_and_close_case_patch_only_their_fields_in_one_call_per_ba
     one sObject Collections update for the whole batch, only the fields each command carries
     (a field a user set and the command does not name stays), one audit record per command
     with its share of the call, a record Salesforce refuses dead-lettered with the
-    Salesforce error while the others are written, and an unsupported command (PostFeedItem,
-    UpdateRecord on a Task) dead-lettered with the reason, never pretended applied."""
+    Salesforce error while the others are written, a PostFeedItem posted (after the
+    updates, in one more call), and an unsupported command (UpdateRecord on a Task)
+    dead-lettered with the reason, never pretended applied."""
     env = env_factory()
     ids = env.seed({
         "Account": [{"Name": "Acme"}],
@@ -763,10 +764,13 @@ def test_update_record_and_close_case_patch_only_their_fields_in_one_call_per_ba
     assert {k: [a["outcome"] for a in v] for k, v in by.items()} == {
         "c-contact": ["UPDATED"], "c-lead": ["UPDATED"], "c-account": ["UPDATED"],
         "c-opp": ["UPDATED"], "c-close": ["UPDATED"], "c-bad": ["DEAD_LETTERED"],
-        "c-feed": ["DEAD_LETTERED"], "c-task": ["DEAD_LETTERED"]}
+        "c-feed": ["CREATED"], "c-task": ["DEAD_LETTERED"]}
     assert by["c-close"][0]["record_id"] == case
     assert all(by[k][0]["api_calls"].get("salesforce.rest", 0) > 0 for k in ("c-contact", "c-close"))
-    assert by["c-feed"][0]["api_calls"] == {} and "not supported" in (by["c-feed"][0]["error"] or "")
+    assert by["c-task"][0]["api_calls"] == {} and "updates only" in (by["c-task"][0]["error"] or "")
+    feed = env.rows("FeedItem")
+    assert [(f["ParentId"], f["Body"]) for f in feed.values()] == [(case, "note")]
+    assert by["c-feed"][0]["record_id"] in feed
     rows = {t: env.rows(t) for t in ("Contact", "Lead", "Account", "Opportunity", "Case")}
     assert rows["Contact"][contact]["Phone"] == "+14155550100"
     assert rows["Contact"][contact]["Title"] == "CTO"  # not named by the command: kept
@@ -776,22 +780,28 @@ def test_update_record_and_close_case_patch_only_their_fields_in_one_call_per_ba
     assert rows["Case"][case]["Status"] == "Closed"
     assert rows["Case"][case]["Description"] == "User text" and rows["Case"][case]["Priority"] == "Medium"
     dead = {d["original_offset"]: d for d in env.deadletters()}
-    assert len(dead) == 3
+    assert len(dead) == 2
     assert any("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in d["error_message"] for d in dead.values()), dead
-    # Six executable commands: one collections call for the batch, then c-close and c-bad
-    # alone (their merged record was refused); plus the sink's describe and /limits at start.
-    assert run.sink.stats["api_calls"] == 2 + 3, (run.sink.stats, env.sf.get("/__admin/stats").json())
+    # Six updates: one collections call for the batch, then c-close and c-bad alone (their
+    # merged record was refused); the FeedItem one more; plus describe and /limits at start.
+    assert run.sink.stats["api_calls"] == 2 + 3 + 1, (run.sink.stats, env.sf.get("/__admin/stats").json())
 
 
-def test_upsert_lead_creates_one_lead_per_handle_and_attaches_to_a_duplicate_rule_match(
+def test_unknown_senders_lead_and_its_first_task_cost_no_query_and_one_lead_per_handle(
         env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
-    """UpsertLead upserts on the Lead external id the command names (Front_Handle__c): the
-    same handle twice, even in one batch, is one Lead; a replay updates only the fields the
-    command owns. When a duplicate rule answers DUPLICATES_DETECTED (an existing Contact with
-    that email), the command is attached to the record the rule names (Salesforce's
-    ``duplicateResut``): audited SKIPPED with that Id, no Lead created, no dead letter."""
+    """UpsertLead creates the Lead once on the external id the command names
+    (Front_Handle__c): the same handle twice in one batch, or replayed later, is one Lead
+    and never rewritten (a user's edits stay). A Task naming that Lead by external id
+    (``who_ref``) in the same batch lands on it: Leads first, then Tasks, two calls, no query.
+    When a duplicate rule answers DUPLICATES_DETECTED (someone already has a Lead or Contact
+    with that email), the command is attached to the record Salesforce's ``duplicateResut``
+    names: audited SKIPPED with that Id, no Lead created, no dead letter; a matched Lead is
+    given the external id, so its Task lands on it too."""
     env = env_factory()
-    contact = env.seed({"Contact": [{"LastName": "Known", "Email": "known@example.com"}]})["Contact"][0]
+    seeded = env.seed({"Contact": [{"LastName": "Known", "Email": "known@example.com"}],
+                       "Lead": [{"LastName": "Manual", "Company": "Typed by a rep",
+                                 "Email": "manual@example.com"}]})
+    contact, manual = seeded["Contact"][0], seeded["Lead"][0]
 
     def lead(cid: str, handle: str, last: str) -> dict[str, Any]:
         return env.op_command(cid, "UpsertLead", {
@@ -799,24 +809,156 @@ def test_upsert_lead_creates_one_lead_per_handle_and_attaches_to_a_duplicate_rul
             "last_name": last, "company": "[not provided]", "email": handle, "phone": None,
             "lead_source": "Other", "owner_id": None})
 
+    def task(mid: str, handle: str) -> dict[str, Any]:
+        cmd = env.command(mid, who_ref={"sobject": "Lead", "field": "Front_Handle__c",
+                                        "value": handle}, what_ref=None)
+        cmd["command_id"] = f"t-{mid}"
+        return cmd
+
     cmds = [lead("l-1", "new@example.com", "New"), lead("l-2", "new@example.com", "New"),
-            lead("l-dup", "known@example.com", "Known")]
+            lead("l-dup", "known@example.com", "Known"), lead("l-man", "manual@example.com", "M"),
+            task("m-new", "new@example.com"), task("m-man", "manual@example.com")]
     env.send_commands(cmds)
     run = running(SalesforceSink(env.settings))
     assert env.committed_all(timeout=30), repr(run.error)
     by = _audit_by_command(env, {c["command_id"] for c in cmds})
-    leads = [r for r in env.rows("Lead").values() if r.get("Front_Handle__c")]
-    assert len(leads) == 1 and leads[0]["Front_Handle__c"] == "new@example.com"
-    assert [a["outcome"] for a in by["l-1"]] == ["CREATED"]
-    assert [a["outcome"] for a in by["l-2"]] == ["UPDATED"]
-    assert by["l-1"][0]["record_id"] == by["l-2"][0]["record_id"] == leads[0]["Id"]
-    assert [a["outcome"] for a in by["l-dup"]] == ["SKIPPED"]
-    assert by["l-dup"][0]["record_id"] == contact
+    mine = [r for r in env.rows("Lead").values() if r.get("Front_Handle__c") == "new@example.com"]
+    assert len(mine) == 1
+    new_lead = mine[0]["Id"]
+    assert {k: [a["outcome"] for a in v] for k, v in by.items()} == {
+        "l-1": ["CREATED"], "l-2": ["SKIPPED"], "l-dup": ["SKIPPED"], "l-man": ["SKIPPED"],
+        "t-m-new": ["CREATED"], "t-m-man": ["CREATED"]}
+    assert by["l-1"][0]["record_id"] == by["l-2"][0]["record_id"] == new_lead
+    assert by["l-dup"][0]["record_id"] == contact and by["l-man"][0]["record_id"] == manual
+    leads = env.rows("Lead")
+    assert len(leads) == 2  # the new one and the rep's; none for the Contact's email
+    assert leads[manual]["Front_Handle__c"] == "manual@example.com"
+    assert leads[manual]["Company"] == "Typed by a rep"
+    tasks = {t[EXT]: t for t in env.tasks(["m-new", "m-man"])}
+    assert tasks["m-new"]["WhoId"] == new_lead and tasks["m-man"]["WhoId"] == manual
     assert env.deadletters() == []
-    # A replay of l-1 writes the same Lead, not a second one.
+    # describe + limits; the Lead create; two single-record calls for the two duplicate
+    # matches (read duplicateResut) and one to give the rep's Lead its handle; the Tasks.
+    # No query anywhere.
+    assert run.sink.stats["api_calls"] == 2 + 1 + 2 + 1 + 1, run.sink.stats
+    # A replay of l-1 after a rep renamed the Lead: nothing written, the rename stays.
+    connect(env.settings.salesforce).client.restful(f"sobjects/Lead/{new_lead}", method="PATCH",
+                                                    json={"LastName": "Renamed"})
     env.send_commands([lead("l-1", "new@example.com", "New")])
     assert env.committed_all(timeout=30), repr(run.error)
-    assert len([r for r in env.rows("Lead").values() if r.get("Front_Handle__c")]) == 1
+    assert [r["LastName"] for r in env.rows("Lead").values()
+            if r.get("Front_Handle__c") == "new@example.com"] == ["Renamed"]
+
+
+def test_one_invalid_record_in_a_batch_of_200_is_dead_lettered_the_199_written_after_a_new_login(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """200 Task commands in one batch, one carrying a value Salesforce refuses: one
+    collections call writes the 199 and answers the one with its error, which lands in
+    ``deadletter`` with that error. The session had expired before the batch
+    (INVALID_SESSION_ID): the sink logs in again and the batch is written once."""
+    env = env_factory(sink={"batch_wait_ms": 2000})
+    run = running(SalesforceSink(env.settings))
+    run.wait_until_assigned(env)
+    assert env.sf.post("/__admin/sessions/expire").json()["expired"] >= 1
+    ids = env.send(199, key=lambda i: "one")
+    bad = env.send(1, key=lambda i: "one", status="Not a status")
+    assert env.committed_all(timeout=30), repr(run.error)
+    assert len(env.tasks(ids)) == 199 and env.tasks(bad) == []
+    dead = env.deadletters()
+    assert len(dead) == 1 and "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in dead[0]["error_message"]
+    audit = env.audit()
+    assert outcomes(audit, ids) == ["CREATED"] * 199 and outcomes(audit, bad) == ["DEAD_LETTERED"]
+    # describe, limits, the refused call (session expired), the batch: one write for 200.
+    assert run.sink.stats["api_calls"] == 4, run.sink.stats
+    run.stop()
+    # Replaying the command topic from the start (a new group) writes nothing new.
+    replay = env.settings.model_copy(update={"sink": env.settings.sink.model_copy(
+        update={"group_id": f"{env.group}-replay"})})
+    env.group = replay.sink.group_id
+    again = running(SalesforceSink(replay))
+    assert env.committed_all(timeout=30), repr(again.error)
+    assert len(env.tasks(ids)) == 199 and env.tasks(bad) == []
+    assert outcomes(env.audit(), ids) == sorted(["CREATED", "SKIPPED"] * 199)
+
+
+def _feed_check(env: Env, expected: dict[str, str]) -> list[str]:
+    """Problems with the org's FeedItems against ``expected`` (body -> parent, each once)."""
+    rows = list(env.rows("FeedItem").values())
+    problems = []
+    for body, parent in expected.items():
+        n = len([r for r in rows if r["Body"] == body and r["ParentId"] == parent])
+        if n != 1:
+            problems.append(f"{body!r} on {parent}: {n} FeedItems")
+    return problems
+
+
+@pytest.mark.parametrize("recovery", ["ledger", "broken"])
+def test_feed_items_are_posted_once_across_replays_and_a_crash_inside_the_call(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running],
+        recovery: str) -> None:
+    """FeedItem has no external id; the ledger (salesforce.ledger) makes each note happen
+    once. A PostFeedItem and a CloseCase's resolution note are posted; a replay of the
+    whole command topic (a new consumer group) posts nothing, at no API cost. A crash inside
+    the call is staged as it happens: the ledger says INTENT for two keys, and the org holds
+    the FeedItem of one of them (the call took effect, the APPLIED never reached Kafka); the
+    restarted sink finds that one and posts only the other. ``broken`` runs the same with the
+    crash check switched off, and the check must then see the doubled note: it guards the
+    test itself."""
+    env = env_factory()
+    case = env.seed({"Case": [{"Subject": "Help", "Front_Conversation_Id__c": "cnv_feed"}]})["Case"][0]
+    opp = env.seed({"Opportunity": [{"Name": "Deal", "StageName": "Prospecting",
+                                     "CloseDate": "2026-12-31"}]})["Opportunity"][0]
+    first = [env.op_command("f-note", "PostFeedItem", {"parent_id": opp, "body": "Renewal risk flagged in Front"}),
+             env.op_command("f-close", "CloseCase", {"case_id": None, "front_conversation_id": "cnv_feed",
+                                                     "status": "Closed", "resolution_note": "Solved: reset the key"})]
+    env.send_commands(first)
+    sink = SalesforceSink(env.settings)
+    run = running(sink)
+    assert env.committed_all(timeout=30), repr(run.error)
+    by = _audit_by_command(env, {"f-note", "f-close"})
+    assert [a["outcome"] for a in by["f-note"]] == ["CREATED"]
+    assert [a["outcome"] for a in by["f-close"]] == ["UPDATED"] and by["f-close"][0]["record_id"] == case
+    assert env.rows("Case")[case]["Status"] == "Closed"
+    assert _feed_check(env, {"Renewal risk flagged in Front": opp, "Solved: reset the key": case}) == []
+    run.stop()
+
+    # The crash: INTENT for two keys; the first one's FeedItem exists in the org.
+    posted = env.sf.post("/__admin/seed", json={"records": {"FeedItem": [
+        {"ParentId": opp, "Body": "Crashed after the call"}]}})
+    posted.raise_for_status()
+    for key in ("f-crash-after", "f-crash-before"):
+        env.producer.produce(env.topics.salesforce_ledger, key=key.encode(), value=env.serde.encode(
+            env.topics.salesforce_ledger, {"idempotency_key": key, "command_id": key,
+                                           "operation": "PostFeedItem", "state": "INTENT",
+                                           "target_id": opp, "result_id": None, "marker": None,
+                                           "at": int(time.time() * 1000)}))
+    env.producer.flush(10)
+    env.send_commands([
+        env.op_command("f-crash-after", "PostFeedItem", {"parent_id": opp, "body": "Crashed after the call"}),
+        env.op_command("f-crash-before", "PostFeedItem", {"parent_id": opp, "body": "Crashed before the call"})])
+    # ...and a replay of everything from the start, by a new group.
+    replay = env.settings.model_copy(update={"sink": env.settings.sink.model_copy(
+        update={"group_id": f"{env.group}-replay"})})
+    env.group = replay.sink.group_id
+    sink = SalesforceSink(replay)
+    if recovery == "broken":
+        sink._recover_feed = lambda items: items  # type: ignore[method-assign]
+    calls_before = env.api_calls()
+    run = running(sink)
+    assert env.committed_all(timeout=30), repr(run.error)
+    problems = _feed_check(env, {"Renewal risk flagged in Front": opp, "Solved: reset the key": case,
+                                 "Crashed after the call": opp, "Crashed before the call": opp})
+    if recovery == "broken":
+        assert problems == [f"'Crashed after the call' on {opp}: 2 FeedItems"]
+        return
+    assert problems == []
+    by = _audit_by_command(env, {"f-note", "f-close", "f-crash-after", "f-crash-before"})
+    assert [a["outcome"] for a in by["f-note"]] == ["CREATED", "SKIPPED"]
+    assert [a["outcome"] for a in by["f-crash-after"]] == ["SKIPPED"]
+    assert [a["outcome"] for a in by["f-crash-before"]] == ["CREATED"]
+    # login, describe, limits; the Case query and update again (a Case update is
+    # idempotent, its note is not re-posted); the one crash query; one FeedItem create.
+    assert env.api_calls() - calls_before <= 3 + 2 + 1 + 1, env.sf.get("/__admin/stats").json()
 
 
 def test_only_if_blank_fields_are_written_only_where_salesforce_has_no_value(

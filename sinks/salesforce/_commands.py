@@ -1,24 +1,29 @@
-"""Commands other than UpsertTask as sObject Collections writes (issue 9).
+"""Commands as sObject Collections writes (issue 9).
 
-Each executable command becomes one ``Write``: a record of one sObject, keyed by its Id (an
-sObject Collections update, ``PATCH composite/sobjects``) or by an external id (a
-collections upsert, ``PATCH composite/sobjects/<SObject>/<field>``). A ``CloseCase`` that
-knows only the conversation is a "resolve" write: one SOQL query per batch finds the Cases
-by ``Front_Conversation_Id__c`` (an upsert would create a closed Case where there is none),
-then it is an update. The sink batches writes
-of the same kind, sObject and key field into one call of at most 200 records.
+Each executable command becomes one ``Write``:
+  - ``create``: create once on a Unique external id (``POST composite/sobjects``). A record
+    whose external id exists answers ``DUPLICATE_VALUE`` and is left as it is (audited
+    SKIPPED with its Id): ``UpsertTask`` (a logged message is a fact) and ``UpsertLead``
+    (the Lead of an unknown sender is made once; what a user edits on it afterwards stays).
+  - ``update``: by record Id (``PATCH composite/sobjects``, mixed sObjects): ``UpdateRecord``
+    and ``CloseCase`` with a ``case_id``. Only the fields a command carries are sent.
+  - ``resolve``: a ``CloseCase`` that knows only the conversation: one SOQL query per batch
+    finds the Cases by ``Front_Conversation_Id__c`` (an upsert would create a closed Case
+    where there is none), then it is an update.
+  - ``feed``: a FeedItem (``PostFeedItem``, and a ``CloseCase``'s resolution note, posted on
+    the Case once it is closed). FeedItem has no external id: the sink's ledger
+    (``salesforce.ledger``) makes the create happen once (see ``_ledger.py``).
 
-Only the fields a command carries are sent: a field the command does not name keeps
-whatever a user set in Salesforce.
+The sink batches writes of the same kind, sObject and key field into one call of at most
+200 records. ``UpdateRecord`` values travel as the strings the schema carries: Salesforce's
+JSON reader takes numbers and checkboxes given as strings ("12.5", "true"), and a value it
+cannot read is refused for that record alone (dead-lettered with Salesforce's error).
 
-Not executable yet (dead-lettered with the reason, never pretended applied):
-  - ``PostFeedItem``: FeedItem has no external id and a create is not idempotent; without the
-    ledger keyed by ``idempotency_key`` the schema announces, a re-delivery would post the
-    note twice.
-Not written: ``CloseCase.resolution_note`` (Case has no field frontforce owns for it; a
-CaseComment or a custom field would be the place), and ``UpdateRecord`` values are sent as
-the strings the schema carries (not typed by describe yet: right for text, picklist, email,
-phone and date fields; a number or checkbox field would need the describe-driven typing).
+Parents by external id: an ``UpsertTask`` may name its Who or What by an external id
+(``who_ref`` / ``what_ref``, e.g. the Lead an ``UpsertLead`` of the same batch creates):
+the Task carries ``"Who": {"attributes": {"type": "Lead"}, "Front_Handle__c": "..."}`` and
+Salesforce resolves it inside the create, so an unknown sender's Lead and its first Task
+cost no query. The sink writes Leads and records before Tasks in every batch.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CASE_EXTERNAL_ID = "Front_Conversation_Id__c"
+FEED_BODY_MAX = 10_000
 UPDATABLE_SOBJECTS = frozenset({"Contact", "Lead", "Account", "Opportunity", "Case"})
 
 # The Lead fields an UpsertLead command owns, by command field.
@@ -47,7 +53,8 @@ class NotExecutable(Exception):
 
 @dataclass(frozen=True)
 class Write:
-    kind: str  # "update" (by record Id), "upsert" (by external id), "resolve" (Id looked up)
+    kind: str  # "create" (once, on an external id), "update" (by record Id), "upsert" (by
+    # external id), "resolve" (Id looked up, then update), "feed" (a FeedItem, via the ledger)
     sobject: str
     key_field: str | None  # the external id field of an upsert; None for an update
     key: str  # the record Id, or the external id value
@@ -66,7 +73,9 @@ class Write:
 
     def record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"attributes": {"type": self.sobject}}
-        if self.kind == "update":
+        if self.kind == "feed":
+            rec["ParentId"] = self.key
+        elif self.kind == "update":
             rec["id"] = self.key
         else:
             assert self.key_field is not None
@@ -89,6 +98,13 @@ def write_for(op_name: str, op: dict[str, Any]) -> Write:
         named = {f.lower() for f in op["fields"]}
         blank = tuple(f for f in op.get("only_if_blank") or [] if f.lower() in named)
         return Write("update", sobject, None, op["record_id"], dict(op["fields"]), blank)
+    if op_name == "PostFeedItem":
+        if not op.get("parent_id") or not (op.get("body") or "").strip():
+            raise NotExecutable("PostFeedItem without a parent_id or a body")
+        if len(op["body"]) > FEED_BODY_MAX:
+            raise NotExecutable(f"PostFeedItem body of {len(op['body'])} characters: Salesforce "
+                                f"takes at most {FEED_BODY_MAX}")
+        return Write("feed", "FeedItem", None, op["parent_id"], {"Body": op["body"]})
     if op_name == "CloseCase":
         fields: dict[str, Any] = {"Status": op.get("status") or "Closed"}
         if op.get("case_id"):
@@ -100,7 +116,7 @@ def write_for(op_name: str, op: dict[str, Any]) -> Write:
         if not op.get("external_id_field") or not op.get("external_id"):
             raise NotExecutable("UpsertLead without an external id")
         lead = {sf: op[key] for key, sf in _LEAD_FIELDS.items() if op.get(key) is not None}
-        return Write("upsert", "Lead", op["external_id_field"], op["external_id"], lead)
+        return Write("create", "Lead", op["external_id_field"], op["external_id"], lead)
     raise NotExecutable(f"operation {op_name} is not supported by this sink version")
 
 

@@ -37,6 +37,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -57,6 +58,7 @@ from frontforce.salesforce import SalesforceConnection, connect
 from frontforce.serialization import Serde
 from sinks.salesforce._budget import Budget
 from sinks.salesforce._commands import (
+    FEED_BODY_MAX,
     NotExecutable,
     Write,
     duplicate_match_id,
@@ -76,6 +78,7 @@ from sinks.salesforce._errors import (
     external_id_duplicate,
     unknown_field_item_error,
 )
+from sinks.salesforce._ledger import APPLIED, INTENT, Ledger
 from sinks.salesforce._member import GroupMember, Received
 from sinks.salesforce._retry import RetryPolicy
 from sinks.salesforce._task import check_external_id_field, task_record
@@ -88,6 +91,9 @@ GAP_SHARE = 0.5
 # How long one idle step polls before the sink looks at its stop flag again.
 _IDLE_STEP_S = 0.5
 
+
+# Id prefixes of the sObjects a duplicate rule may match.
+_KEY_PREFIX = {"Lead": "00Q", "Contact": "003", "Account": "001"}
 
 # Records per sObject Collections call (Salesforce's limit).
 COLLECTION_SIZE = 200
@@ -105,7 +111,7 @@ class _Stopping(Exception):
 
 class _Item:
     __slots__ = ("rec", "command", "op_name", "op", "attempts", "done", "last_error", "write",
-                 "read_calls")
+                 "read_calls", "record_id", "calls")
 
     def __init__(self, rec: Received, command: dict[str, Any]) -> None:
         self.rec = rec
@@ -119,6 +125,13 @@ class _Item:
         self.last_error: str | None = None
         self.write: Write | None = None  # set for every command but UpsertTask
         self.read_calls = 0.0  # its share of the reads made for it (only_if_blank)
+        self.record_id: str | None = None  # a CloseCase's Case, once closed (then its note)
+        self.calls = 0.0  # its share of the writes made before its last step
+
+    @property
+    def ledger_key(self) -> str:
+        key = str(self.command["idempotency_key"] or self.command["command_id"])
+        return f"{key}:note" if self.op_name == "CloseCase" else key
 
 
 @dataclass(frozen=True)
@@ -149,6 +162,10 @@ class SalesforceSink:
         self.retry = RetryPolicy(sink.retry_max_s, self._idle)
         self._failed: list[tuple[_Out, KafkaError]] = []
         self._pause: tuple[str, Received, float] | None = None  # (pause id, where, since)
+        self.ledger = Ledger()
+        # Records a duplicate rule matched, by the external id a command gave them: a Task
+        # naming that external id as its Who/What is pointed at the record instead.
+        self._attached: dict[tuple[str, str, str], str] = {}
         self.stats = {"created": 0, "updated": 0, "skipped": 0, "dead_lettered": 0, "api_calls": 0, "pauses": 0}
 
     # -- waiting without leaving the group -----------------------------------------------
@@ -178,6 +195,11 @@ class SalesforceSink:
             what="reading Task's describe")
         check_external_id_field(describe, self.external_id_field)
         self.retry.run(self._refresh_budget, what="reading salesforce /limits")
+        loaded = self.retry.run(
+            lambda: self.ledger.load(self.settings.kafka.bootstrap_servers,
+                                     self.topics.salesforce_ledger, self.serde),
+            what="reading the salesforce ledger")
+        log.info("ledger read", entries=loaded, topic=self.topics.salesforce_ledger)
         log.info("salesforce checked", external_id_field=self.external_id_field,
                  api_used=self.budget.used, api_total=self.budget.total)
 
@@ -236,27 +258,39 @@ class SalesforceSink:
                 self._wait_out(exc, pending)
 
     def _attempt(self, items: list[_Item]) -> None:
-        """One attempt at every item not yet done; ``RetriableError`` while some remain."""
-        todo = [i for i in items if not i.done and self.member.owns(i.rec)]
-        by_field: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
+        """One attempt at every item not yet done; ``RetriableError`` while some remain.
+
+        In this order, so a Task can name, by external id, a Lead created in the same batch,
+        and a CloseCase's note goes on a Case that is closed: Leads and record updates, then
+        Tasks, then FeedItems."""
+        def live() -> list[_Item]:
+            return [i for i in items if not i.done and self.member.owns(i.rec)]
+
+        self._resolve([i for i in live() if i.write is not None and i.write.kind != "feed"])
+        self._read_blanks(live())
         by_group: OrderedDict[tuple[str, str, str | None], OrderedDict[str, list[_Item]]] = OrderedDict()
-        self._resolve(todo)
-        self._read_blanks(todo)
-        todo = [i for i in todo if not i.done]
-        for it in todo:
+        for it in live():
+            if it.write is not None and it.write.kind != "feed":
+                by_group.setdefault(it.write.group, OrderedDict()).setdefault(
+                    it.write.key, []).append(it)
+        for group, records in by_group.items():
+            for chunk in _chunks(records):
+                if group[0] == "create":
+                    self._create_once(group[1], group[2] or "", chunk)
+                else:
+                    self._write_records(group, chunk)
+        by_field: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
+        for it in live():
             if it.write is None:
                 by_field.setdefault(it.op["external_id_field"], OrderedDict()).setdefault(
                     it.op["external_id"], []).append(it)
-            else:
-                by_group.setdefault(it.write.group, OrderedDict()).setdefault(
-                    it.write.key, []).append(it)
         for field, groups in by_field.items():
             for chunk in _chunks(groups):
-                self._create_tasks(field, chunk)
-        for group, records in by_group.items():
-            for chunk in _chunks(records):
-                self._write_records(group, chunk)
-        left = [i for i in todo if not i.done and self.member.owns(i.rec)]
+                self._create_once("Task", field, chunk)
+        feed = [i for i in live() if i.write is not None and i.write.kind == "feed"]
+        if feed:
+            self._post_feed(feed)
+        left = live()
         if left:
             raise RetriableError(f"{len(left)} record(s) not written yet: {left[0].last_error}")
 
@@ -302,13 +336,16 @@ class SalesforceSink:
         self.budget.observe_header(client.api_usage)
         return result
 
-    def _create_tasks(self, field: str, groups: OrderedDict[str, list[_Item]]) -> None:
-        """Create one external-id field's Tasks in one sObject Collections create call; mark
-        what is done. A logged message is a fact: a Task whose external id already exists
-        (a re-delivery, a replay, a second writer, a retry after a call that committed but
-        timed out) answers DUPLICATE_VALUE on the external id and is audited SKIPPED with that
-        Task's id, never written again, so what a user edited in Salesforce since stays.
-        This relies on the field being Unique, which ``preflight`` checks."""
+    def _create_once(self, sobject: str, field: str, groups: OrderedDict[str, list[_Item]]) -> None:
+        """Create one sObject's records, keyed by one Unique external id field, in one sObject
+        Collections create call; mark what is done. A record whose external id exists (a
+        re-delivery, a replay, a second writer, a retry after a call that committed but timed
+        out) answers DUPLICATE_VALUE on the external id and is audited SKIPPED with that
+        record's Id, never written again: a logged message is a fact, and a Lead made for an
+        unknown sender keeps what a user edited on it since. For Task this relies on the field
+        being Unique, which ``preflight`` checks; for Lead on ``Front_Handle__c`` being Unique
+        (README: the fields a user must create). A Lead that a duplicate rule refuses is
+        attached to the record the rule names (``_attach_to_duplicate``)."""
         groups = OrderedDict((k, live) for k, its in groups.items()
                              if (live := [i for i in its if not i.done and self.member.owns(i.rec)]))
         if not groups:
@@ -316,7 +353,7 @@ class SalesforceSink:
         # Same external id twice in one batch: create it once (the first command: the fact
         # as first logged), report the outcome to every command that asked for it.
         keys = list(groups)
-        records = [task_record(groups[k][0].op) for k in keys]
+        records = [self._create_record(groups[k][0]) for k in keys]
         body = {"allOrNone": False, "records": records}
         try:
             results = self._call(
@@ -332,20 +369,23 @@ class SalesforceSink:
             # Unroll: find the bad record(s) one by one; the rest go through.
             log.warning("batch rejected, unrolling", size=len(keys), error=str(exc))
             for k in keys:
-                self._create_tasks(field, OrderedDict([(k, groups[k])]))
+                self._create_once(sobject, field, OrderedDict([(k, groups[k])]))
             return
         if not isinstance(results, list) or len(results) != len(keys):
             raise RetriableError(f"salesforce answered {len(keys)} records with {str(results)[:200]}")
         for res in results:
             if unknown_field_item_error(res.get("errors") or [], field):
                 # Configuration, not data: every record would fail alike. Stop, name it.
-                raise FatalError(f"salesforce refused the Task external id field {field!r}: "
-                                 f"{classify_item_error(res['errors'])[1]}; "
-                                 "salesforce.task_external_id_field must be a field of Task "
-                                 "marked External ID and Unique")
+                raise FatalError(f"salesforce refused the {sobject} external id field {field!r}: "
+                                 f"{classify_item_error(res['errors'])[1]}; it must be a field of "
+                                 f"{sobject} marked External ID and Unique")
         share = 1.0 / len(keys)
         for k, res in zip(keys, results, strict=True):
             errors = res.get("errors") or []
+            if not res.get("success") and duplicates_detected(errors):
+                self._attach_to_duplicate(groups[k][0].write or Write(
+                    "create", sobject, field, k, {}), groups[k], share)
+                continue
             for n, it in enumerate(groups[k]):
                 it.attempts += 1
                 if res.get("success"):
@@ -354,10 +394,10 @@ class SalesforceSink:
                     self._audit(it, outcome, res.get("id"), None, share)
                     it.done = True
                 elif external_id_duplicate(errors, field):
-                    # The Task exists: logged before (or by another writer just now).
+                    # The record exists: made before (or by another writer just now).
                     existing = duplicate_record_id(errors)
-                    log.info("task already logged; not written again", external_id=k,
-                             record_id=existing,
+                    log.info("already created; not written again", sobject=sobject,
+                             external_id=k, record_id=existing,
                              at=coords(it.rec.topic, it.rec.partition, it.rec.offset))
                     self.stats["skipped"] += 1
                     self._audit(it, "SKIPPED", existing, None, share)
@@ -368,6 +408,22 @@ class SalesforceSink:
                         it.last_error = reason
                     else:
                         self._fail(it, reason, share)
+
+    def _create_record(self, item: _Item) -> dict[str, Any]:
+        if item.write is not None:
+            return item.write.record()
+        rec = task_record(item.op)
+        # A parent a duplicate rule attached to an existing record: point at that record.
+        for rel, id_field in (("Who", "WhoId"), ("What", "WhatId")):
+            ref = rec.get(rel)
+            if isinstance(ref, dict):
+                attached = self._attached.get((ref["attributes"]["type"],
+                                               *[(f, str(v)) for f, v in ref.items()
+                                                 if f != "attributes"][0]))
+                if attached is not None:
+                    del rec[rel]
+                    rec[id_field] = attached
+        return rec
 
     def _resolve(self, items: list[_Item]) -> None:
         """CloseCase by conversation: find the Cases by their external id, one SOQL query
@@ -484,6 +540,15 @@ class SalesforceSink:
                 continue
             for n, it in enumerate(groups[k]):
                 it.attempts += 1
+                if res.get("success") and it.op_name == "CloseCase" and (
+                        it.op.get("resolution_note") or "").strip():
+                    # Closed; its resolution note goes on the Case next (the feed step of
+                    # this attempt), and the command is audited once both are done.
+                    it.record_id = res.get("id") or writes[k].key
+                    it.calls += share
+                    it.write = Write("feed", "FeedItem", None, it.record_id,
+                                     {"Body": it.op["resolution_note"].strip()[:FEED_BODY_MAX]})
+                    continue
                 if res.get("success"):
                     created = kind == "upsert" and bool(res.get("created")) and n == 0
                     outcome = "CREATED" if created else "UPDATED"
@@ -498,38 +563,166 @@ class SalesforceSink:
                         self._fail(it, reason, share)
 
     def _attach_to_duplicate(self, write: Write, items: list[_Item], share: float) -> None:
-        """A duplicate rule refused the upsert. Collections results do not say which record
-        matched; the same upsert as a single-record call answers with ``duplicateResut``
-        (one extra API call, only on a duplicate). The command is then attached to the
-        record it names: audited SKIPPED with that Id, nothing written, nothing
-        dead-lettered. The rule may also have stopped matching since: the call then writes."""
+        """A duplicate rule refused the record (``DUPLICATES_DETECTED``): someone already
+        has a Lead or Contact with this email, made outside frontforce. Collections results
+        do not say which record matched; the same write as a single-record call answers with
+        ``duplicateResut`` (Salesforce's spelling), one extra API call, only on a duplicate.
+        The command is attached to the record it names: audited SKIPPED with that Id, nothing
+        created, nothing dead-lettered. When the match is of the same sObject, the sink also
+        writes the command's external id on it (a field frontforce owns, blank there: no
+        record holds that value, or the create would have answered DUPLICATE_VALUE), so the
+        next Task naming that external id lands on it; any match is remembered for this
+        process's Tasks too. The rule may also have stopped matching since: the call then
+        creates the record."""
         assert write.key_field is not None
-        path = f"sobjects/{write.sobject}/{write.key_field}/{quote(write.key, safe='@+')}"
+        one = 1.0 / len(items)
+        record = {k: v for k, v in write.record().items() if k != "attributes"}
+        if write.kind == "create":
+            path, method = f"sobjects/{write.sobject}", "POST"
+        else:
+            path, method = f"sobjects/{write.sobject}/{write.key_field}/{quote(write.key, safe='@+')}", "PATCH"
+            record = dict(write.fields)
         try:
-            res = self._call(lambda c: c.restful(path, method="PATCH", json=write.fields,
+            res = self._call(lambda c: c.restful(path, method=method, json=record,
                                                  timeout=self.timeout_s))
         except BatchRejected as exc:
             content = getattr(exc.__cause__, "content", None)
             matched = duplicate_match_id(content)
+            calls = share + one
+            if matched is not None and matched.startswith(_KEY_PREFIX.get(write.sobject, "\0")):
+                stamp = f"sobjects/{write.sobject}/{matched}"
+                try:
+                    self._call(lambda c: c.restful(stamp, method="PATCH",
+                                                   json={write.key_field: write.key},
+                                                   timeout=self.timeout_s))
+                    calls += one
+                except BatchRejected as err:
+                    log.warning("could not write the external id on the matched record",
+                                record_id=matched, error=str(err))
             for it in items:
                 it.attempts += 1
                 if matched is None:
-                    self._fail(it, str(exc), share + 1.0 / len(items))
+                    self._fail(it, str(exc), calls)
                     continue
                 log.info("duplicate rule matched; attached to the existing record",
                          sobject=write.sobject, external_id=write.key, record_id=matched)
+                self._attached[(write.sobject, write.key_field, write.key)] = matched
                 self.stats["skipped"] += 1
-                self._audit(it, "SKIPPED", matched, None, share + 1.0 / len(items))
+                self._audit(it, "SKIPPED", matched, None, calls)
                 it.done = True
             return
-        created = isinstance(res, dict) and bool(res.get("created"))
+        created = write.kind == "create" or (isinstance(res, dict) and bool(res.get("created")))
         for n, it in enumerate(items):
             it.attempts += 1
-            outcome = "CREATED" if created and n == 0 else "UPDATED"
+            outcome = "CREATED" if created and n == 0 else ("SKIPPED" if write.kind == "create" else "UPDATED")
             self.stats[outcome.lower()] += 1
             self._audit(it, outcome, res.get("id") if isinstance(res, dict) else None, None,
-                        share + 1.0 / len(items))
+                        share + one)
             it.done = True
+
+    # -- FeedItems, once, through the ledger --------------------------------------------
+    def _post_feed(self, items: list[_Item]) -> None:
+        """Post FeedItems (``PostFeedItem``, a closed Case's note) once each; see
+        ``_ledger.py`` for the protocol and its window."""
+        fresh: list[_Item] = []
+        unsure: list[_Item] = []
+        for it in items:
+            entry = self.ledger.get(it.ledger_key)
+            if entry is not None and entry.state == APPLIED:
+                self.stats["skipped"] += 1
+                self._finish_feed(it, "SKIPPED", entry.result_id, 0.0)
+            elif entry is not None and it.ledger_key not in self.ledger.known_absent:
+                unsure.append(it)
+            else:
+                fresh.append(it)
+        if unsure:
+            fresh += self._recover_feed(unsure)
+        if not fresh:
+            return
+        for it in fresh:
+            self._produce_ledger(it, INTENT, None)
+        self.retry.run(self._await_acks, what="waiting for the broker to acknowledge ledger intents")
+        for chunk in [fresh[n:n + COLLECTION_SIZE] for n in range(0, len(fresh), COLLECTION_SIZE)]:
+            for it in chunk:
+                self.ledger.known_absent.discard(it.ledger_key)  # outcome unknown until answered
+            body = {"allOrNone": False, "records": [it.write.record() for it in chunk if it.write]}
+            try:
+                results = self._call(lambda c, b=body: c.restful(  # type: ignore[misc]
+                    "composite/sobjects", method="POST", json=b, timeout=self.timeout_s))
+            except BatchRejected as exc:
+                for it in chunk:
+                    self.ledger.known_absent.add(it.ledger_key)
+                if len(chunk) == 1:
+                    chunk[0].attempts += 1
+                    self._fail(chunk[0], str(exc), 1.0)
+                else:
+                    for it in chunk:
+                        self._post_feed([it])
+                continue
+            if not isinstance(results, list) or len(results) != len(chunk):
+                raise RetriableError(f"salesforce answered {len(chunk)} FeedItems with {str(results)[:200]}")
+            share = 1.0 / len(chunk)
+            for it, res in zip(chunk, results, strict=True):
+                it.attempts += 1
+                if res.get("success"):
+                    self._produce_ledger(it, APPLIED, res.get("id"))
+                    self.stats["created"] += 1
+                    self._finish_feed(it, "CREATED", res.get("id"), share)
+                    continue
+                self.ledger.known_absent.add(it.ledger_key)
+                retriable, reason = classify_item_error(res.get("errors") or [])
+                if retriable:
+                    it.last_error = reason
+                else:
+                    self._fail(it, reason, share)
+
+    def _recover_feed(self, items: list[_Item]) -> list[_Item]:
+        """Keys left at INTENT by a crash (or a call whose answer was lost): find the
+        FeedItem the call may have made, and return the items that still need posting."""
+        entries = {it.ledger_key: self.ledger.get(it.ledger_key) for it in items}
+        since_ms = min(e.at_ms for e in entries.values() if e is not None) - 60_000
+        since = datetime.fromtimestamp(since_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        parents = sorted({it.write.key for it in items if it.write is not None})
+        soql = (f"SELECT Id, ParentId, Body, CreatedDate FROM FeedItem WHERE ParentId IN "
+                f"({', '.join(soql_literal(p) for p in parents)}) AND CreatedDate >= {since} "
+                "ORDER BY CreatedDate, Id")
+        res = self._call(lambda c: c.restful("query", params={"q": soql}, timeout=self.timeout_s))
+        rows = list((res or {}).get("records") or [])
+        claimed = self.ledger.claimed()
+        left: list[_Item] = []
+        for it in items:
+            assert it.write is not None
+            it.read_calls += 1.0 / len(items)
+            found = next((r for r in rows if r.get("Id") not in claimed
+                          and str(r.get("ParentId", ""))[:15] == it.write.key[:15]
+                          and r.get("Body") == it.write.fields.get("Body")), None)
+            if found is None:
+                log.info("feed item in the crash window was not posted; posting it",
+                         key=it.ledger_key)
+                left.append(it)
+                continue
+            claimed.add(found["Id"])
+            log.info("feed item in the crash window was posted; not posting again",
+                     key=it.ledger_key, record_id=found["Id"])
+            self._produce_ledger(it, APPLIED, found["Id"])
+            self.stats["skipped"] += 1
+            self._finish_feed(it, "SKIPPED", found["Id"], 0.0)
+        return left
+
+    def _finish_feed(self, it: _Item, outcome: str, feed_id: str | None, share: float) -> None:
+        if it.op_name == "CloseCase":
+            # The command's outcome is the Case's: closed (its note posted or found posted).
+            self._audit(it, "UPDATED", it.record_id, None, share + it.calls)
+        else:
+            self._audit(it, outcome, feed_id, None, share)
+        it.done = True
+
+    def _produce_ledger(self, it: _Item, state: str, result_id: str | None) -> None:
+        assert it.write is not None
+        rec = Ledger.record(it.ledger_key, it.command["command_id"], it.op_name, state,
+                            it.write.key, result_id)
+        self.ledger.observe(rec)
+        self._produce(self.topics.salesforce_ledger, it.ledger_key.encode(), rec)
 
     def _fail(self, item: _Item, reason: str, share: float) -> None:
         self._dead_letter(item.rec, "sink.salesforce", InvalidRecordError(reason),

@@ -26,6 +26,15 @@ def task_record(op: dict[str, Any]) -> dict[str, Any]:
     for key, field in _TASK_FIELDS.items():
         if op.get(key) is not None:
             rec[field] = op[key]
+    # A parent known only by its external id: Salesforce resolves it inside this create
+    # (relationship name + the external id; "attributes" names the type of a polymorphic
+    # field). An id, when the command has one, wins.
+    for ref_key, id_key, relationship in (("who_ref", "who_id", "Who"), ("what_ref", "what_id", "What")):
+        ref = op.get(ref_key)
+        if isinstance(ref, tuple):  # read with return_record_name: (record name, fields)
+            ref = ref[1]
+        if ref and op.get(id_key) is None:
+            rec[relationship] = {"attributes": {"type": ref["sobject"]}, ref["field"]: ref["value"]}
     activity = op["activity_date"]
     rec["ActivityDate"] = activity.isoformat() if isinstance(activity, date) else str(activity)
     return rec
