@@ -214,6 +214,12 @@ class WorkerConfig(_Model):
         description="Events an agent may have handled but not yet acknowledged (their records"
         " still on the way to the broker); bounds memory and what a crash replays.",
     )
+    unknown_sender_leads: bool = Field(
+        True,
+        description="Use case 2: an inbound message whose sender matches no Contact or Lead"
+        " creates one Lead per email (Front_Handle__c), logs the message on it and tags the"
+        " conversation 'New Lead' in Front.",
+    )
 
 
 class SinkConfig(_Model):

@@ -48,7 +48,7 @@ from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.serialization import Serde
 from streams._matching import choose_match, counterpart_handles, match_entries, merge_entry
-from streams._rules import task_command
+from streams._rules import lead_command, lead_task_command, new_lead_tag_command, task_command
 
 log = structlog.get_logger("streams")
 
@@ -168,6 +168,7 @@ def create_app(settings: Settings) -> faust.App:
     front_events = app.topic(topics.front_events, **_RAW)
     changes = app.topic(topics.salesforce_changes, **_RAW)
     commands = app.topic(topics.commands_salesforce, **_RAW)
+    front_commands = app.topic(topics.commands_front, **_RAW)
     audit = app.topic(topics.audit, **_RAW)
     deadletter = app.topic(topics.deadletter, **_RAW)
     internal = settings.worker_topics
@@ -350,12 +351,33 @@ def create_app(settings: Settings) -> faust.App:
         }
         await out.send(audit, record["command_id"].encode(), serde.encode(topics.audit, record))
 
+    async def unknown_sender(out: Outbox, fe: dict[str, Any], email: str) -> None:
+        """Use case 2: the sender's Lead (once per email), the message's Task on it by
+        external id, and the tag ``New Lead`` on the conversation. The Lead and the Task
+        are keyed by the handle, so they share a partition of commands.salesforce and the
+        Lead comes first: the sink writes it in the same batch as the Task, or in an
+        earlier one."""
+        name = next((r.get("name") for r in fe["message"]["recipients"]
+                     if r["role"] == "from" and r.get("name")), None)
+        key = f"email:{email}".encode()
+        sf_topic = topics.commands_salesforce
+        await out.send(commands, key, serde.encode(sf_topic, lead_command(fe, email, name)))
+        await out.send(commands, key, serde.encode(
+            sf_topic, lead_task_command(fe, email, settings.salesforce.task_external_id_field)))
+        await out.send(front_commands, fe["conversation_id"].encode(),
+                       serde.encode(topics.commands_front, new_lead_tag_command(fe)))
+        log.info("unknown sender: lead", handle=email, event_id=fe["event_id"])
+
     @app.agent(by_handle, name="match-front-events")
     async def match(stream: StreamT) -> None:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
             key = _key(event)
             held = table.get(key)
             found = choose_match(held and held["candidates"])
+            if found is None and key.startswith("email:") and w.unknown_sender_leads and (
+                    fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
+                await unknown_sender(out, fe, key.removeprefix("email:"))
+                return
             if found is None:
                 await emit_audit(out, event, fe, "SKIPPED", f"no Contact matches {key}")
                 log.info("unmatched", handle=key, event_id=fe["event_id"])

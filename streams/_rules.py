@@ -48,3 +48,62 @@ def task_command(event: dict[str, Any], match: dict[str, Any], external_id_field
             "front_conversation_id": event.get("conversation_id"),
         }),
     }
+
+
+# Domains whose addresses are people, not companies: never a Lead's Company, never matched
+# to an Account by domain (the matching issue makes the list configurable).
+FREE_MAIL = frozenset({
+    "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "live.com",
+    "msn.com", "icloud.com", "me.com", "aol.com", "proton.me", "protonmail.com", "gmx.com",
+    "gmx.de", "web.de", "yandex.ru", "mail.ru", "qq.com", "163.com",
+})
+LEAD_EXTERNAL_ID = "Front_Handle__c"
+NEW_LEAD_TAG = "New Lead"
+
+
+def _origin(event: dict[str, Any]) -> dict[str, str]:
+    return {"system": "frontforce", "source_event_id": event["event_id"],
+            "correlation_id": event["event_id"]}
+
+
+def lead_command(event: dict[str, Any], email: str, name: str | None) -> dict[str, Any]:
+    """The Lead of an unknown sender, created once on its handle (``Front_Handle__c``): the
+    command id and idempotency key depend on the handle only, so every message of that
+    sender, and every replay, asks for the same Lead."""
+    local, _, domain = email.partition("@")
+    first, _, last = (name or "").strip().rpartition(" ")
+    if not last:
+        first, last = "", local
+    company = "[not provided]" if domain in FREE_MAIL else domain
+    return {
+        "command_id": _command_id("UpsertLead", email),
+        "idempotency_key": f"Lead/{LEAD_EXTERNAL_ID}/{email}",
+        "created_at": int(time.time() * 1000),
+        "origin": _origin(event),
+        "operation": ("frontforce.commands.UpsertLead", {
+            "external_id_field": LEAD_EXTERNAL_ID, "external_id": email,
+            "first_name": first or None, "last_name": last[:80], "company": company[:255],
+            "email": email, "phone": None, "lead_source": "Other", "owner_id": None,
+        }),
+    }
+
+
+def lead_task_command(event: dict[str, Any], email: str, external_id_field: str) -> dict[str, Any]:
+    """The message's Task on the Lead ``lead_command`` makes, named by its external id: no
+    lookup of the Lead's Id anywhere."""
+    cmd = task_command(event, {"id": None, "account_id": None}, external_id_field)
+    cmd["operation"][1]["who_ref"] = {"sobject": "Lead", "field": LEAD_EXTERNAL_ID, "value": email}
+    return cmd
+
+
+def new_lead_tag_command(event: dict[str, Any]) -> dict[str, Any]:
+    """Tag the conversation ``New Lead`` in Front, once per conversation."""
+    conversation = event["conversation_id"]
+    return {
+        "command_id": _command_id("AddTags", conversation, NEW_LEAD_TAG),
+        "idempotency_key": f"AddTags/{conversation}/{NEW_LEAD_TAG}",
+        "created_at": int(time.time() * 1000),
+        "origin": _origin(event),
+        "operation": ("frontforce.commands.front.AddTags", {
+            "conversation_id": conversation, "tag_names": [NEW_LEAD_TAG]}),
+    }

@@ -217,16 +217,32 @@ def test_front_events_are_wire_format_and_decode_with_an_independent_consumer(pi
     assert rec["conversation_id"] == f"cnv_{tag}0"
 
 
-def test_unknown_sender_writes_no_task_and_is_reported(pipeline: Pipeline) -> None:
+def test_unknown_sender_gets_one_lead_its_messages_logged_on_it_and_a_new_lead_tag(
+        pipeline: Pipeline) -> None:
+    """Use case 2: messages from a sender no Contact or Lead has, in two conversations,
+    make one Lead (Front_Handle__c = the email), each message a Task on it (named by
+    external id: no query), and one AddTags "New Lead" command per conversation for the
+    Front sink. A re-delivered webhook changes nothing."""
     tag = uuid.uuid4().hex[:6]
     stranger = STRANGERS[0].email
-    assert pipeline.emitter.deliver(event(stranger, tag)) == 200
+    for i in range(2):
+        assert pipeline.emitter.deliver(event(stranger, tag, i)) == 200
+    assert pipeline.emitter.deliver(event(stranger, tag, 0)) == 200  # Front retried
+    tasks = pipeline.tasks_for({f"msg_{tag}0", f"msg_{tag}1"}, expect=2)
     pipeline.settle()
-    skipped = [a for a in pipeline.topic("audit")
-               if a["correlation_id"] == f"evt_{tag}0" and a["outcome"] == "SKIPPED"]
-    assert len(skipped) == 1 and stranger in (skipped[0]["error"] or "")
-    assert not [t for t in pipeline.tasks() if t.get("Front_Message_Id__c") == f"msg_{tag}0"]
-
+    r = pipeline.admin.get("/__admin/records/Lead")
+    r.raise_for_status()
+    leads = [row for row in r.json()["records"] if row.get("Front_Handle__c") == stranger]
+    assert len(leads) == 1 and leads[0]["Email"] == stranger
+    assert len(tasks) == 2 and {t["WhoId"] for t in tasks} == {leads[0]["Id"]}
+    tags = [c for c in pipeline.topic("commands.front")
+            if c["origin"]["correlation_id"].startswith(f"evt_{tag}")]
+    assert sorted(c["operation"]["conversation_id"] for c in tags) == sorted(
+        [f"cnv_{tag}0", f"cnv_{tag}0", f"cnv_{tag}1"])  # the retry asks again; the ledger keeps it once
+    assert {tuple(c["operation"]["tag_names"]) for c in tags} == {("New Lead",)}
+    assert len({c["idempotency_key"] for c in tags}) == 2
+    assert not [d for d in pipeline.topic("deadletter")
+                if d["original_key"] and stranger.encode() in d["original_key"]]
 
 
 def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:
