@@ -41,14 +41,18 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
     tasks = conn.client.query_all(
         f"SELECT Id, WhoId, {settings.salesforce.task_external_id_field} FROM Task "
         f"WHERE {settings.salesforce.task_external_id_field} != null")["records"]
+    leads = conn.client.query_all(
+        "SELECT Id, Front_Handle__c FROM Lead WHERE Front_Handle__c != null")["records"]
     usage = conn.client.api_usage.get("api-usage")
     outcomes = Counter(a["outcome"] for a in audit if a["target"] == "salesforce")
-    unmatched = {a["error"] for a in audit if a["target"] == "streams" and a["outcome"] == "SKIPPED"}
     sink_calls = sum(sum(a["api_calls"].values()) for a in audit)
-    expected_tasks = sum(n for email, n in sent["sent_from"].items() if email in known)
+    from_known = sum(n for email, n in sent["sent_from"].items() if email in known)
+    strangers = {email.lower() for email, n in sent["sent_from"].items() if email not in known and n}
+    on_leads = sum(1 for t in tasks if str(t.get("WhoId") or "").startswith("00Q"))
     distinct_events = len({e["event_id"] for e in events})
-    ok = (len(tasks) == expected_tasks and distinct_events == sent["messages"]
-          and len(unmatched) == sent["senders"] - sent["known_senders"])
+    ok = (len(tasks) == sent["messages"] and distinct_events == sent["messages"]
+          and {lead["Front_Handle__c"] for lead in leads} == strangers and len(leads) == len(strangers)
+          and on_leads == sent["messages"] - from_known)
     lines = [
         "",
         "frontforce demo summary",
@@ -56,15 +60,17 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         f"({sent['duplicates']} re-deliveries of the same event, as Front may do)",
         f"  messages received         {distinct_events:>5}  distinct events on {t.front_events}"
         f" (sent: {sent['messages']})",
-        f"  Tasks written             {len(tasks):>5}  in Salesforce (expected {expected_tasks}:"
-        f" messages from known Contacts)",
+        f"  Tasks written             {len(tasks):>5}  in Salesforce (expected {sent['messages']}:"
+        f" {from_known} on known Contacts, {on_leads} on new Leads)",
+        f"  Leads created             {len(leads):>5}  one per unknown sender (expected "
+        f"{len(strangers)}), Front_Handle__c = the email",
         f"  sink writes               {outcomes['CREATED'] + outcomes['SKIPPED']:>5}  "
-        f"({outcomes['CREATED']} created a Task, {outcomes['SKIPPED']} re-deliveries found it"
-        " logged and left it as is)",
+        f"({outcomes['CREATED']} created a record, {outcomes['SKIPPED']} re-deliveries or repeat"
+        " senders found it made and left it as is)",
         f"  senders                   {sent['senders']:>5}  ({sent['known_senders']} known Contacts)",
-        f"  unmatched senders         {len(unmatched):>5}  (no Contact; Lead creation is a later step)",
         f"  dead letters              {len(dead):>5}",
-        f"  Salesforce API calls      {sink_calls:>5.0f}  by the sink for {len(tasks)} Tasks"
+        f"  Salesforce API calls      {sink_calls:>5.0f}  by the sink for {len(tasks)} Tasks and"
+        f" {len(leads)} Leads"
         + (f"; org usage {usage.used}/{usage.total}" if usage else ""),
         f"  result                    {'OK' if ok else 'MISMATCH'}",
     ]
