@@ -176,7 +176,9 @@ class SalesforceSourceConfig(_Model):
         description="Objects loaded and re-read by SOQL; change events of other objects are skipped.",
     )
     custom_fields: dict[str, list[str]] = Field(
-        {}, description="Custom fields (per object) carried in custom_fields, e.g. {Account: [Tier__c]}."
+        {"Case": ["Front_Conversation_Id__c"]},
+        description="Custom fields (per object) carried in custom_fields, e.g. {Account: [Tier__c]}."
+        " Case.Front_Conversation_Id__c links a Case to its Front conversation (use cases 6, 7).",
     )
     batch_size: int = Field(
         100, ge=1, le=100, description="Events requested per FetchRequest (num_requested, Salesforce max 100)."
@@ -213,6 +215,19 @@ class WorkerConfig(_Model):
         1000, ge=1,
         description="Events an agent may have handled but not yet acknowledged (their records"
         " still on the way to the broker); bounds memory and what a crash replays.",
+    )
+    close_cases: bool = Field(
+        True,
+        description="Use case 6: a Front conversation archived closes its linked Case"
+        " (Front_Conversation_Id__c) with a resolution note; reopened reopens it. The newest"
+        " event by Front's time wins, whatever the order of delivery.",
+    )
+    case_closed_status: str = Field("Closed", description="Case Status set when the conversation is archived.")
+    case_reopened_status: str = Field("Working", description="Case Status set when the conversation is reopened.")
+    case_status_comments: bool = Field(
+        True,
+        description="Use case 7: a Case status change made in Salesforce (not by frontforce)"
+        " posts an internal comment on the linked Front conversation.",
     )
     unknown_sender_leads: bool = Field(
         True,
@@ -278,7 +293,9 @@ class Settings(_Model):
     def worker_table_topics(self) -> dict[str, str]:
         """Changelog topics of the worker's tables: Faust creates them (compacted); their
         values are registered Avro like every other topic."""
-        return {"match_table": f"{self.worker.app_id}-record-match-changelog"}
+        return {"match_table": f"{self.worker.app_id}-record-match-changelog",
+                "conversation_table": f"{self.worker.app_id}-conversation-state-changelog",
+                "case_links_table": f"{self.worker.app_id}-case-links-changelog"}
 
 
 def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:

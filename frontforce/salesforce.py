@@ -75,6 +75,15 @@ def jwt_assertion(cfg: SalesforceConfig, now: float | None = None) -> str:
         raise FatalError(f"salesforce.private_key_file is not a usable RSA key: {exc}") from exc
 
 
+# The client id frontforce's Salesforce calls carry (Sforce-Call-Options).
+CALL_CLIENT = "frontforce"
+
+
+def is_our_change(change_origin: str | None) -> bool:
+    """A change event made by a frontforce call (its changeOrigin names our client id)."""
+    return bool(change_origin) and f"client={CALL_CLIENT}" in str(change_origin).replace(" ", "")
+
+
 def connect(cfg: SalesforceConfig) -> SalesforceConnection:
     """Log in with the configured OAuth flow (a new token each call: on INVALID_SESSION_ID the
     caller connects again) and hand simple-salesforce the session."""
@@ -113,4 +122,7 @@ def connect(cfg: SalesforceConfig) -> SalesforceConnection:
         session=session,
         version=cfg.api_version,
     )
+    # Every write of ours shows in Change Data Capture as changeOrigin "...;client=<id>":
+    # the worker's loop guard tells our own echoes from a person's change by it.
+    client.headers["Sforce-Call-Options"] = f"client={CALL_CLIENT}"
     return SalesforceConnection(client=client, user_id=user_id, org_id=org_id)

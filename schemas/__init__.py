@@ -29,6 +29,8 @@ SCHEMA_FILES: dict[str, str] = {
 WORKER_SCHEMA_FILES: dict[str, str] = {
     "match_keys": "match_entry.avsc",
     "match_table": "match_candidates.avsc",
+    "conversation_table": "worker_state.avsc",
+    "case_links_table": "worker_state.avsc",
 }
 
 # Topics whose operation field is a union of records: decoded with return_record_name so a

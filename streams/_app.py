@@ -46,9 +46,19 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
+from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
 from streams._matching import choose_match, counterpart_handles, match_entries, merge_entry
-from streams._rules import lead_command, lead_task_command, new_lead_tag_command, task_command
+from streams._rules import (
+    CASE_LINK_FIELD,
+    _ms,
+    case_comment_command,
+    case_status_command,
+    lead_command,
+    lead_task_command,
+    new_lead_tag_command,
+    task_command,
+)
 
 log = structlog.get_logger("streams")
 
@@ -181,6 +191,17 @@ def create_app(settings: Settings) -> faust.App:
     assert isinstance(table, ChangelogTable)
     table.value_serializer = AvroCodec(  # type: ignore[attr-defined]  # read lazily by Faust
         serde, settings.worker_table_topics["match_table"])
+    # Conversation id -> the newest archive/reopen acted on (front.events is keyed by
+    # conversation: co-partitioned with route-front-events, the only agent that uses it).
+    conversations = app.tables.add(ChangelogTable(app, name="conversation-state", default=None,
+                                                  partitions=n, key_type=str))
+    # Case id -> its Front conversation (salesforce.changes is keyed by record id).
+    case_links = app.tables.add(ChangelogTable(app, name="case-links", default=None,
+                                               partitions=n, key_type=str))
+    assert isinstance(conversations, ChangelogTable) and isinstance(case_links, ChangelogTable)
+    for small, logical in ((conversations, "conversation_table"), (case_links, "case_links_table")):
+        small.value_serializer = AvroCodec(  # type: ignore[attr-defined]
+            serde, settings.worker_table_topics[logical])
 
     async def dead_letter(event: EventT, stage: str, exc: BaseException) -> None:
         msg = event.message
@@ -304,8 +325,52 @@ def create_app(settings: Settings) -> faust.App:
         async def body(event: EventT, change: dict[str, Any], out: Outbox) -> None:
             for key, entry in match_entries(change):
                 await out.send(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
+            if change["sobject"] == "Case":
+                await case_changed(change, out)
 
         await consume("route-changes", stream, topics.salesforce_changes, body)
+
+    async def case_changed(change: dict[str, Any], out: Outbox) -> None:
+        """Keep the Case -> conversation link; use case 7: a Case status change made in
+        Salesforce by someone else than frontforce (changeOrigin; our own CloseCase is an
+        echo and is dropped) becomes an internal comment on the linked conversation."""
+        rid, at = change["record_id"], _ms(change["commit_timestamp"])
+        held = case_links.get(rid)
+        custom = change.get("custom_fields") or {}
+        if change["change_type"] == "DELETE" or CASE_LINK_FIELD in custom:
+            if held is None or held["at"] <= at:
+                value = None if change["change_type"] == "DELETE" else custom.get(CASE_LINK_FIELD)
+                case_links[rid] = held = {"value": value, "at": at, "event_id": None}
+                out.changelog(case_links)
+        conversation = held and held["value"]
+        if not (w.case_status_comments and conversation and change["change_type"] == "UPDATE"
+                and "Status" in (change.get("changed_fields") or [])):
+            return
+        if is_our_change(change.get("change_origin")):
+            log.info("case status change is our own write; no comment", case=rid)
+            return
+        await out.send(front_commands, str(conversation).encode(), serde.encode(
+            topics.commands_front, case_comment_command(change, str(conversation))))
+
+    async def case_status(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
+        """Use case 6: archive closes, reopen reopens the linked Case. The newest event by
+        Front's time wins: one older than what the conversation-state table holds changes
+        nothing (a late or swapped delivery); the same event again is sent again (the
+        command is the same, the sink makes it harmless), so a crash between the table and
+        the command loses nothing."""
+        conversation, etype = fe["conversation_id"], fe["event_type"]
+        at = _ms(fe["occurred_at"])
+        held = conversations.get(conversation)
+        if held is not None and (held["at"], held["event_id"] or "") > (at, fe["event_id"]):
+            await emit_audit(out, event, fe, "SKIPPED",
+                             f"{etype} at {at} is older than {held['value']} at {held['at']}")
+            return
+        conversations[conversation] = {"value": etype, "at": at, "event_id": fe["event_id"]}
+        out.changelog(conversations)
+        closing = etype == "ARCHIVE"
+        cmd = case_status_command(fe, w.case_closed_status if closing else w.case_reopened_status,
+                                  closing)
+        await out.send(commands, conversation.encode(), serde.encode(topics.commands_salesforce, cmd))
 
     @app.agent(match_keys, name="index-match-keys")
     async def index_match_keys(stream: StreamT) -> None:
@@ -320,6 +385,9 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(front_events, name="route-front-events")
     async def route_front(stream: StreamT) -> None:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
+            if fe["event_type"] in ("ARCHIVE", "REOPEN") and w.close_cases and fe.get("conversation_id"):
+                await case_status(event, fe, out)
+                return
             if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
                 return  # other event kinds get their rules in later steps
             handles = counterpart_handles(fe)

@@ -107,3 +107,54 @@ def new_lead_tag_command(event: dict[str, Any]) -> dict[str, Any]:
         "operation": ("frontforce.commands.front.AddTags", {
             "conversation_id": conversation, "tag_names": [NEW_LEAD_TAG]}),
     }
+
+
+CASE_LINK_FIELD = "Front_Conversation_Id__c"
+
+
+def _ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value or 0)
+
+
+def case_status_command(event: dict[str, Any], status: str, closing: bool) -> dict[str, Any]:
+    """Use case 6: the Case linked to the conversation closed (archived, with a resolution
+    note) or reopened. Keyed per event: a later archive after a reopen is a new fact."""
+    conversation = event["conversation_id"]
+    who = event.get("actor_email") or "a teammate"
+    at = datetime.fromtimestamp(_ms(event["occurred_at"]) / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    subject = event.get("conversation_subject") or conversation
+    note = (f"Resolved in Front: conversation \"{subject}\" archived by {who} at {at}."
+            if closing else None)
+    return {
+        "command_id": _command_id("CloseCase", conversation, event["event_id"]),
+        "idempotency_key": f"CloseCase/{conversation}/{event['event_id']}",
+        "created_at": int(time.time() * 1000),
+        "origin": _origin(event),
+        "operation": ("frontforce.commands.CloseCase", {
+            "case_id": None, "front_conversation_id": conversation, "status": status,
+            "resolution_note": note}),
+    }
+
+
+def case_comment_command(change: dict[str, Any], conversation_id: str) -> dict[str, Any]:
+    """Use case 7: a Case status change made in Salesforce, as an internal comment on the
+    linked Front conversation. Keyed by the change (record, commit time, status), so a
+    re-read of the same change asks for the same comment and the Front sink's ledger
+    posts it once."""
+    status = change.get("status") or "(none)"
+    subject = change.get("subject")
+    key = f"{change['record_id']}/{_ms(change['commit_timestamp'])}/{status}"
+    body = (f"Salesforce Case {change['record_id']}"
+            + (f" ({subject})" if subject else "") + f" is now {status}.")
+    event_id = change.get("transaction_key") or key
+    return {
+        "command_id": _command_id("AddComment", key),
+        "idempotency_key": f"AddComment/case-status/{key}",
+        "created_at": int(time.time() * 1000),
+        "origin": {"system": "frontforce", "source_event_id": str(event_id),
+                   "correlation_id": str(event_id)},
+        "operation": ("frontforce.commands.front.AddComment", {
+            "conversation_id": conversation_id, "body": body, "author_email": None}),
+    }

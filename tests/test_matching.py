@@ -62,3 +62,27 @@ def test_an_unknown_senders_lead_is_one_per_email_and_names_a_company_only_from_
     tag = new_lead_tag_command(fe)
     assert tag["operation"] == ("frontforce.commands.front.AddTags",
                                 {"conversation_id": "cnv_1", "tag_names": ["New Lead"]})
+
+
+def test_case_commands_are_keyed_by_the_fact_and_our_own_writes_are_recognised() -> None:
+    from datetime import UTC, datetime
+
+    from frontforce.salesforce import is_our_change
+    from streams._rules import case_comment_command, case_status_command
+
+    fe = {"event_id": "evt_9", "conversation_id": "cnv_9", "conversation_subject": "Login",
+          "actor_email": "ann@acme.example", "occurred_at": datetime(2026, 12, 1, 9, 30, tzinfo=UTC)}
+    close = case_status_command(fe, "Closed", closing=True)["operation"][1]
+    assert close["front_conversation_id"] == "cnv_9" and close["status"] == "Closed"
+    assert "archived by ann@acme.example at 2026-12-01 09:30 UTC" in close["resolution_note"]
+    assert case_status_command(fe, "Working", closing=False)["operation"][1]["resolution_note"] is None
+    change = {"record_id": "500A", "commit_timestamp": 1_700_000_000_000, "status": "Escalated",
+              "subject": "Login", "transaction_key": "tx-1"}
+    c1, c2 = case_comment_command(change, "cnv_9"), case_comment_command(dict(change), "cnv_9")
+    assert c1["idempotency_key"] == c2["idempotency_key"]  # a re-read asks for the same comment
+    assert c1["operation"][1]["body"] == "Salesforce Case 500A (Login) is now Escalated."
+    later = case_comment_command({**change, "commit_timestamp": 1_700_000_000_001}, "cnv_9")
+    assert later["idempotency_key"] != c1["idempotency_key"]
+    assert is_our_change("com/salesforce/api/rest/59.0;client=frontforce")
+    assert not is_our_change("com/salesforce/api/rest/59.0;client=zapier")
+    assert not is_our_change(None) and not is_our_change("")

@@ -245,6 +245,57 @@ def test_unknown_sender_gets_one_lead_its_messages_logged_on_it_and_a_new_lead_t
                 if d["original_key"] and stranger.encode() in d["original_key"]]
 
 
+def status_event(kind: str, conversation: str, event_id: str, at: float) -> dict[str, Any]:
+    """Front's ``archive`` / ``reopen`` event of a conversation, done by a teammate."""
+    return {"_links": {"self": f"https://acme.api.frontapp.com/events/{event_id}"},
+            "id": event_id, "type": kind, "emitted_at": at,
+            "source": {"_meta": {"type": "teammate"},
+                       "data": {"id": "tea_1", "email": "ann@acme.example"}},
+            "target": None,
+            "conversation": {"id": conversation, "type": "conversation", "subject": "Broken login",
+                             "status": "archived" if kind == "archive" else "assigned"}}
+
+
+def test_archived_conversation_closes_its_case_with_a_note_and_the_newest_event_wins(
+        pipeline: Pipeline) -> None:
+    """Use case 6: archiving a Front conversation closes the Case linked to it
+    (Front_Conversation_Id__c) and posts the resolution note on the Case; a reopen that
+    happened before the archive but arrives after it changes nothing (Front's event time
+    decides, not the order of delivery); a later reopen reopens the Case. A conversation
+    with no Case is audited SKIPPED, never dead-lettered."""
+    tag = uuid.uuid4().hex[:6]
+    conversation = f"cnv_{tag}c"
+    seeded = pipeline.admin.post("/__admin/seed", json={"records": {"Case": [
+        {"Subject": "Broken login", "Front_Conversation_Id__c": conversation}]}})
+    seeded.raise_for_status()
+    case = seeded.json()["ids"]["Case"][0]
+
+    def case_row() -> dict[str, Any]:
+        r = pipeline.admin.get("/__admin/records/Case")
+        r.raise_for_status()
+        return next(c for c in r.json()["records"] if c["Id"] == case)
+
+    now = time.time()
+    emit = pipeline.emitter
+    assert emit.deliver(status_event("archive", conversation, f"evt_{tag}a", now), kind="conversation_archived") == 200
+    assert emit.deliver(status_event("reopen", conversation, f"evt_{tag}r0", now - 60), kind="conversation_reopened") == 200
+    assert emit.deliver(status_event("archive", f"cnv_{tag}none", f"evt_{tag}n", now), kind="conversation_archived") == 200
+    pipeline.settle()
+    assert case_row()["Status"] == "Closed"
+    r = pipeline.admin.get("/__admin/records/FeedItem")
+    r.raise_for_status()
+    notes = [f for f in r.json()["records"] if f["ParentId"] == case]
+    assert len(notes) == 1 and "archived by ann@acme.example" in notes[0]["Body"]
+    audit = {a["correlation_id"]: a for a in pipeline.topic("audit")
+             if a["correlation_id"].startswith(f"evt_{tag}")}
+    assert audit[f"evt_{tag}r0"]["outcome"] == "SKIPPED" and "older" in (audit[f"evt_{tag}r0"]["error"] or "")
+    assert audit[f"evt_{tag}n"]["outcome"] == "SKIPPED" and "no Case" in (audit[f"evt_{tag}n"]["error"] or "")
+    assert emit.deliver(status_event("reopen", conversation, f"evt_{tag}r1", now + 60), kind="conversation_reopened") == 200
+    pipeline.settle()
+    assert case_row()["Status"] == "Working"
+    assert not [d for d in pipeline.topic("deadletter") if d["original_key"] and tag.encode() in d["original_key"]]
+
+
 def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:
     """A poison record must not stop the worker or the sink, and must not be lost."""
     from confluent_kafka import Producer

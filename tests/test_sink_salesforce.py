@@ -1003,7 +1003,7 @@ def test_close_case_by_conversation_finds_the_case_with_one_query_and_never_crea
         env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
     """CloseCase that knows only the Front conversation: one SOQL query for the batch finds
     the Cases by Front_Conversation_Id__c, then one collections update closes them. A
-    conversation without a Case is dead-lettered with the reason; no Case is created (an
+    conversation without a Case is audited SKIPPED with the reason, no dead letter; no Case is created (an
     upsert on the external id would have created a closed Case that never existed)."""
     env = env_factory()
     case = env.seed({"Case": [{"Subject": "Help", "Front_Conversation_Id__c": "cnv_one"}]})["Case"][0]
@@ -1015,8 +1015,9 @@ def test_close_case_by_conversation_finds_the_case_with_one_query_and_never_crea
     assert env.committed_all(timeout=30), repr(run.error)
     by = _audit_by_command(env, {c["command_id"] for c in cmds})
     assert [x["outcome"] for x in by["k-one"]] == ["UPDATED"] and by["k-one"][0]["record_id"] == case
-    assert [x["outcome"] for x in by["k-none"]] == ["DEAD_LETTERED"]
+    assert [x["outcome"] for x in by["k-none"]] == ["SKIPPED"]
     assert "cnv_none" in (by["k-none"][0]["error"] or "")
+    assert env.deadletters() == []
     cases = env.rows("Case")
     assert len(cases) == 1 and cases[case]["Status"] == "Closed"
     assert run.sink.stats["api_calls"] == 2 + 2, run.sink.stats  # describe, limits; query, update

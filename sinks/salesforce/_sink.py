@@ -427,8 +427,8 @@ class SalesforceSink:
 
     def _resolve(self, items: list[_Item]) -> None:
         """CloseCase by conversation: find the Cases by their external id, one SOQL query
-        for the batch, and turn each into an update by Id. No Case for the conversation is
-        permanent for that command: dead-lettered with the reason."""
+        for the batch, and turn each into an update by Id. A conversation with no Case is
+        audited SKIPPED with the reason (never a new Case)."""
         its = [i for i in items if i.write is not None and i.write.kind == "resolve"]
         if not its:
             return
@@ -444,8 +444,13 @@ class SalesforceSink:
             it.read_calls += 1.0 / len(its)
             rid = found.get(it.write.key.lower())
             if rid is None:
+                # Most conversations have no Case: nothing to close is an outcome, not a
+                # record that can never be written. Audited SKIPPED with the reason.
                 it.attempts += 1
-                self._fail(it, f"no {sobject} with {field} = {it.write.key!r}", 0.0)
+                self.stats["skipped"] += 1
+                self._audit(it, "SKIPPED", None, f"no {sobject} with {field} = {it.write.key!r}",
+                            0.0)
+                it.done = True
                 continue
             it.write = Write("update", sobject, None, rid, it.write.fields)
 
