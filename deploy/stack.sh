@@ -567,7 +567,8 @@ cmd_start() {
     lock_state
     local t0=$SECONDS
     start_kafka
-    start_registry
+    # FRONTFORCE_KAFKA_ONLY=1: a second broker for a test that shares the first registry.
+    [[ "${FRONTFORCE_KAFKA_ONLY:-0}" == 1 ]] || start_registry
     log "stack ready in $((SECONDS - t0))s (state: $FRONTFORCE_STATE)"
     echo "bootstrap.servers=$BOOTSTRAP"
     echo "schema.registry.url=$REGISTRY_URL"

@@ -131,6 +131,18 @@ def sink_salesforce(config: Path = ConfigOpt) -> None:
         raise typer.Exit(1) from None
 
 
+@sink_app.command("front")
+def sink_front(config: Path = ConfigOpt) -> None:
+    """Run the Front sink."""
+    from sinks.front import run_sink as run_front_sink
+
+    try:
+        run_front_sink(_settings(config))
+    except FatalError as exc:
+        typer.echo(f"fatal: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 @load_app.command("salesforce")
 def load_salesforce(config: Path = ConfigOpt) -> None:
     """Initial load: SOQL snapshot of the synced objects onto salesforce.changes, handed

@@ -268,6 +268,43 @@ class SinkConfig(_Model):
     )
 
 
+class FrontSinkConfig(_Model):
+    """``frontforce sink front``: executes ``commands.front`` against Front's Core API."""
+
+    group_id: str = Field("frontforce-sink-front", description="Consumer group of the Front sink.")
+    flush_window_ms: int = Field(
+        2000, ge=0,
+        description="How long commands are gathered before they are written: writes to one"
+        " conversation or contact within a window are merged into as few Front calls as possible.",
+    )
+    batch_size: int = Field(
+        1000, ge=1, description="Most commands gathered in one flush window (the window ends early when full)."
+    )
+    retry_max_s: float = Field(
+        300.0, gt=0,
+        description="How long a transient failure (registry, broker, Front 5xx or no answer) is retried"
+        " in place before the sink stops without committing. Front 429s are waited out, never counted.",
+    )
+    max_poll_interval_ms: int = Field(
+        300000, ge=10000,
+        description="Consumer max.poll.interval.ms; mid-batch the sink polls (partitions paused) before"
+        " half of it has passed.",
+    )
+    session_timeout_ms: int = Field(
+        10000, ge=6000,
+        description="Consumer session.timeout.ms: how long after a crash the group hands this"
+        " member's partitions to another (or to its own restart).",
+    )
+    max_comment_chars: int = Field(
+        20000, ge=100,
+        description="AddComment commands for one conversation and author in one window are posted as one"
+        " comment up to this many characters (then a second one).",
+    )
+    ledger_timeout_s: float = Field(
+        120.0, gt=0, description="How long reading the ledger topic to its end may take at start."
+    )
+
+
 class Settings(_Model):
     kafka: KafkaConfig = KafkaConfig()  # type: ignore[call-arg]
     front: FrontConfig
@@ -276,6 +313,7 @@ class Settings(_Model):
     salesforce_source: SalesforceSourceConfig = SalesforceSourceConfig()  # type: ignore[call-arg]
     worker: WorkerConfig = WorkerConfig()  # type: ignore[call-arg]
     sink: SinkConfig = SinkConfig()  # type: ignore[call-arg]
+    front_sink: FrontSinkConfig = FrontSinkConfig()  # type: ignore[call-arg]
 
     @property
     def topics(self) -> Topics:

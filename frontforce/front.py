@@ -16,7 +16,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,13 +57,13 @@ class FrontPacer:
             self.remaining -= 1  # reserved: other threads of this process see it at once
             return 0.0
 
-    def before_call(self) -> None:
+    def before_call(self, sleep: Callable[[float], None] = time.sleep) -> None:
         while True:
             wait = self.wait_time(time.time())
             if wait <= 0:
                 return
             self.waited_s += wait
-            time.sleep(wait)
+            sleep(wait)
 
     def observe(self, headers: httpx.Headers) -> None:
         try:
@@ -115,11 +115,23 @@ class FrontRequestError(InvalidRecordError):
 
 
 class FrontClient:
-    def __init__(self, cfg: FrontConfig, pacer: FrontPacer | None = None) -> None:
+    """Every call paced by the company's shared ``FrontPacer``; a 429 waits what Front says
+    and tries again (quota is never an error). ``sleep`` is how the client waits (a sink
+    passes one that keeps its consumer polling). Reads are retried in place on 5xx and
+    transport errors for ``max_transient_s``; writes are not (Front has no idempotency
+    key: a write that timed out may have happened, and only the caller can check), they
+    raise ``RetriableError`` at once."""
+
+    def __init__(self, cfg: FrontConfig, pacer: FrontPacer | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 max_transient_s: float = _MAX_TRANSIENT_S) -> None:
         if cfg.api_token is None:
             raise FatalError("front.api_token is not configured")
         self.base = cfg.api_url.rstrip("/")
         self.pacer = pacer or shared_pacer(self.base, cfg.rate_share)
+        self.sleep = sleep
+        self.max_transient_s = max_transient_s
+        self.calls = 0  # requests this client sent (429s included)
         self.http = httpx.Client(
             timeout=cfg.timeout_s, trust_env=False,
             headers={"Authorization": f"Bearer {cfg.api_token.get_secret_value()}",
@@ -130,40 +142,69 @@ class FrontClient:
 
     def get(self, path_or_url: str, params: Any = None) -> dict[str, Any]:
         """GET a path (or an absolute ``_pagination.next`` URL, followed verbatim)."""
+        body = self.request("GET", path_or_url, params=params)
+        assert body is not None
+        return body
+
+    def post(self, path: str, json: Any) -> dict[str, Any] | None:
+        return self.request("POST", path, json=json)
+
+    def patch(self, path: str, json: Any) -> dict[str, Any] | None:
+        return self.request("PATCH", path, json=json)
+
+    def put(self, path: str, json: Any) -> dict[str, Any] | None:
+        return self.request("PUT", path, json=json)
+
+    def delete(self, path: str, json: Any = None) -> dict[str, Any] | None:
+        return self.request("DELETE", path, json=json)
+
+    def request(self, method: str, path_or_url: str, params: Any = None,
+                json: Any = None) -> dict[str, Any] | None:
+        """One Front call: the JSON body of its answer (None for 204). A 301 (merged
+        conversation) is followed once to the survivor."""
         url = path_or_url if path_or_url.startswith("http") else self.base + path_or_url
         started = time.monotonic()
         attempt = 0
+        redirected = False
         while True:
             attempt += 1
-            self.pacer.before_call()
+            self.pacer.before_call(self.sleep)
+            self.calls += 1
             try:
-                resp = self.http.get(url, params=params)
+                resp = self.http.request(method, url, params=params, json=json)
             except httpx.TransportError as exc:
-                self._transient(started, attempt, f"{type(exc).__name__}: {exc}")
+                self._transient(method, started, attempt, f"{type(exc).__name__}: {exc}")
                 continue
             self.pacer.observe(resp.headers)
             if resp.status_code == 429:
                 wait = self.pacer.wait_after_429(resp, attempt)
                 log.warning("front rate limit: waiting", wait_s=round(wait, 2),
                             tier=resp.headers.get("x-front-tier"))
-                time.sleep(wait)
+                self.sleep(wait)
+                continue
+            if resp.status_code == 301 and "location" in resp.headers and not redirected:
+                url, redirected = resp.headers["location"], True
                 continue
             if resp.status_code >= 500:
-                self._transient(started, attempt, f"HTTP {resp.status_code}")
+                self._transient(method, started, attempt, f"HTTP {resp.status_code}")
                 continue
             if resp.status_code == 401:
                 raise FatalError("front refused the API token (401)")
             if resp.status_code >= 400:
                 raise FrontRequestError(resp.status_code, _error_message(resp))
+            if resp.status_code == 204 or not resp.content:
+                return None
             body: dict[str, Any] = resp.json()
             return body
 
-    def _transient(self, started: float, attempt: int, why: str) -> None:
-        if time.monotonic() - started > _MAX_TRANSIENT_S:
-            raise RetriableError(f"front unavailable for {_MAX_TRANSIENT_S:.0f} s: {why}")
+    def _transient(self, method: str, started: float, attempt: int, why: str) -> None:
+        if method != "GET":
+            raise RetriableError(f"front {method}: {why} (may have been applied)")
+        if time.monotonic() - started > self.max_transient_s:
+            raise RetriableError(f"front unavailable for {self.max_transient_s:.0f} s: {why}")
         delay = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
         log.warning("front call failed, retrying", error=why, delay_s=round(delay, 2))
-        time.sleep(delay)
+        self.sleep(delay)
 
     def event_pages(self, after: float | None, before: float | None,
                     start_url: str | None = None) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
@@ -190,6 +231,10 @@ class FrontClient:
 def _error_message(resp: httpx.Response) -> str:
     try:
         err = resp.json().get("_error") or {}
-        return str(err.get("message") or err.get("title") or resp.text[:200])
+        text = str(err.get("message") or err.get("title") or resp.text[:200])
+        details = err.get("details")
+        if isinstance(details, list) and details:
+            text += " (" + "; ".join(map(str, details[:10])) + ")"
+        return text
     except ValueError:
         return resp.text[:200]

@@ -276,10 +276,14 @@ def test_archived_conversation_closes_its_case_with_a_note_and_the_newest_event_
         return next(c for c in r.json()["records"] if c["Id"] == case)
 
     now = time.time()
-    emit = pipeline.emitter
-    assert emit.deliver(status_event("archive", conversation, f"evt_{tag}a", now), kind="conversation_archived") == 200
-    assert emit.deliver(status_event("reopen", conversation, f"evt_{tag}r0", now - 60), kind="conversation_reopened") == 200
-    assert emit.deliver(status_event("archive", f"cnv_{tag}none", f"evt_{tag}n", now), kind="conversation_archived") == 200
+
+    def deliver(kind: str, conv: str, event_id: str, at: float) -> int:
+        envelope = "conversation_archived" if kind == "archive" else "conversation_reopened"
+        return pipeline.emitter.deliver(status_event(kind, conv, event_id, at), kind=envelope)
+
+    assert deliver("archive", conversation, f"evt_{tag}a", now) == 200
+    assert deliver("reopen", conversation, f"evt_{tag}r0", now - 60) == 200
+    assert deliver("archive", f"cnv_{tag}none", f"evt_{tag}n", now) == 200
     pipeline.settle()
     assert case_row()["Status"] == "Closed"
     r = pipeline.admin.get("/__admin/records/FeedItem")
@@ -290,7 +294,7 @@ def test_archived_conversation_closes_its_case_with_a_note_and_the_newest_event_
              if a["correlation_id"].startswith(f"evt_{tag}")}
     assert audit[f"evt_{tag}r0"]["outcome"] == "SKIPPED" and "older" in (audit[f"evt_{tag}r0"]["error"] or "")
     assert audit[f"evt_{tag}n"]["outcome"] == "SKIPPED" and "no Case" in (audit[f"evt_{tag}n"]["error"] or "")
-    assert emit.deliver(status_event("reopen", conversation, f"evt_{tag}r1", now + 60), kind="conversation_reopened") == 200
+    assert deliver("reopen", conversation, f"evt_{tag}r1", now + 60) == 200
     pipeline.settle()
     assert case_row()["Status"] == "Working"
     assert not [d for d in pipeline.topic("deadletter") if d["original_key"] and tag.encode() in d["original_key"]]

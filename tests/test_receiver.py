@@ -251,7 +251,7 @@ def test_no_broker_ack_means_503_not_200(infra: LocalStack) -> None:
 
 
 def test_broker_down_while_webhooks_arrive_then_back_every_event_stored(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+        infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Guards: with no broker the receiver must say 503 (Front retries), never 200; once the
     broker is back, Front's retries store every event (duplicates only as the event id
     dedupes them downstream)."""
@@ -260,7 +260,7 @@ def test_broker_down_while_webhooks_arrive_then_back_every_event_stored(
     state = tmp_path_factory.mktemp("late-broker")
     late = LocalStack(state_dir=state, stack_state=state / "stack", persist=False,
                       ports=Ports(kafka=free_port(), controller=free_port(), registry=free_port()))
-    s = config(late, "late.", bootstrap=late.bootstrap)
+    s = config(infra, "late.", bootstrap=late.bootstrap)  # a broker of its own, the shared registry
     s = s.model_copy(update={"kafka": s.kafka.model_copy(update={"delivery_timeout_s": 2})})
     producer = AsyncProducer(producer_config(s))
     bodies = [envelope(payload(f"evt_late{i}")) for i in range(5)]
@@ -268,7 +268,7 @@ def test_broker_down_while_webhooks_arrive_then_back_every_event_stored(
         with TestClient(create_receiver_app(s, producer, Serde(s))) as client:
             for body in bodies:
                 assert client.post("/webhooks/front", content=body, headers=signed(body)).status_code == 503
-            late.start_infra()
+            late.start_infra(kafka_only=True)
             ensure_topics(s, [s.topics.front_events])
             pending = list(bodies)
             deadline = time.monotonic() + 120
@@ -278,7 +278,7 @@ def test_broker_down_while_webhooks_arrive_then_back_every_event_stored(
                     pending.append(body)
                     time.sleep(1)
             assert not pending, f"{len(pending)} webhooks still refused after the broker came back"
-        stored = [e["event_id"] for e in read_topic(late.bootstrap, late.registry_url, s.topics.front_events)]
+        stored = [e["event_id"] for e in read_topic(late.bootstrap, infra.registry_url, s.topics.front_events)]
         assert set(stored) == {f"evt_late{i}" for i in range(5)}
     finally:
         producer.close(timeout=2)

@@ -48,6 +48,8 @@ Admin API (loopback only, no token, not rate limited)
     POST /__admin/merge                    {"into": cnv, "conversation_ids": [...]}
     GET|POST|DELETE /__admin/faults        {"method","path","status","count",
                                             "after_commit","delay_s"}
+    GET|DELETE /__admin/requests           public-API requests answered so far
+                                           [{method, path, status, at}] (DELETE clears)
     POST /__admin/save                     write the state file now (with --persist)
 
 Seeding (``POST /__admin/seed``, emulators/front/_world.py)

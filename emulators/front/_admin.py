@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from emulators.front._render import absolutize
 from emulators.front._simulate import simulate
 from emulators.front._store import DEFAULT_CONFIG, FrontState
 
-__all__ = ["Faults", "admin_routes", "json_response"]
+__all__ = ["Faults", "RequestLog", "admin_routes", "json_response"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 _TOKEN_KINDS = ("api", "oauth_client")
@@ -63,9 +64,22 @@ class Faults:
         return None
 
 
+class RequestLog:
+    """Every public-API request the emulator answered (method, path, status, time), so a
+    test or a benchmark can count what a client spent, per route and per resource."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.items: deque[dict[str, Any]] = deque(maxlen=limit)
+
+    def add(self, method: str, path: str, status: int, at: float) -> None:
+        self.items.append({"method": method, "path": path, "status": status, "at": at})
+
+
 def admin_routes(state: FrontState, dispatcher: Dispatcher, limiter: RateLimiter,
                  faults: Faults, persist: Callable[[], str | None],
-                 loopback_only: bool = True) -> list[BaseRoute]:
+                 loopback_only: bool = True,
+                 requests: RequestLog | None = None) -> list[BaseRoute]:
+    request_log = requests if requests is not None else RequestLog()
     Handler = Callable[[Request, Any], Awaitable[Any]]
 
     def route(path: str, methods: list[str]) -> Callable[[Handler], BaseRoute]:
@@ -191,6 +205,13 @@ def admin_routes(state: FrontState, dispatcher: Dispatcher, limiter: RateLimiter
                 faults.items.clear()
             return {"faults": list(faults.items)}
 
+    @route("/__admin/requests", ["GET", "DELETE"])
+    async def request_list(request: Request, body: Any) -> Any:
+        with state.lock:
+            if request.method == "DELETE":
+                request_log.items.clear()
+            return {"requests": list(request_log.items)}
+
     @route("/__admin/save", ["POST"])
     async def save(request: Request, body: Any) -> Any:
         saved = persist()
@@ -199,4 +220,4 @@ def admin_routes(state: FrontState, dispatcher: Dispatcher, limiter: RateLimiter
         return {"saved": saved}
 
     return [reset, seed, dump, config, tokens, webhooks, drain, replay, unsubscribe,
-            simulate_action, merge, fault_list, save]
+            simulate_action, merge, fault_list, request_list, save]

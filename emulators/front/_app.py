@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from emulators.front._admin import Faults, admin_routes
+from emulators.front._admin import Faults, RequestLog, admin_routes
 from emulators.front._context import NO_BODY, Ctx, Reply
 from emulators.front._dispatch import Dispatcher
 from emulators.front._errors import FrontError, error_body
@@ -146,10 +146,13 @@ class _Edge:
             else:
                 reply, decision = self.handle(request.method, path, request.url.query, raw,
                                               request.headers.get("authorization"), base)
+        requests: RequestLog = request.app.state.requests
         if fault is not None:
             await asyncio.sleep(float(fault["delay_s"]))
             status = int(fault["status"])
+            requests.add(request.method, path, status, time.time())
             return _json(error_body(status, "Injected fault"), status, decision.headers(omit))
+        requests.add(request.method, path, reply.status, time.time())
         headers = {**reply.headers, **decision.headers(omit)}
         if reply.body is NO_BODY or request.method == "HEAD":
             return Response(status_code=reply.status, headers=headers)
@@ -177,6 +180,7 @@ def create_app(state: FrontState | None = None, *, token: str | None = None,
     limiter = RateLimiter()
     dispatcher = Dispatcher(company)
     faults = Faults()
+    requests = RequestLog()
 
     def persist() -> str | None:
         if persist_path is None:
@@ -193,7 +197,8 @@ def create_app(state: FrontState | None = None, *, token: str | None = None,
         persist()
 
     edge = _Edge(company, limiter, dispatcher, base_url)
-    routes = [*admin_routes(company, dispatcher, limiter, faults, persist, admin_loopback_only),
+    routes = [*admin_routes(company, dispatcher, limiter, faults, persist, admin_loopback_only,
+                            requests),
               Route("/__admin/{rest:path}", _admin_not_found, methods=_METHODS),
               Route("/{path:path}", edge.serve, methods=_METHODS)]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -201,4 +206,5 @@ def create_app(state: FrontState | None = None, *, token: str | None = None,
     app.state.dispatcher = dispatcher
     app.state.limiter = limiter
     app.state.faults = faults
+    app.state.requests = requests
     return app
