@@ -45,12 +45,15 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         "SELECT Id, Front_Handle__c FROM Lead WHERE Front_Handle__c != null")["records"]
     usage = conn.client.api_usage.get("api-usage")
     outcomes = Counter(a["outcome"] for a in audit if a["target"] == "salesforce")
-    sink_calls = sum(sum(a["api_calls"].values()) for a in audit)
+    sink_calls = sum(sum(a["api_calls"].values()) for a in audit if a["target"] == "salesforce")
+    front_calls = sum(sum(a["api_calls"].values()) for a in audit if a["target"] == "front")
     from_known = sum(n for email, n in sent["sent_from"].items() if email in known)
     strangers = {email.lower() for email, n in sent["sent_from"].items() if email not in known and n}
     on_leads = sum(1 for t in tasks if str(t.get("WhoId") or "").startswith("00Q"))
-    distinct_events = len({e["event_id"] for e in events})
-    ok = (len(tasks) == sent["messages"] and distinct_events == sent["messages"]
+    distinct_events = len({e["event_id"] for e in events if e["event_type"] == "INBOUND_MESSAGE"})
+    # Use case 2 in Front: the conversations of unknown senders carry the tag "New Lead".
+    tagged, should_tag = _new_lead_tags(stack, sent.get("conversations") or {}, known)
+    ok = (tagged == should_tag and len(tasks) == sent["messages"] and distinct_events == sent["messages"]
           and {lead["Front_Handle__c"] for lead in leads} == strangers and len(leads) == len(strangers)
           and on_leads == sent["messages"] - from_known)
     lines = [
@@ -59,11 +62,13 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         f"  webhooks accepted         {sent['deliveries']:>5}  "
         f"({sent['duplicates']} re-deliveries of the same event, as Front may do)",
         f"  messages received         {distinct_events:>5}  distinct events on {t.front_events}"
-        f" (sent: {sent['messages']})",
+        f" (sent: {sent['messages']}; the pipeline's own tags come back as other events)",
         f"  Tasks written             {len(tasks):>5}  in Salesforce (expected {sent['messages']}:"
         f" {from_known} on known Contacts, {on_leads} on new Leads)",
         f"  Leads created             {len(leads):>5}  one per unknown sender (expected "
         f"{len(strangers)}), Front_Handle__c = the email",
+        f"  'New Lead' in Front       {len(tagged):>5}  conversations tagged (expected "
+        f"{len(should_tag)}: those of unknown senders)",
         f"  sink writes               {outcomes['CREATED'] + outcomes['SKIPPED']:>5}  "
         f"({outcomes['CREATED']} created a record, {outcomes['SKIPPED']} re-deliveries or repeat"
         " senders found it made and left it as is)",
@@ -72,9 +77,24 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         f"  Salesforce API calls      {sink_calls:>5.0f}  by the sink for {len(tasks)} Tasks and"
         f" {len(leads)} Leads"
         + (f"; org usage {usage.used}/{usage.total}" if usage else ""),
+        f"  Front API calls           {front_calls:>5.0f}  by the Front sink for {len(tagged)} tags",
         f"  result                    {'OK' if ok else 'MISMATCH'}",
     ]
     return "\n".join(lines), ok
+
+
+def _new_lead_tags(stack: LocalStack, conversations: dict[str, str],
+                   known: set[str]) -> tuple[set[str], set[str]]:
+    """(conversations the Front emulator holds tagged "New Lead", those that should be)."""
+    import httpx
+
+    should = {cid for cid, sender in conversations.items() if sender not in known}
+    # The admin view: the emulator's rate limit must not make a conversation look untagged.
+    state = httpx.get(f"{stack.front_url}/__admin/state", timeout=30).json()
+    names = {t["id"]: t["name"] for t in state["tags"].values()}
+    tagged = {cid for cid, conv in state["conversations"].items() if cid in conversations
+              and "New Lead" in {names.get(t) for t in conv.get("tag_ids") or []}}
+    return tagged, should
 
 
 def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
@@ -105,7 +125,8 @@ def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
              "--known", str(known)], check=True, capture_output=True, text=True, cwd=REPO).stdout)
         say("initial load of Salesforce Contacts into Kafka")
         print(stack.frontforce("load", "salesforce").stdout.strip())
-        say("starting the pipeline: receiver, stream worker, Salesforce sink")
+        say("starting the pipeline: receiver, stream worker, Salesforce sink, Salesforce change"
+            " subscription, Front sink")
         stack.start_pipeline()
         if not wait_settled(stack.bootstrap, {stack.app_id: stack.worker_groups[stack.app_id][:2]},
                             timeout_s=120):

@@ -229,8 +229,13 @@ front_sink:
         return proc
 
     def start_pipeline(self) -> None:
+        """Worker, Salesforce sink, Salesforce change subscription (after a load: from the
+        replay id the load took), the Front sink when the Front emulator runs, receiver."""
         self.spawn("worker", "worker")
         self.spawn("sink-salesforce", "sink", "salesforce")
+        self.spawn("source-salesforce", "source", "salesforce")
+        if "front-emulator" in self.procs:
+            self.spawn("sink-front", "sink", "front")
         self.spawn("receiver", "receiver")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -258,7 +263,8 @@ front_sink:
 
     def stop_all(self, infra: bool = True) -> None:
         # Order: stop taking input first, then the stages downstream of it.
-        for name in ["receiver", "worker", "sink-salesforce", "sink-front", *list(self.procs)]:
+        for name in ["receiver", "source-salesforce", "worker", "sink-salesforce", "sink-front",
+                     *list(self.procs)]:
             self.stop_process(name)
         if infra:
             self.stop_infra()
@@ -270,4 +276,5 @@ front_sink:
             a: [f"{p}salesforce.changes", f"{a}-match-keys", f"{p}front.events",
                 f"{a}-front-by-handle"],
             f"{a}-sink-salesforce": [f"{p}commands.salesforce"],
+            **({f"{a}-sink-front": [f"{p}commands.front"]} if "front-emulator" in self.procs else {}),
         }

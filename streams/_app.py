@@ -453,6 +453,14 @@ def create_app(settings: Settings) -> faust.App:
             cmd = task_command(fe, found, settings.salesforce.task_external_id_field)
             await out.send(commands, fe["message"]["id"].encode(),
                            serde.encode(topics.commands_salesforce, cmd))
+            if (found["kind"] == "Lead" and w.unknown_sender_leads
+                    and fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
+                # The sender is a Lead (the one made for them a moment ago, or one that was
+                # there): every conversation of theirs is tagged, whether the Lead's change
+                # event reached the table before this message or not. Once per conversation
+                # (the Front sink's ledger); a tag a person removes stays removed.
+                await out.send(front_commands, fe["conversation_id"].encode(),
+                               serde.encode(topics.commands_front, new_lead_tag_command(fe)))
 
         await consume("match-front-events", stream, topics.front_events, body)
 

@@ -37,7 +37,8 @@ def new_pipeline(infra: LocalStack, state_dir: Path) -> LocalStack:
     return dataclasses.replace(
         infra,
         state_dir=state_dir,
-        ports=dataclasses.replace(infra.ports, salesforce=free_port(), receiver=free_port()),
+        ports=dataclasses.replace(infra.ports, salesforce=free_port(), receiver=free_port(),
+                                  front=free_port()),
         topic_prefix=f"t{tag}.",
         app_id=f"ff-{tag}",
         procs={},

@@ -35,6 +35,22 @@ class Pipeline:
         self.admin = httpx.Client(base_url=stack.salesforce_url,
                                   verify=ssl.create_default_context(cafile=str(stack.ca_file)))
         self.emitter = WebhookEmitter(stack.receiver_url, stack.app_secret.encode())
+        self.front = httpx.Client(base_url=stack.front_url)
+
+    def front_conversations(self, *ids: str) -> None:
+        """Conversations the Front emulator holds under these ids (the Front sink writes to
+        them)."""
+        r = self.front.post("/__admin/seed", json={"conversations": [
+            {"id": cid, "subject": f"Subject {cid}"} for cid in ids]})
+        assert r.status_code == 200, r.text
+
+    def front_state(self, conversation: str) -> dict[str, Any]:
+        """The conversation as Front's API shows it: tag names and comment bodies."""
+        headers = {"Authorization": f"Bearer {self.stack.front_token}"}
+        conv = self.front.get(f"/conversations/{conversation}", headers=headers).json()
+        comments = self.front.get(f"/conversations/{conversation}/comments", headers=headers).json()
+        return {"tags": sorted(t["name"] for t in conv.get("tags") or []),
+                "comments": [c["body"] for c in comments.get("_results") or []]}
 
     def tasks(self) -> list[dict[str, Any]]:
         r = self.admin.get("/__admin/records/Task")
@@ -76,6 +92,7 @@ def running_pipeline(infra: LocalStack, state_dir: Path) -> Iterator[Pipeline]:
     stack = new_pipeline(infra, state_dir)
     try:
         stack.start_salesforce()
+        stack.start_front()
         stack.write_config()
         stack.frontforce("setup")
         assert stack.ca_file is not None
@@ -225,6 +242,7 @@ def test_unknown_sender_gets_one_lead_its_messages_logged_on_it_and_a_new_lead_t
     Front sink. A re-delivered webhook changes nothing."""
     tag = uuid.uuid4().hex[:6]
     stranger = STRANGERS[0].email
+    pipeline.front_conversations(f"cnv_{tag}0", f"cnv_{tag}1")
     for i in range(2):
         assert pipeline.emitter.deliver(event(stranger, tag, i)) == 200
     assert pipeline.emitter.deliver(event(stranger, tag, 0)) == 200  # Front retried
@@ -241,6 +259,8 @@ def test_unknown_sender_gets_one_lead_its_messages_logged_on_it_and_a_new_lead_t
         [f"cnv_{tag}0", f"cnv_{tag}0", f"cnv_{tag}1"])  # the retry asks again; the ledger keeps it once
     assert {tuple(c["operation"]["tag_names"]) for c in tags} == {("New Lead",)}
     assert len({c["idempotency_key"] for c in tags}) == 2
+    # ...and Front shows the tag once on each conversation (the Front sink's ledger).
+    assert [pipeline.front_state(f"cnv_{tag}{i}")["tags"] for i in range(2)] == [["New Lead"]] * 2
     assert not [d for d in pipeline.topic("deadletter")
                 if d["original_key"] and stranger.encode() in d["original_key"]]
 
@@ -265,6 +285,7 @@ def test_archived_conversation_closes_its_case_with_a_note_and_the_newest_event_
     with no Case is audited SKIPPED, never dead-lettered."""
     tag = uuid.uuid4().hex[:6]
     conversation = f"cnv_{tag}c"
+    pipeline.front_conversations(conversation)
     seeded = pipeline.admin.post("/__admin/seed", json={"records": {"Case": [
         {"Subject": "Broken login", "Front_Conversation_Id__c": conversation}]}})
     seeded.raise_for_status()
@@ -297,7 +318,39 @@ def test_archived_conversation_closes_its_case_with_a_note_and_the_newest_event_
     assert deliver("reopen", conversation, f"evt_{tag}r1", now + 60) == 200
     pipeline.settle()
     assert case_row()["Status"] == "Working"
+    # Our own Case updates came back through Change Data Capture: no comment echoes them
+    # into Front (changeOrigin carries client=frontforce).
+    time.sleep(2)
+    pipeline.settle()
+    assert pipeline.front_state(conversation)["comments"] == []
     assert not [d for d in pipeline.topic("deadletter") if d["original_key"] and tag.encode() in d["original_key"]]
+
+
+def test_a_case_status_changed_in_salesforce_is_a_comment_on_its_conversation_once(
+        pipeline: Pipeline) -> None:
+    """Use case 7, through Change Data Capture: a person changes a linked Case's status in
+    Salesforce; the linked Front conversation gets one internal comment saying so, posted
+    once by the Front sink."""
+    from frontforce.salesforce import connect
+
+    tag = uuid.uuid4().hex[:6]
+    conversation = f"cnv_{tag}s"
+    pipeline.front_conversations(conversation)
+    person = connect(pipeline.stack.settings().salesforce).client
+    person.headers.pop("Sforce-Call-Options", None)  # a person in the UI, not frontforce
+    made = person.restful("sobjects/Case", method="POST", json={
+        "Subject": "Refund", "Front_Conversation_Id__c": conversation})
+    assert made is not None
+    case = made["id"]
+    time.sleep(1)  # the link reaches the worker first (separate transactions)
+    person.restful(f"sobjects/Case/{case}", method="PATCH", json={"Status": "Escalated"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not pipeline.front_state(conversation)["comments"]:
+        time.sleep(0.5)
+    pipeline.settle()
+    comments = pipeline.front_state(conversation)["comments"]
+    # (a change event carries the changed fields only: the status, not the subject)
+    assert len(comments) == 1 and f"Salesforce Case {case} is now Escalated." in comments[0]
 
 
 def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:
