@@ -333,7 +333,8 @@ class Settings(_Model):
         values are registered Avro like every other topic."""
         return {"match_table": f"{self.worker.app_id}-record-match-changelog",
                 "conversation_table": f"{self.worker.app_id}-conversation-state-changelog",
-                "case_links_table": f"{self.worker.app_id}-case-links-changelog"}
+                "case_links_table": f"{self.worker.app_id}-case-links-changelog",
+                "record_table": f"{self.worker.app_id}-record-keys-changelog"}
 
 
 def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:

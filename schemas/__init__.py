@@ -31,6 +31,7 @@ WORKER_SCHEMA_FILES: dict[str, str] = {
     "match_table": "match_candidates.avsc",
     "conversation_table": "worker_state.avsc",
     "case_links_table": "worker_state.avsc",
+    "record_table": "record_state.avsc",
 }
 
 # Topics whose operation field is a union of records: decoded with return_record_name so a

@@ -48,7 +48,7 @@ from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
-from streams._matching import choose_match, counterpart_handles, match_entries, merge_entry
+from streams._matching import choose_match, counterpart_handles, merge_entry, record_update
 from streams._rules import (
     CASE_LINK_FIELD,
     _ms,
@@ -195,11 +195,17 @@ def create_app(settings: Settings) -> faust.App:
     # conversation: co-partitioned with route-front-events, the only agent that uses it).
     conversations = app.tables.add(ChangelogTable(app, name="conversation-state", default=None,
                                                   partitions=n, key_type=str))
+    # Record id -> the match keys it holds and its newest state (salesforce.changes is keyed
+    # by record id: co-partitioned with route-changes).
+    records = app.tables.add(ChangelogTable(app, name="record-keys", default=None,
+                                            partitions=n, key_type=str))
     # Case id -> its Front conversation (salesforce.changes is keyed by record id).
     case_links = app.tables.add(ChangelogTable(app, name="case-links", default=None,
                                                partitions=n, key_type=str))
     assert isinstance(conversations, ChangelogTable) and isinstance(case_links, ChangelogTable)
-    for small, logical in ((conversations, "conversation_table"), (case_links, "case_links_table")):
+    assert isinstance(records, ChangelogTable)
+    for small, logical in ((conversations, "conversation_table"), (case_links, "case_links_table"),
+                           (records, "record_table")):
         small.value_serializer = AvroCodec(  # type: ignore[attr-defined]
             serde, settings.worker_table_topics[logical])
 
@@ -323,7 +329,12 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(changes, name="route-changes")
     async def route_changes(stream: StreamT) -> None:
         async def body(event: EventT, change: dict[str, Any], out: Outbox) -> None:
-            for key, entry in match_entries(change):
+            held = records.get(change["record_id"])
+            state, entries = record_update(held, change)
+            if state is not held:
+                records[change["record_id"]] = state
+                out.changelog(records)
+            for key, entry in entries:
                 await out.send(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
             if change["sobject"] == "Case":
                 await case_changed(change, out)

@@ -87,3 +87,44 @@ def counterpart_handles(event: dict[str, Any]) -> list[str]:
             if email:
                 keys.append(f"email:{email}")
     return keys
+
+
+# Salesforce field behind each entry field, as change events name it in changed_fields.
+_TRACKED = {"account_id": "AccountId", "owner_id": "OwnerId"}
+_FULL = frozenset({"SNAPSHOT", "CREATE", "UNDELETE"})
+
+
+def record_update(held: dict[str, Any] | None, change: dict[str, Any]
+                  ) -> tuple[dict[str, Any] | None, list[tuple[str, dict[str, Any]]]]:
+    """A record's new state (the record-keys table value) and the match entries to send for
+    ``change``: its current keys with its newest entry, and retractions (``deleted``) of the
+    keys it no longer holds. A change event carries only what changed: an UPDATE without
+    Email keeps the email held; a DELETE carries no email at all, so the keys come from
+    what is held. A change older than the held state changes nothing (a late delivery, a
+    re-read overlapping the stream). A converted Lead gives up its keys to its Contact."""
+    if change["sobject"] not in DEFAULT_PRIORITY:
+        return held, []
+    ctype = change["change_type"]
+    ts = _ts(change.get("commit_timestamp"))
+    if ctype not in (*_FULL, "UPDATE", "DELETE"):
+        return held, []  # a gap: the source re-reads it and sends SNAPSHOTs
+    if held is not None and held["ts"] > ts:
+        return held, []
+    old_keys = set(held["keys"]) if held else set()
+    prev = held["entry"] if held else {"account_id": None, "owner_id": None}
+    full = ctype in _FULL
+    changed = set(change.get("changed_fields") or []) | set(change.get("nulled_fields") or [])
+    entry = {"kind": change["sobject"], "id": change["record_id"], "ts": ts, "deleted": False}
+    for field, sf in _TRACKED.items():
+        entry[field] = change.get(field) if full or sf in changed else prev.get(field)
+    email = (normalize_email(change.get("email")) if full or "Email" in changed
+             else (held or {}).get("email"))
+    gone = ctype == "DELETE" or bool(change.get("is_converted"))
+    keys = set() if gone or not email else {f"email:{email}"}
+    if gone:
+        entry["deleted"] = True
+    out = [(k, {**entry, "deleted": True}) for k in sorted(old_keys - keys)]
+    out += [(k, entry) for k in sorted(keys)]
+    state = {"keys": sorted(keys), "email": email, "ts": ts, "deleted": ctype == "DELETE",
+             "entry": entry}
+    return state, out

@@ -86,3 +86,41 @@ def test_case_commands_are_keyed_by_the_fact_and_our_own_writes_are_recognised()
     assert is_our_change("com/salesforce/api/rest/59.0;client=frontforce")
     assert not is_our_change("com/salesforce/api/rest/59.0;client=zapier")
     assert not is_our_change(None) and not is_our_change("")
+
+
+def test_record_keys_converge_whatever_the_change_events_carry() -> None:
+    """A change event carries only what changed: the record-keys state is what lets an
+    email change retract the old key, a delete (no email in it) retract every key, a late
+    older change be ignored after a delete, an undelete restore the key, and a converted
+    Lead give its key up."""
+    from streams._matching import record_update
+
+    def ev(kind: str, ts: int, **f: object) -> dict:
+        return {"record_id": "003A", "sobject": f.pop("sobject", "Contact"), "change_type": kind,
+                "commit_timestamp": ts, "changed_fields": f.pop("changed", []), **f}
+
+    state, out = record_update(None, ev("CREATE", 1, email="Ann@Corp.example", account_id="001X"))
+    assert [(k, e["deleted"], e["account_id"]) for k, e in out] == [("email:ann@corp.example", False, "001X")]
+    # An owner change: no Email in the event; the key stays, with the new owner.
+    state, out = record_update(state, ev("UPDATE", 2, owner_id="005B", changed=["OwnerId"]))
+    assert [(k, e["deleted"], e["owner_id"], e["account_id"]) for k, e in out] == [
+        ("email:ann@corp.example", False, "005B", "001X")]
+    # The email changes: the old key is retracted, the new one held.
+    state, out = record_update(state, ev("UPDATE", 3, email="ann@new.example", changed=["Email"]))
+    assert [(k, e["deleted"]) for k, e in out] == [("email:ann@corp.example", True),
+                                                    ("email:ann@new.example", False)]
+    # A delete carries no email: every held key is retracted; a tombstone stays.
+    state, out = record_update(state, ev("DELETE", 5))
+    assert [(k, e["deleted"]) for k, e in out] == [("email:ann@new.example", True)]
+    assert state is not None and state["deleted"] and state["keys"] == []
+    # A late, older update changes nothing.
+    late, out = record_update(state, ev("UPDATE", 4, email="ann@late.example", changed=["Email"]))
+    assert late is state and out == []
+    # Undelete carries the whole record: the key is back.
+    state, out = record_update(state, ev("UNDELETE", 6, email="ann@new.example"))
+    assert [(k, e["deleted"]) for k, e in out] == [("email:ann@new.example", False)]
+    # A converted Lead gives up its key (its Contact holds it now).
+    lead, _ = record_update(None, ev("CREATE", 1, sobject="Lead", email="lee@x.example"))
+    lead, out = record_update(lead, ev("UPDATE", 2, sobject="Lead", is_converted=True,
+                                       changed=["IsConverted", "ConvertedContactId"]))
+    assert [(k, e["deleted"]) for k, e in out] == [("email:lee@x.example", True)]

@@ -353,6 +353,42 @@ def test_a_case_status_changed_in_salesforce_is_a_comment_on_its_conversation_on
     assert len(comments) == 1 and f"Salesforce Case {case} is now Escalated." in comments[0]
 
 
+def test_matching_follows_a_contacts_email_change_and_delete_through_change_data_capture(
+        pipeline: Pipeline) -> None:
+    """The match table converges to Salesforce through change events that carry only what
+    changed: after a Contact's email changes, a message from the new address lands on it
+    and one from the old address is an unknown sender's; after the Contact is deleted (its
+    change event carries no email), its address matches nothing any more."""
+    from frontforce.salesforce import connect
+
+    tag = uuid.uuid4().hex[:6]
+    old, new = f"old-{tag}@corp.example", f"new-{tag}@corp.example"
+    person = connect(pipeline.stack.settings().salesforce).client
+    person.headers.pop("Sforce-Call-Options", None)
+    made = person.restful("sobjects/Contact", method="POST", json={"LastName": "Moved", "Email": old})
+    assert made is not None
+    contact = made["id"]
+
+    def logged(i: int, sender: str) -> dict[str, Any]:
+        assert pipeline.emitter.deliver(event(sender, tag, i)) == 200
+        [task] = pipeline.tasks_for({f"msg_{tag}{i}"}, expect=1)
+        return task
+
+    deadline = time.monotonic() + 30  # the Contact's change event reaches the worker
+    while not str(logged(0, old)["WhoId"]).startswith("003"):
+        assert time.monotonic() < deadline, "the new Contact never matched"
+        tag = uuid.uuid4().hex[:6]
+    person.restful(f"sobjects/Contact/{contact}", method="PATCH", json={"Email": new})
+    time.sleep(2)
+    pipeline.settle()
+    assert logged(1, new)["WhoId"] == contact
+    assert str(logged(2, old)["WhoId"]).startswith("00Q")  # the old address: a new Lead
+    person.restful(f"sobjects/Contact/{contact}", method="DELETE")
+    time.sleep(2)
+    pipeline.settle()
+    assert str(logged(3, new)["WhoId"]).startswith("00Q")
+
+
 def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:
     """A poison record must not stop the worker or the sink, and must not be lost."""
     from confluent_kafka import Producer
