@@ -37,12 +37,20 @@ TAGS = [f"sf:stage-{n}" for n in range(8)]
 TEAM = ["pam@acme.example", "jim@acme.example"]
 
 
-def commands(n: int, convs: list[str], contacts: list[str], rng: random.Random) -> list[dict[str, Any]]:
+# What each mix puts on conversations: every operation the sink has, or only what synced
+# Salesforce changes produce (a Case status change is a comment; Account/Contact context goes
+# to the contacts' custom fields).
+MIXES = {"all": ["AddComment", "AddTags", "AddTags", "RemoveTags", "AssignConversation", "AddLink"],
+         "salesforce-changes": ["AddComment"]}
+
+
+def commands(n: int, convs: list[str], contacts: list[str], rng: random.Random,
+             mix: str = "all") -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         if i % 2 == 0:
             cid = convs[(i // 2) % len(convs)]
-            kind = rng.choice(["AddComment", "AddTags", "AddTags", "RemoveTags", "AssignConversation", "AddLink"])
+            kind = rng.choice(MIXES[mix])
             op: dict[str, Any] = {"conversation_id": cid}
             if kind == "AddComment":
                 op.update(body=f"Salesforce update {i}", author_email=None)
@@ -70,6 +78,8 @@ def main() -> None:
     ap.add_argument("--contacts", type=int, default=50)
     ap.add_argument("--flush-window-ms", type=int, default=2000)
     ap.add_argument("--rpm", type=int, default=1000, help="emulated company budget (Front: 50-200)")
+    ap.add_argument("--mix", choices=sorted(MIXES), default="all",
+                    help="all: every operation; salesforce-changes: comments and contact fields only")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="ff-bench-front-"))
     stack = LocalStack(state_dir=state, ports=Ports(kafka=free_port(), controller=free_port(),
@@ -99,7 +109,7 @@ front_sink: {{flush_window_ms: {args.flush_window_ms}, batch_size: {args.command
         Contracts(settings).register()
         serde = Serde(settings)
         cmds = commands(args.commands, ids["conversations"], [f"p{i}@corp.example" for i in range(args.contacts)],
-                        random.Random(7))
+                        random.Random(7), args.mix)
         producer = Producer({"bootstrap.servers": stack.bootstrap})
         for c in cmds:
             op = c["operation"][1]
@@ -141,6 +151,7 @@ front_sink: {{flush_window_ms: {args.flush_window_ms}, batch_size: {args.command
         print(json.dumps({
             "commands": len(cmds), "op_mix": dict(op_mix), "conversations": args.conversations,
             "contacts": args.contacts, "flush_window_ms": args.flush_window_ms, "rpm": args.rpm,
+            "mix": args.mix,
             "flush_windows": sink.stats["batches"], "seconds": round(elapsed, 1),
             "front_calls": len(reqs), "calls_per_command": round(len(reqs) / len(cmds), 3),
             "writes": len(writes), "writes_per_command": round(len(writes) / len(cmds), 3),

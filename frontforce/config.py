@@ -243,7 +243,9 @@ class SinkConfig(_Model):
         200, ge=1, le=200, description="Records per sObject Collections call (Salesforce max 200)."
     )
     batch_wait_ms: int = Field(
-        250, ge=0, description="How long to wait for a batch to fill before writing it."
+        500, ge=0,
+        description="How long to wait for a batch to fill before writing it (the flush window;"
+        " 500 ms keeps a 200 messages/s stream under 0.01 API calls a message, BENCHMARKS.md).",
     )
     max_attempts: int = Field(
         8, ge=1,

@@ -53,6 +53,9 @@ Admin API (loopback only, no bearer token, never charged, never subject to fault
     POST /__admin/undelete              {"ids": [...]} restore from the recycle bin (UNDELETE)
     GET  /__admin/stats                 API calls per endpoint kind, refusals, 401s, logins,
                                         injected faults
+    GET  /__admin/requests?since=T      public requests seen since T (epoch s), logins and
+                                        /limits included: counts per "METHOD path" (ids as
+                                        {id}) and per status
     GET|POST /__admin/config            daily_limit, page_size, session_timeout,
                                         clock_offset (s), api_usage (sets used calls),
                                         duplicate_rules, enforce_unique (false: custom

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections import deque
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulators.salesforce._cdc import CDC_ENTITIES, CHANGE_TYPES
 from emulators.salesforce._errors import SfError
@@ -22,10 +25,67 @@ from emulators.salesforce._settings import Settings
 from emulators.salesforce._store import OrgState
 from emulators.salesforce._writes import Ctx, create, undelete, wire_record
 
-__all__ = ["admin_routes", "json_response"]
+__all__ = ["RequestLog", "RequestLogMiddleware", "admin_routes", "json_response"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 _SEED_REF = re.compile(r"^@(\w+)\[(\d+)\]$")
+_RECORD_ID = re.compile(r"^(?=.*\d)[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+
+
+class RequestLog:
+    """Every public request as (time, "METHOD path", status), record ids and external id
+    values in paths replaced by placeholders: a read-only counter that sees what the API
+    allocation does not count (logins, ``/limits``) as well as what it does."""
+
+    def __init__(self, maxlen: int = 500_000) -> None:
+        self.entries: deque[tuple[float, str, int]] = deque(maxlen=maxlen)
+
+    @staticmethod
+    def key(method: str, path: str) -> str:
+        segs = ["{id}" if _RECORD_ID.match(s) else s for s in path.split("/")]
+        # .../sobjects/{Type}/{ExternalIdField}/{value}: the value is data, not a route.
+        if len(segs) == 8 and segs[1:3] == ["services", "data"] and segs[4] == "sobjects":
+            segs[7] = "{value}"
+        return f"{method} {'/'.join(segs)}"
+
+    def counts(self, since: float) -> dict[str, Any]:
+        by_path: dict[str, int] = {}
+        by_status: dict[str, int] = {}
+        for at, key, status in list(self.entries):
+            if at >= since:
+                by_path[key] = by_path.get(key, 0) + 1
+                by_status[str(status)] = by_status.get(str(status), 0) + 1
+        return {"since": since, "until": time.time(), "total": sum(by_path.values()),
+                "requests": dict(sorted(by_path.items())), "by_status": by_status}
+
+
+class RequestLogMiddleware:
+    """Records each request outside ``/__admin/`` in a ``RequestLog`` (outermost: injected
+    faults and refusals are counted too, with the status the client saw)."""
+
+    def __init__(self, app: ASGIApp, log: RequestLog) -> None:
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith("/__admin/"):
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def send_seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_seen)
+        finally:
+            self.log.entries.append((time.time(), RequestLog.key(scope["method"], path), status))
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -63,7 +123,8 @@ async def _json(request: Request) -> Any:
     return json.loads(raw) if raw.strip() else {}
 
 
-def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
+def admin_routes(state: OrgState, settings: Settings,
+                 request_log: RequestLog | None = None) -> list[BaseRoute]:
     def allowed(request: Request) -> bool:
         host = request.client.host if request.client else ""
         return not settings.admin_loopback_only or host in _LOOPBACK or host.startswith("127.")
@@ -131,6 +192,15 @@ def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
                 "token_requests": state.stats["token_requests"],
                 "sessions": len(state.sessions),
             })
+
+    async def requests_seen(request: Request) -> Response:
+        if request_log is None:
+            return _error(404, "no request log in this app")
+        try:
+            since = float(request.query_params.get("since", "0"))
+        except ValueError:
+            return _error(400, "since: seconds since the epoch")
+        return json_response(request_log.counts(since))
 
     async def config(request: Request) -> Response:
         if request.method == "POST":
@@ -265,6 +335,7 @@ def admin_routes(state: OrgState, settings: Settings) -> list[BaseRoute]:
         Route("/__admin/seed", guard(seed), methods=["POST"]),
         Route("/__admin/records/{type}", guard(records), methods=["GET"]),
         Route("/__admin/stats", guard(stats), methods=["GET"]),
+        Route("/__admin/requests", guard(requests_seen), methods=["GET"]),
         Route("/__admin/config", guard(config), methods=["GET", "POST"]),
         Route("/__admin/sessions/expire", guard(expire_sessions), methods=["POST"]),
         Route("/__admin/save", guard(save), methods=["POST"]),

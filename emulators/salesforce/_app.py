@@ -15,7 +15,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from emulators.salesforce._admin import admin_routes, json_response
+from emulators.salesforce._admin import (
+    RequestLog,
+    RequestLogMiddleware,
+    admin_routes,
+    json_response,
+)
 from emulators.salesforce._auth import INVALID_SESSION, OAuthError, check_session, issue_token
 from emulators.salesforce._describe import versions
 from emulators.salesforce._duplicates import header_options
@@ -182,19 +187,21 @@ def create_app(state: OrgState | None = None, **settings: Any) -> Starlette:
                 org.save(conf.persist_path)
 
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD"]
+    request_log = RequestLog()
     routes = [
         Route("/services/oauth2/token", token, methods=["POST"]),
         Route("/services/oauth2/revoke", revoke, methods=["POST", "GET"]),
         Route("/services/data", list_versions, methods=["GET"]),
         Route("/services/data/", list_versions, methods=["GET"]),
         Route("/services/data/{rest:path}", data, methods=methods),
-        *admin_routes(org, conf),
+        *admin_routes(org, conf, request_log),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: method_not_allowed})
     # Fault rules act on public paths only (admin paths pass through untouched).
     app.add_middleware(FaultMiddleware, state=org)
     app.add_middleware(_LimitInfoHeader, state=org)
+    app.add_middleware(RequestLogMiddleware, log=request_log)
     app.state.org = org
     app.state.settings = conf
     return app
