@@ -237,6 +237,34 @@ class WorkerConfig(_Model):
     )
 
 
+class PrivacyConfig(_Model):
+    """What may leave ``front.events`` (streams/_privacy.py). Private conversations never sync."""
+
+    inboxes_allow: list[str] = Field(
+        [], description="Front inbox ids whose conversations sync; empty: every inbox not denied."
+    )
+    inboxes_deny: list[str] = Field([], description="Front inbox ids whose conversations never sync.")
+    mask_builtin: list[Literal["card_numbers", "us_ssn"]] = Field(
+        ["card_numbers", "us_ssn"],
+        description="Built-in masks applied to message text and subjects: card numbers (Luhn"
+        " checked) and US social security numbers.",
+    )
+    mask_patterns: list[str] = Field(
+        [], description="More regular expressions to mask (Python syntax), e.g. a national id format."
+    )
+    mask_with: str = Field("[masked]", description="What a masked span is replaced with.")
+
+    @field_validator("mask_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {p!r}: {exc}") from exc
+        return patterns
+
+
 class SinkConfig(_Model):
     group_id: str = Field("frontforce-sink-salesforce", description="Consumer group of the sink.")
     batch_size: int = Field(
@@ -315,6 +343,7 @@ class Settings(_Model):
     salesforce_source: SalesforceSourceConfig = SalesforceSourceConfig()  # type: ignore[call-arg]
     worker: WorkerConfig = WorkerConfig()  # type: ignore[call-arg]
     sink: SinkConfig = SinkConfig()  # type: ignore[call-arg]
+    privacy: PrivacyConfig = PrivacyConfig()  # type: ignore[call-arg]
     front_sink: FrontSinkConfig = FrontSinkConfig()  # type: ignore[call-arg]
 
     @property

@@ -49,6 +49,7 @@ from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
 from streams._matching import choose_match, counterpart_handles, merge_entry, record_update
+from streams._privacy import excluded, masked, masker
 from streams._rules import (
     CASE_LINK_FIELD,
     _ms,
@@ -59,6 +60,9 @@ from streams._rules import (
     new_lead_tag_command,
     task_command,
 )
+
+# Front event kinds the Front sink makes by API call: their echoes are dropped.
+OUR_WRITES = frozenset({"TAG", "UNTAG", "ASSIGN", "UNASSIGN", "COMMENT"})
 
 log = structlog.get_logger("streams")
 
@@ -174,6 +178,7 @@ def create_app(settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
     )
     serde = Serde(settings)
+    mask = masker(settings.privacy)
 
     front_events = app.topic(topics.front_events, **_RAW)
     changes = app.topic(topics.salesforce_changes, **_RAW)
@@ -396,15 +401,23 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(front_events, name="route-front-events")
     async def route_front(stream: StreamT) -> None:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
+            why = excluded(settings.privacy, fe)
+            if why is not None:
+                await emit_audit(out, event, fe, "SKIPPED", why)
+                return
+            if fe["event_type"] in OUR_WRITES and fe.get("source_kind") in ("api", "oauth_client"):
+                return  # loop guard: the echo of a tag, comment or assignment made by an API call
+            fe = masked(fe, mask)
             if fe["event_type"] in ("ARCHIVE", "REOPEN") and w.close_cases and fe.get("conversation_id"):
                 await case_status(event, fe, out)
                 return
             if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
                 return  # other event kinds get their rules in later steps
             handles = counterpart_handles(fe)
-            # One Task per message: the first customer-side handle is the person.
+            # One Task per message: the first customer-side handle is the person. What goes on
+            # is the masked event: nothing masked reaches a topic after front.events.
             if handles:
-                await out.send(by_handle, handles[0].encode(), event.value)
+                await out.send(by_handle, handles[0].encode(), serde.encode(topics.front_events, fe))
             else:
                 await emit_audit(out, event, fe, "SKIPPED", "message has no customer email handle")
 

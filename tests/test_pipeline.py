@@ -19,6 +19,7 @@ import pytest
 from emulators.front import WebhookEmitter, inbound_email_event, sign_app
 from emulators.scenario import people, seed_salesforce
 from frontforce.demo import read_topic
+from frontforce.kafka import read_to_end
 from frontforce.lag import describe_lag, wait_settled
 from frontforce.localstack import LocalStack
 from tests.conftest import new_pipeline
@@ -387,6 +388,34 @@ def test_matching_follows_a_contacts_email_change_and_delete_through_change_data
     time.sleep(2)
     pipeline.settle()
     assert str(logged(3, new)["WhoId"]).startswith("00Q")
+
+
+def test_card_numbers_are_masked_before_any_topic_and_private_conversations_never_sync(
+        pipeline: Pipeline) -> None:
+    """Privacy: a card number in a message reaches neither Salesforce nor any topic after
+    front.events (the worker's re-key topic, commands, audit); a message in a private
+    conversation writes nothing but its SKIPPED audit."""
+    tag = uuid.uuid4().hex[:6]
+    card = "4111 1111 1111 1111"
+    ev = event(KNOWN[0].email, tag, 0)
+    ev["target"]["data"]["text"] = f"Please refund my card {card} today"
+    ev["conversation"]["subject"] = ev["target"]["data"]["subject"] = f"Refund {card}"
+    private = event(KNOWN[1].email, tag, 1)
+    private["conversation"]["is_private"] = True
+    assert pipeline.emitter.deliver(ev) == 200 and pipeline.emitter.deliver(private) == 200
+    [task] = pipeline.tasks_for({f"msg_{tag}0"}, expect=1)
+    pipeline.settle()
+    assert card not in json.dumps(task) and "[masked]" in task["Description"]
+    assert "[masked]" in task["Subject"]
+    assert not [t for t in pipeline.tasks() if t.get("Front_Message_Id__c") == f"msg_{tag}1"]
+    stack = pipeline.stack
+    after = [stack.worker_groups[stack.app_id][3], f"{stack.topic_prefix}commands.salesforce",
+             f"{stack.topic_prefix}audit", f"{stack.topic_prefix}deadletter"]
+    for topic in after:
+        raw = [m.value() or b"" for m in read_to_end(stack.bootstrap, topic)]
+        assert not [v for v in raw if b"4111 1111 1111 1111" in v], topic
+    skipped = [a for a in pipeline.topic("audit") if a["correlation_id"] == f"evt_{tag}1"]
+    assert [a["outcome"] for a in skipped] == ["SKIPPED"] and "private" in (skipped[0]["error"] or "")
 
 
 def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:

@@ -124,6 +124,8 @@ def normalize_event(payload: dict[str, Any], source: str, envelope_type: str | N
         "inbox_ids": inbox_ids,
         "actor_email": actor_email,
         "message": message,
+        "source_kind": source_kind if isinstance(source_kind, str) else None,
+        "is_private": conv.get("is_private") is True,
     }
 
 

@@ -1,0 +1,81 @@
+"""Privacy rules, applied in the worker's first step, before anything leaves
+``front.events``: which conversations sync at all, and what of a message is masked.
+
+- A private conversation never syncs; an inbox outside ``privacy.inboxes_allow`` (when set)
+  or inside ``privacy.inboxes_deny`` does not either. Such an event becomes one audit record
+  (SKIPPED, with the rule), and nothing else.
+- Masking replaces card numbers (13-19 digits with spaces or dashes that pass the Luhn
+  check), US social security numbers and every custom pattern of ``privacy.mask_patterns``
+  with ``privacy.mask_with`` in the message text, the message subject and the conversation
+  subject, before the event is re-keyed, matched, turned into commands or audited: what is
+  masked never reaches a topic after ``front.events`` nor Salesforce.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from frontforce.config import PrivacyConfig
+
+_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_US_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def masker(cfg: PrivacyConfig) -> Callable[[str | None], str | None]:
+    custom = [re.compile(p) for p in cfg.mask_patterns]
+    token = cfg.mask_with
+
+    def card(m: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", m.group(0))
+        return token if 13 <= len(digits) <= 19 and _luhn(digits) else m.group(0)
+
+    def mask(text: str | None) -> str | None:
+        if not text:
+            return text
+        if "card_numbers" in cfg.mask_builtin:
+            text = _CARD.sub(card, text)
+        if "us_ssn" in cfg.mask_builtin:
+            text = _US_SSN.sub(token, text)
+        for pattern in custom:
+            text = pattern.sub(token, text)
+        return text
+
+    return mask
+
+
+def excluded(cfg: PrivacyConfig, event: dict[str, Any]) -> str | None:
+    """Why the event must not sync (None: it syncs)."""
+    if event.get("is_private"):
+        return "private conversation: never synced"
+    inboxes = set(event.get("inbox_ids") or [])
+    if cfg.inboxes_deny and inboxes & set(cfg.inboxes_deny):
+        return f"inbox {sorted(inboxes & set(cfg.inboxes_deny))[0]} is in privacy.inboxes_deny"
+    if cfg.inboxes_allow and inboxes and not inboxes & set(cfg.inboxes_allow):
+        return f"inbox {sorted(inboxes)[0]} is not in privacy.inboxes_allow"
+    return None
+
+
+def masked(event: dict[str, Any], mask: Callable[[str | None], str | None]) -> dict[str, Any]:
+    """The event with its free text masked (a new dict; the input is not changed)."""
+    out = dict(event)
+    out["conversation_subject"] = mask(event.get("conversation_subject"))
+    if event.get("comment_body") is not None:
+        out["comment_body"] = mask(event["comment_body"])
+    if event.get("message"):
+        msg = dict(event["message"])
+        msg["text"] = mask(msg.get("text"))
+        msg["subject"] = mask(msg.get("subject"))
+        out["message"] = msg
+    return out
