@@ -199,6 +199,20 @@ class SalesforceSourceConfig(_Model):
     )
 
 
+class TagRule(_Model):
+    """What a Front tag does in Salesforce (use case 4), on the Contact or Lead the
+    conversation's recipient matches. Once per conversation and tag: tagging again, or a
+    replay, never makes a second follow-up or note."""
+
+    follow_up_task: str | None = Field(
+        None, description="Subject of a follow-up Task (Not Started) on the person and their Account."
+    )
+    follow_up_days: int = Field(2, ge=0, description="The follow-up Task is due this many days after the tag.")
+    chatter_note: str | None = Field(
+        None, description="A Chatter note (FeedItem) posted on the person's Account (or on the person)."
+    )
+
+
 class WorkerConfig(_Model):
     app_id: str = Field("frontforce", description="Faust app id (consumer group, table topics).")
     data_dir: Path = Field(Path(".run/worker"), description="RocksDB table storage directory.")
@@ -228,6 +242,11 @@ class WorkerConfig(_Model):
         True,
         description="Use case 7: a Case status change made in Salesforce (not by frontforce)"
         " posts an internal comment on the linked Front conversation.",
+    )
+    tag_rules: dict[str, TagRule] = Field(
+        {}, description="Use case 4: Front tag name (case-insensitive) -> what it does in Salesforce,"
+        " e.g. {'Renewal Risk': {follow_up_task: 'Call about the renewal', chatter_note: '...'}}."
+        " Removing the tag does nothing.",
     )
     unknown_sender_leads: bool = Field(
         True,

@@ -196,6 +196,10 @@ salesforce_source:
 worker:
   app_id: "{self.app_id}"
   data_dir: "{self.state_dir / 'worker'}"
+  tag_rules:
+    "Renewal Risk":
+      follow_up_task: "Call the customer about the renewal risk"
+      chatter_note: "Renewal risk flagged in Front"
 sink:
   group_id: "{self.app_id}-sink-salesforce"
 front_sink:

@@ -48,7 +48,13 @@ from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
-from streams._matching import choose_match, counterpart_handles, merge_entry, record_update
+from streams._matching import (
+    choose_match,
+    counterpart_handles,
+    merge_entry,
+    normalize_email,
+    record_update,
+)
 from streams._privacy import excluded, masked, masker
 from streams._rules import (
     CASE_LINK_FIELD,
@@ -58,6 +64,7 @@ from streams._rules import (
     lead_command,
     lead_task_command,
     new_lead_tag_command,
+    tag_commands,
     task_command,
 )
 
@@ -179,6 +186,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     serde = Serde(settings)
     mask = masker(settings.privacy)
+    tag_rules = {name.lower(): rule for name, rule in w.tag_rules.items()}
 
     front_events = app.topic(topics.front_events, **_RAW)
     changes = app.topic(topics.salesforce_changes, **_RAW)
@@ -411,6 +419,14 @@ def create_app(settings: Settings) -> faust.App:
             if fe["event_type"] in ("ARCHIVE", "REOPEN") and w.close_cases and fe.get("conversation_id"):
                 await case_status(event, fe, out)
                 return
+            if fe["event_type"] == "TAG" and fe.get("conversation_id"):
+                rule = tag_rules.get(str(fe.get("tag_name") or "").lower())
+                person = normalize_email(fe.get("conversation_recipient"))
+                if rule is not None and person:
+                    # To the match step, keyed like a message from that person.
+                    await out.send(by_handle, f"email:{person}".encode(),
+                                   serde.encode(topics.front_events, fe))
+                return
             if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
                 return  # other event kinds get their rules in later steps
             handles = counterpart_handles(fe)
@@ -460,12 +476,28 @@ def create_app(settings: Settings) -> faust.App:
                        serde.encode(topics.commands_front, new_lead_tag_command(fe)))
         log.info("unknown sender: lead", handle=email, event_id=fe["event_id"])
 
+    async def tagged(event: EventT, fe: dict[str, Any], found: dict[str, Any] | None,
+                     out: Outbox) -> None:
+        """Use case 4: a mapped tag's follow-up Task and Chatter note on the person."""
+        if found is None:
+            await emit_audit(out, event, fe, "SKIPPED",
+                             f"tag {fe.get('tag_name')!r}: the conversation's recipient matches no "
+                             "Contact or Lead")
+            return
+        rule = tag_rules[str(fe.get("tag_name") or "").lower()]
+        for cmd in tag_commands(fe, found, rule, settings.salesforce.task_external_id_field):
+            await out.send(commands, fe["conversation_id"].encode(),
+                           serde.encode(topics.commands_salesforce, cmd))
+
     @app.agent(by_handle, name="match-front-events")
     async def match(stream: StreamT) -> None:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
             key = _key(event)
             held = table.get(key)
             found = choose_match(held and held["candidates"])
+            if fe["event_type"] == "TAG":
+                await tagged(event, fe, found, out)
+                return
             if found is None and key.startswith("email:") and w.unknown_sender_leads and (
                     fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
                 await unknown_sender(out, fe, key.removeprefix("email:"))

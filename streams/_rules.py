@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 _SUBTYPES = {"email": "Email", "call": "Call", "phone-call": "Call"}
@@ -158,3 +158,43 @@ def case_comment_command(change: dict[str, Any], conversation_id: str) -> dict[s
         "operation": ("frontforce.commands.front.AddComment", {
             "conversation_id": conversation_id, "body": body, "author_email": None}),
     }
+
+
+def tag_commands(event: dict[str, Any], match: dict[str, Any], rule: Any,
+                 external_id_field: str) -> list[dict[str, Any]]:
+    """Use case 4: what a tag on a conversation does on its person (``match``) in
+    Salesforce, by the configured ``rule`` (frontforce.config.TagRule). Keyed by
+    conversation and tag, not by event: the same tag again, on the same conversation, asks
+    for the same Task and note, which the sink makes once."""
+    conversation, tag = event["conversation_id"], str(event.get("tag_name") or "")
+    key = f"{conversation}/{tag.lower()}"
+    tagged = datetime.fromtimestamp(_ms(event["occurred_at"]) / 1000, UTC)
+    out: list[dict[str, Any]] = []
+    if rule.follow_up_task:
+        out.append({
+            "command_id": _command_id("UpsertTask", "tag", key),
+            "idempotency_key": f"Task/{external_id_field}/tag:{key}",
+            "created_at": int(time.time() * 1000),
+            "origin": _origin(event),
+            "operation": ("frontforce.commands.UpsertTask", {
+                "external_id_field": external_id_field, "external_id": f"tag:{key}",
+                "who_id": match["id"], "what_id": match.get("account_id"), "owner_id": None,
+                "subject": rule.follow_up_task[:255],
+                "description": f"Tagged {tag!r} in Front ({conversation}).",
+                "activity_date": (tagged + timedelta(days=rule.follow_up_days)).date(),
+                "status": "Not Started", "task_subtype": "Task",
+                "front_conversation_id": conversation,
+            }),
+        })
+    if rule.chatter_note:
+        out.append({
+            "command_id": _command_id("PostFeedItem", "tag", key),
+            "idempotency_key": f"FeedItem/tag:{key}",
+            "created_at": int(time.time() * 1000),
+            "origin": _origin(event),
+            "operation": ("frontforce.commands.PostFeedItem", {
+                "parent_id": match.get("account_id") or match["id"],
+                "body": f"{rule.chatter_note} (Front tag {tag!r} on {conversation})"[:10000],
+            }),
+        })
+    return out

@@ -418,6 +418,38 @@ def test_card_numbers_are_masked_before_any_topic_and_private_conversations_neve
     assert [a["outcome"] for a in skipped] == ["SKIPPED"] and "private" in (skipped[0]["error"] or "")
 
 
+def test_a_mapped_tag_makes_one_follow_up_task_and_one_note_on_the_person(pipeline: Pipeline) -> None:
+    """Use case 4, by the stack's tag rule for "Renewal Risk": tagging a conversation makes a
+    follow-up Task on the Contact its recipient matches (and that Contact's Account) and a
+    Chatter note on the Account; tagging it again, even after an untag, makes nothing more.
+    A tag with no rule does nothing."""
+    tag = uuid.uuid4().hex[:6]
+    person = KNOWN[2]
+    conversation = f"cnv_{tag}t"
+
+    def tag_event(i: int, name: str, kind: str = "tag") -> dict[str, Any]:
+        return {"id": f"evt_{tag}t{i}", "type": kind, "emitted_at": time.time(),
+                "source": {"_meta": {"type": "teammate"}, "data": {"email": "pam@acme.example"}},
+                "target": {"_meta": {"type": "tag"}, "data": {"id": f"tag_{i}", "name": name}},
+                "conversation": {"id": conversation, "subject": "Renewal",
+                                 "recipient": {"handle": person.email, "role": "from"}}}
+
+    for i, (name, kind) in enumerate([("Renewal Risk", "tag"), ("Other", "tag"),
+                                      ("Renewal Risk", "untag"), ("renewal risk", "tag")]):
+        envelope = "tag_added" if kind == "tag" else "tag_removed"
+        assert pipeline.emitter.deliver(tag_event(i, name, kind), kind=envelope) == 200
+    [task] = pipeline.tasks_for({f"tag:{conversation}/renewal risk"}, expect=1)
+    pipeline.settle()
+    contact = pipeline.contact_ids[person.email]
+    assert task["WhoId"] == contact and task["Status"] == "Not Started"
+    assert task["Subject"] == "Call the customer about the renewal risk"
+    assert len([t for t in pipeline.tasks() if conversation in str(t.get("Front_Message_Id__c"))]) == 1
+    r = pipeline.admin.get("/__admin/records/FeedItem")
+    r.raise_for_status()
+    notes = [f for f in r.json()["records"] if conversation in f["Body"]]
+    assert len(notes) == 1 and notes[0]["ParentId"] == task["WhatId"]
+
+
 def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:
     """A poison record must not stop the worker or the sink, and must not be lost."""
     from confluent_kafka import Producer

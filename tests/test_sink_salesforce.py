@@ -911,12 +911,17 @@ def test_feed_items_are_posted_once_across_replays_and_a_crash_inside_the_call(
     first = [env.op_command("f-note", "PostFeedItem", {"parent_id": opp, "body": "Renewal risk flagged in Front"}),
              env.op_command("f-close", "CloseCase", {"case_id": None, "front_conversation_id": "cnv_feed",
                                                      "status": "Closed", "resolution_note": "Solved: reset the key"})]
-    env.send_commands(first)
+    # Re-delivered next to its original, in the same batch: posted once.
+    again = env.op_command("f-note-again", "PostFeedItem", {"parent_id": opp, "body": "Renewal risk flagged in Front"})
+    again["idempotency_key"] = "f-note"
+    env.send_commands([*first, again])
     sink = SalesforceSink(env.settings)
     run = running(sink)
     assert env.committed_all(timeout=30), repr(run.error)
-    by = _audit_by_command(env, {"f-note", "f-close"})
+    by = _audit_by_command(env, {"f-note", "f-close", "f-note-again"})
     assert [a["outcome"] for a in by["f-note"]] == ["CREATED"]
+    assert [a["outcome"] for a in by["f-note-again"]] == ["SKIPPED"]
+    assert by["f-note-again"][0]["record_id"] == by["f-note"][0]["record_id"]
     assert [a["outcome"] for a in by["f-close"]] == ["UPDATED"] and by["f-close"][0]["record_id"] == case
     assert env.rows("Case")[case]["Status"] == "Closed"
     assert _feed_check(env, {"Renewal risk flagged in Front": opp, "Solved: reset the key": case}) == []

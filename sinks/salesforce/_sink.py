@@ -642,6 +642,25 @@ class SalesforceSink:
                 fresh.append(it)
         if unsure:
             fresh += self._recover_feed(unsure)
+        # The same key twice in one batch (a re-delivery next to its original): post it
+        # once; the others follow its outcome below.
+        firsts: dict[str, _Item] = {}
+        later: list[_Item] = []
+        for it in fresh:
+            if it.ledger_key in firsts:
+                later.append(it)
+            else:
+                firsts[it.ledger_key] = it
+        fresh = list(firsts.values())
+        self._post_fresh_feed(fresh)
+        for it in later:
+            entry = self.ledger.get(it.ledger_key)
+            if entry is not None and entry.state == APPLIED:
+                self.stats["skipped"] += 1
+                self._finish_feed(it, "SKIPPED", entry.result_id, 0.0)
+            # else: its twin failed; it is tried again with the rest of the batch
+
+    def _post_fresh_feed(self, fresh: list[_Item]) -> None:
         if not fresh:
             return
         for it in fresh:

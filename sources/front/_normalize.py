@@ -125,6 +125,8 @@ def normalize_event(payload: dict[str, Any], source: str, envelope_type: str | N
         "actor_email": actor_email,
         "message": message,
         "source_kind": source_kind if isinstance(source_kind, str) else None,
+        "conversation_recipient": _str_or_none(_obj(conv.get("recipient")).get("handle")),
+        **_tag(target),
         "is_private": conv.get("is_private") is True,
     }
 
@@ -133,6 +135,15 @@ def event_key(event: dict[str, Any]) -> bytes:
     """Kafka key of a normalized event: its conversation (so one conversation's events share a
     partition), or the event id for events outside any conversation."""
     return str(event["conversation_id"] or event["event_id"]).encode()
+
+
+def _tag(target: dict[str, Any]) -> dict[str, Any]:
+    """tag/untag: the tag's id and name (what tag rules key on)."""
+    if _obj(target.get("_meta")).get("type") != "tag":
+        return {}
+    data = _obj(target.get("data"))
+    return {"tag_id": _str_or_none(data.get("id")) or _str_or_none(target.get("id")),
+            "tag_name": _str_or_none(data.get("name"))}
 
 
 def _message(data: dict[str, Any], emitted: float) -> dict[str, Any]:
