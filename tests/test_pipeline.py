@@ -319,9 +319,14 @@ def test_archived_conversation_closes_its_case_with_a_note_and_the_newest_event_
     assert deliver("reopen", conversation, f"evt_{tag}r1", now + 60) == 200
     pipeline.settle()
     assert case_row()["Status"] == "Working"
-    # Our own Case updates came back through Change Data Capture: no comment echoes them
-    # into Front (changeOrigin carries client=frontforce).
-    time.sleep(2)
+    # Our own Case updates came back through Change Data Capture (both status changes are
+    # on salesforce.changes, marked ours by changeOrigin): no comment echoes them into Front.
+    deadline = time.monotonic() + 60
+    while len([c for c in pipeline.topic("salesforce.changes")
+               if c["record_id"] == case and "Status" in (c["changed_fields"] or [])
+               and "client=frontforce" in (c["change_origin"] or "")]) < 2:
+        assert time.monotonic() < deadline, "our Case updates never came back as change events"
+        time.sleep(0.5)
     pipeline.settle()
     assert pipeline.front_state(conversation)["comments"] == []
     assert not [d for d in pipeline.topic("deadletter") if d["original_key"] and tag.encode() in d["original_key"]]
@@ -375,18 +380,24 @@ def test_matching_follows_a_contacts_email_change_and_delete_through_change_data
         [task] = pipeline.tasks_for({f"msg_{tag}{i}"}, expect=1)
         return task
 
-    deadline = time.monotonic() + 30  # the Contact's change event reaches the worker
-    while not str(logged(0, old)["WhoId"]).startswith("003"):
-        assert time.monotonic() < deadline, "the new Contact never matched"
-        tag = uuid.uuid4().hex[:6]
+    def changed(kind: str) -> None:
+        """Wait until the change event is on salesforce.changes, then until the worker
+        has taken it in (Change Data Capture is asynchronous)."""
+        deadline = time.monotonic() + 60
+        while not [c for c in pipeline.topic("salesforce.changes")
+                   if c["record_id"] == contact and c["change_type"] == kind]:
+            assert time.monotonic() < deadline, f"no {kind} change event for {contact}"
+            time.sleep(0.5)
+        pipeline.settle()
+
+    changed("CREATE")
+    assert logged(0, old)["WhoId"] == contact
     person.restful(f"sobjects/Contact/{contact}", method="PATCH", json={"Email": new})
-    time.sleep(2)
-    pipeline.settle()
+    changed("UPDATE")
     assert logged(1, new)["WhoId"] == contact
     assert str(logged(2, old)["WhoId"]).startswith("00Q")  # the old address: a new Lead
     person.restful(f"sobjects/Contact/{contact}", method="DELETE")
-    time.sleep(2)
-    pipeline.settle()
+    changed("DELETE")
     assert str(logged(3, new)["WhoId"]).startswith("00Q")
 
 

@@ -386,6 +386,10 @@ class SalesforceSink:
                 self._attach_to_duplicate(groups[k][0].write or Write(
                     "create", sobject, field, k, {}), groups[k], share)
                 continue
+            if res.get("success") or external_id_duplicate(errors, field):
+                # The record with this external id exists now: Tasks naming it land on it,
+                # not on what a duplicate rule matched before.
+                self._attached.pop((sobject, field, k), None)
             for n, it in enumerate(groups[k]):
                 it.attempts += 1
                 if res.get("success"):
