@@ -42,7 +42,7 @@ tools:
 
 test: lint tools
 	bash deploy/stack.sh fetch
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 stack-start:
 	bash deploy/stack.sh start
