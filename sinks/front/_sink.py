@@ -65,19 +65,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer
 
 from frontforce.config import Settings
-from frontforce.errors import FatalError, InvalidRecordError, RetriableError
+from frontforce.errors import FatalError, InvalidRecordError
 from frontforce.front import FrontClient, FrontRequestError
-from frontforce.kafka import consumer_config, producer_config
+from frontforce.kafka import consumer_config
 from frontforce.logs import coords
 from frontforce.serialization import Serde
+from sinks._producer import AckedProducer
 from sinks.front import _plan
 from sinks.front._ledger import APPLIED, INTENT, Entry, Ledger
 from sinks.salesforce._member import GroupMember, Received
@@ -122,12 +122,6 @@ class _Item:
         return ("conversation", self.op["conversation_id"])
 
 
-@dataclass(frozen=True)
-class _Out:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-
 
 class FrontSink:
     def __init__(self, settings: Settings) -> None:
@@ -140,12 +134,11 @@ class FrontSink:
                                                "session.timeout.ms": self.cfg.session_timeout_ms}))
         self.member = GroupMember(consumer, self.topics.commands_front,
                                   gap_budget_s=self.cfg.max_poll_interval_ms / 1000 * GAP_SHARE)
-        self.producer = Producer(producer_config(settings))
         self.stop_event = threading.Event()
         self.retry = RetryPolicy(self.cfg.retry_max_s, self._idle)
+        self.out = AckedProducer(settings, self.serde, self.member, self.retry)
         self.front = FrontClient(settings.front, sleep=self._idle, max_transient_s=self.cfg.retry_max_s)
         self.ledger = Ledger(settings, self.serde)
-        self._failed: list[tuple[_Out, KafkaError]] = []
         self._tags: dict[str, str] | None = None  # lower-cased name -> tag id
         self._teammates: dict[str, str] | None = None  # lower-cased email -> teammate id
         self._contact_types: dict[str, str] | None = None  # custom field name -> type
@@ -189,7 +182,7 @@ class FrontSink:
         except _Stopping:
             log.info("front sink stopped mid-batch; its uncommitted records are redelivered")
         finally:
-            self.producer.flush(10)
+            self.out.flush(10)
             self.member.close()
             self.ledger.close()
             self.front.close()
@@ -247,7 +240,7 @@ class FrontSink:
         for it in items:
             self._finish_duplicate(it)
         marks.append(("front", time.monotonic()))
-        self.retry.run(self._await_acks, what="waiting for the broker to acknowledge ledger, "
+        self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge ledger, "
                        "audit and dead-letter records")
         marks.append(("acks", time.monotonic()))
         self.retry.run(lambda: self.member.commit(batch), what="committing offsets")
@@ -299,13 +292,13 @@ class FrontSink:
         for it in fresh:
             self._ledger_write(it, INTENT, None)
         if fresh:
-            self.retry.run(self._await_acks, what="waiting for the broker to acknowledge INTENT records")
+            self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge INTENT records")
 
     def _ledger_write(self, it: _Item, state: str, result_id: str | None) -> None:
         target = it.target[1]
         entry = Entry(state, it.command["command_id"], it.op_name, target, result_id, it.marker)
         self.ledger.note(it.key, entry)
-        self._produce(self.topics.front_ledger, it.key.encode(), {
+        self.out.produce(self.topics.front_ledger, it.key.encode(), {
             "idempotency_key": it.key, "command_id": entry.command_id, "operation": it.op_name,
             "state": state, "target_id": target, "result_id": result_id, "marker": it.marker,
             "at": int(time.time() * 1000)})
@@ -612,13 +605,13 @@ class FrontSink:
         self._audit(it, "DEAD_LETTERED", None, reason)
         # Forget the key: a replay tries it again (and is refused again, or not).
         self.ledger.note(it.key, None)
-        self._send(_Out(self.topics.front_ledger, it.key.encode(), None))
+        self.out.send(self.topics.front_ledger, it.key.encode(), None)
         self.stats["dead_lettered"] += 1
         it.outcome, it.error, it.done = "DEAD_LETTERED", reason, True
 
     def _audit(self, it: _Item, outcome: str, record_id: str | None, error: str | None) -> None:
         cmd, r = it.command, it.rec
-        self._produce(self.topics.audit, cmd["command_id"].encode(), {
+        self.out.produce(self.topics.audit, cmd["command_id"].encode(), {
             "command_id": cmd["command_id"],
             "correlation_id": cmd["origin"]["correlation_id"],
             "target": "front",
@@ -639,7 +632,7 @@ class FrontSink:
 
     def _dead_letter(self, r: Received, stage: str, reason: str, attempts: int) -> None:
         m = r.msg
-        self._produce(self.topics.deadletter, m.key(), {
+        self.out.produce(self.topics.deadletter, m.key(), {
             "original_topic": r.topic,
             "original_partition": r.partition,
             "original_offset": r.offset,
@@ -653,45 +646,6 @@ class FrontSink:
         })
 
     # -- producing ----------------------------------------------------------------------------
-    def _produce(self, topic: str, key: bytes | None, record: dict[str, Any]) -> None:
-        def encode() -> bytes:
-            try:
-                return self.serde.encode(topic, record)
-            except InvalidRecordError as exc:
-                raise FatalError(f"cannot encode a {topic} record: {exc}") from exc
-
-        self._send(_Out(topic, key, self.retry.run(encode, what=f"encoding a {topic} record")))
-
-    def _send(self, out: _Out) -> None:
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                self._failed.append((out, err))
-
-        while True:
-            try:
-                self.producer.produce(out.topic, key=out.key, value=out.value, on_delivery=on_delivery)
-                break
-            except BufferError:
-                self.producer.poll(0.1)
-                self.member.checkpoint()
-        self.producer.poll(0)
-
-    def _await_acks(self) -> None:
-        failed, self._failed = self._failed, []
-        for out, _ in failed:
-            self._send(out)
-        deadline = time.monotonic() + self.settings.kafka.delivery_timeout_s + 5
-        while True:
-            remaining = self.producer.flush(min(1.0, self.member.gap_budget_s / 4))
-            self.member.checkpoint()
-            if remaining == 0 or time.monotonic() > deadline:
-                break
-        if self._failed or remaining:
-            fatal = [err for _, err in self._failed if err.fatal()]
-            if fatal:
-                raise FatalError(f"kafka producer: {fatal[0].str()}")
-            raise RetriableError(f"{len(self._failed)} record(s) refused by the broker, "
-                                 f"{remaining} unanswered")
 
 
 def _bind(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:

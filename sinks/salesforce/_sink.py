@@ -36,13 +36,12 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceMalformedRequest,
@@ -52,10 +51,11 @@ from simple_salesforce.exceptions import (
 
 from frontforce.config import Settings
 from frontforce.errors import BackPressure, FatalError, InvalidRecordError, RetriableError
-from frontforce.kafka import consumer_config, producer_config
+from frontforce.kafka import consumer_config
 from frontforce.logs import coords
 from frontforce.salesforce import SalesforceConnection, connect
 from frontforce.serialization import Serde
+from sinks._producer import AckedProducer
 from sinks.salesforce._budget import Budget
 from sinks.salesforce._commands import (
     FEED_BODY_MAX,
@@ -134,12 +134,6 @@ class _Item:
         return f"{key}:note" if self.op_name == "CloseCase" else key
 
 
-@dataclass(frozen=True)
-class _Out:
-    topic: str
-    key: bytes | None
-    value: bytes
-
 
 class SalesforceSink:
     def __init__(self, settings: Settings,
@@ -156,11 +150,10 @@ class SalesforceSink:
                                             **{"max.poll.interval.ms": sink.max_poll_interval_ms}))
         self.member = GroupMember(consumer, self.topics.commands_salesforce,
                                   gap_budget_s=sink.max_poll_interval_ms / 1000 * GAP_SHARE)
-        self.producer = Producer(producer_config(settings))
         self.stop_event = threading.Event()
         self.budget = Budget(sink.salesforce_quota_share)
         self.retry = RetryPolicy(sink.retry_max_s, self._idle)
-        self._failed: list[tuple[_Out, KafkaError]] = []
+        self.out = AckedProducer(settings, self.serde, self.member, self.retry)
         self._pause: tuple[str, Received, float] | None = None  # (pause id, where, since)
         self.ledger = Ledger()
         # Records a duplicate rule matched, by the external id a command gave them: a Task
@@ -218,7 +211,7 @@ class SalesforceSink:
         except _Stopping:
             log.info("sink stopped mid-batch; its uncommitted records are redelivered")
         finally:
-            self.producer.flush(10)
+            self.out.flush(10)
             self.member.close()
 
     def process(self, batch: list[Received]) -> None:
@@ -234,7 +227,7 @@ class SalesforceSink:
                 continue
             items.append(_Item(r, command))
         self._write(items)
-        self.retry.run(self._await_acks, what="waiting for the broker to acknowledge audit and "
+        self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge audit and "
                        "dead-letter records")
         self.retry.run(lambda: self.member.commit(batch), what="committing offsets")
         self.member.resume()
@@ -669,7 +662,7 @@ class SalesforceSink:
             return
         for it in fresh:
             self._produce_ledger(it, INTENT, None)
-        self.retry.run(self._await_acks, what="waiting for the broker to acknowledge ledger intents")
+        self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge ledger intents")
         for chunk in [fresh[n:n + COLLECTION_SIZE] for n in range(0, len(fresh), COLLECTION_SIZE)]:
             for it in chunk:
                 self.ledger.known_absent.discard(it.ledger_key)  # outcome unknown until answered
@@ -750,7 +743,7 @@ class SalesforceSink:
         rec = Ledger.record(it.ledger_key, it.command["command_id"], it.op_name, state,
                             it.write.key, result_id)
         self.ledger.observe(rec)
-        self._produce(self.topics.salesforce_ledger, it.ledger_key.encode(), rec)
+        self.out.produce(self.topics.salesforce_ledger, it.ledger_key.encode(), rec)
 
     def _fail(self, item: _Item, reason: str, share: float) -> None:
         self._dead_letter(item.rec, "sink.salesforce", InvalidRecordError(reason),
@@ -821,7 +814,7 @@ class SalesforceSink:
     def _audit_pause(self, outcome: str, reason: str | None) -> None:
         assert self._pause is not None
         pause_id, at, _ = self._pause
-        self._produce(self.topics.audit, pause_id.encode(), {
+        self.out.produce(self.topics.audit, pause_id.encode(), {
             "command_id": pause_id,
             "correlation_id": pause_id,
             "target": "salesforce",
@@ -837,56 +830,11 @@ class SalesforceSink:
         })
 
     # -- audit, dead letters, acknowledgements -----------------------------------------
-    def _produce(self, topic: str, key: bytes | None, record: dict[str, Any]) -> None:
-        value = self.retry.run(lambda: self._encode(topic, record), what=f"encoding a {topic} record")
-        self._send(_Out(topic, key, value))
-
-    def _encode(self, topic: str, record: dict[str, Any]) -> bytes:
-        try:
-            return self.serde.encode(topic, record)
-        except InvalidRecordError as exc:
-            # Our own audit/dead-letter record does not fit our own schema: a bug, not data.
-            raise FatalError(f"cannot encode a {topic} record: {exc}") from exc
-
-    def _send(self, out: _Out) -> None:
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                self._failed.append((out, err))
-
-        while True:
-            try:
-                self.producer.produce(out.topic, key=out.key, value=out.value, on_delivery=on_delivery)
-                break
-            except BufferError:
-                self.producer.poll(0.1)
-                self.member.checkpoint()
-        self.producer.poll(0)
-
-    def _await_acks(self) -> None:
-        """Return once the broker acknowledged every record produced so far; produce again
-        what it refused. ``RetriableError`` while some are refused or unanswered."""
-        failed, self._failed = self._failed, []
-        for out, _ in failed:
-            self._send(out)
-        deadline = time.monotonic() + self.settings.kafka.delivery_timeout_s + 5
-        while True:
-            remaining = self.producer.flush(min(1.0, self.member.gap_budget_s / 4))
-            self.member.checkpoint()
-            if remaining == 0 or time.monotonic() > deadline:
-                break
-        if self._failed or remaining:
-            errors = sorted({err.str() for _, err in self._failed})
-            fatal = [err for _, err in self._failed if err.fatal()]
-            if fatal:
-                raise FatalError(f"kafka producer: {fatal[0].str()}")
-            raise RetriableError(f"{len(self._failed)} audit/dead-letter record(s) refused by the "
-                                 f"broker, {remaining} unanswered: {errors[:3]}")
-
     def _audit(self, item: _Item, outcome: str, record_id: str | None, error: str | None,
                api_share: float) -> None:
         cmd = item.command
         r = item.rec
-        self._produce(self.topics.audit, cmd["command_id"].encode(), {
+        self.out.produce(self.topics.audit, cmd["command_id"].encode(), {
             "command_id": cmd["command_id"],
             "correlation_id": cmd["origin"]["correlation_id"],
             "target": "salesforce",
@@ -907,7 +855,7 @@ class SalesforceSink:
 
     def _dead_letter(self, r: Received, stage: str, exc: BaseException, attempts: int) -> None:
         m = r.msg
-        self._produce(self.topics.deadletter, m.key(), {
+        self.out.produce(self.topics.deadletter, m.key(), {
             "original_topic": r.topic,
             "original_partition": r.partition,
             "original_offset": r.offset,
