@@ -216,11 +216,19 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_rereads_one_batch(
     with source_stack(infra, tmp_path, batch_size=batch) as s:
         s.start_source()
         s.wait("the hand-over cursor", s.cursor)
-        done = threading.Event()
+        killed, done = threading.Event(), threading.Event()
+        written = 0
 
         def writer() -> None:
-            for i in range(120):
-                s.sf.Contact.create({"LastName": f"Stream{i}", "Email": f"s{i}@acme.example"})
+            # Writes until the kill, then 40 more: the kill is mid-stream however slowly the
+            # source keeps up on a loaded machine (a fixed count could all be written first).
+            nonlocal written
+            after = 0
+            while after < 40 and written < 3000:
+                s.sf.Contact.create({"LastName": f"Stream{written}",
+                                     "Email": f"s{written}@acme.example"})
+                written += 1
+                after += killed.is_set()
                 time.sleep(0.02)
             done.set()
 
@@ -230,6 +238,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_rereads_one_batch(
             s.wait("changes flowing", lambda: len(s.changes()) >= 30)
             s.stack.procs["source-salesforce"].send_signal(signal.SIGKILL)
             s.stack.procs["source-salesforce"].wait(10)
+            killed.set()
             at_kill = s.cursor()
             assert at_kill is not None
             assert not done.is_set(), "the writer finished before the kill: not mid-stream"
@@ -239,7 +248,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_rereads_one_batch(
             thread.join(60)
         events = contact_events(s)
         expected = {(e["replayId"], rid) for e in events for rid in e["recordIds"]}
-        assert len(expected) == 120
+        assert done.is_set() and len(expected) == written
         seen = s.wait("every change after the restart",
                       lambda: (lambda got: got if expected <= set(got) else None)(delivered(s)),
                       timeout=90)
