@@ -64,10 +64,11 @@ def setup(config: Path = ConfigOpt) -> None:
 @schemas_app.command("register")
 def schemas_register(config: Path = ConfigOpt) -> None:
     """Register every subject and set its compatibility level."""
-    from frontforce.contracts import COMPATIBILITY, Contracts
+    from frontforce.contracts import Contracts, compatibility
 
-    for subject, schema_id in Contracts(_settings(config)).register().items():
-        typer.echo(f"{subject}: id {schema_id} ({COMPATIBILITY})")
+    contracts = Contracts(_settings(config))
+    for subject, schema_id in contracts.register().items():
+        typer.echo(f"{subject}: id {schema_id} ({compatibility(contracts.subjects[subject])})")
 
 
 @schemas_app.command("check")

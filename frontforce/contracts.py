@@ -7,6 +7,13 @@ workers), so old readers must read new records (forward) as well as new readers 
 (backward), against every earlier version. In practice: add or remove only fields that have
 a default.
 
+Command topics (``commands.salesforce``, ``commands.front``) are BACKWARD_TRANSITIVE
+instead: they are read by our own sinks only, and a new command kind is a new branch of the
+``operation`` union, which no older reader can read (Avro has no union default). The rule
+that keeps them safe is the deployment order: **sinks first, then workers** — a sink reads
+every command an older worker wrote, and a worker that writes a new kind runs only once the
+sinks know it.
+
 The registry's verdict is authoritative; the explanation is ours, from Avro's resolution
 rules, because a registry says only "incompatible".
 """
@@ -25,9 +32,15 @@ from fastavro.schema import expand_schema, parse_schema
 
 from frontforce.config import Settings
 from frontforce.serialization import registry_client
-from schemas import SCHEMA_FILES, WORKER_SCHEMA_FILES, load_schema_str
+from schemas import COMMAND_TOPICS, SCHEMA_FILES, WORKER_SCHEMA_FILES, load_schema_str
 
 COMPATIBILITY = "FULL_TRANSITIVE"
+COMMAND_COMPATIBILITY = "BACKWARD_TRANSITIVE"
+
+
+def compatibility(logical: str) -> str:
+    """The registry's compatibility level for a logical topic's subject."""
+    return COMMAND_COMPATIBILITY if logical in COMMAND_TOPICS else COMPATIBILITY
 
 _PROMOTIONS = {
     "int": {"int", "long", "float", "double"},
@@ -125,13 +138,14 @@ def resolution_problems(writer: Any, reader: Any, path: str = "") -> list[str]:
     return []
 
 
-def explain(old: str, new: str) -> list[str]:
-    """Plain-words reasons why ``new`` is not FULL compatible with ``old``."""
+def explain(old: str, new: str, level: str = COMPATIBILITY) -> list[str]:
+    """Plain-words reasons why ``new`` is not compatible with ``old`` at ``level`` (FULL:
+    both directions; BACKWARD: new readers of old records only)."""
     o, n = _expanded(old), _expanded(new)
-    return (
-        [f"new readers cannot read old records: {p}" for p in resolution_problems(o, n)]
-        + [f"old readers cannot read new records: {p}" for p in resolution_problems(n, o)]
-    )
+    backward = [f"new readers cannot read old records: {p}" for p in resolution_problems(o, n)]
+    if level.startswith("BACKWARD"):
+        return backward
+    return backward + [f"old readers cannot read new records: {p}" for p in resolution_problems(n, o)]
 
 
 @dataclass
@@ -171,7 +185,7 @@ class Contracts:
     def register(self) -> dict[str, int]:
         ids = {}
         for subject in self.subjects:
-            self.registry.set_compatibility(subject, level=COMPATIBILITY)
+            self.registry.set_compatibility(subject, level=compatibility(self.subjects[subject]))
             ids[subject] = self.registry.register_schema(subject, Schema(self.local(subject), "AVRO"))
         return ids
 
@@ -183,7 +197,9 @@ class Contracts:
             if not versions:
                 reports.append(SubjectReport(subject, "new"))
                 continue
-            reasons = [f"against version {v}: {r}" for v, old in versions for r in explain(old, local)]
+            level = compatibility(self.subjects[subject])
+            reasons = [f"against version {v}: {r}" for v, old in versions
+                       for r in explain(old, local, level)]
             verdict = bool(self.registry.test_compatibility(subject, Schema(local, "AVRO")))
             if _same(versions[-1][1], local):
                 status = "unchanged"

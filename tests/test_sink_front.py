@@ -35,11 +35,23 @@ from frontforce.localstack import REPO, LocalStack, free_port
 from frontforce.logs import setup as setup_logs
 from frontforce.serialization import Serde
 from sinks.front import FrontSink
-from sinks.front._plan import fold_tags, join_comments, marker_for, merge_contact
+from sinks.front._plan import (
+    account_changes,
+    account_create_body,
+    fold_accounts,
+    fold_tags,
+    join_comments,
+    marker_for,
+    merge_contact,
+)
 from tests.broken_front_sink import LedgerlessFrontSink
 
 CONTACT_FIELDS = [{"name": "Tier", "type": "string"}, {"name": "ARR", "type": "number"},
                   {"name": "Owner Note", "type": "string"}]
+ACCOUNT_FIELDS = [{"name": "ARR", "type": "number"}, {"name": "Tier", "type": "string"},
+                  {"name": "Account Owner", "type": "string"},
+                  {"name": "Open Opportunities", "type": "string"},
+                  {"name": "Health", "type": "string"}]
 
 
 @dataclasses.dataclass
@@ -73,7 +85,8 @@ def front(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         f = Front(stack, httpx.Client(base_url=stack.front_url, timeout=30))
         f.admin.post("/__admin/config", json={"rpm": 100000}).raise_for_status()
-        f.seed({"defaults": True, "custom_fields": {"contact": CONTACT_FIELDS}})
+        f.seed({"defaults": True, "custom_fields": {"contact": CONTACT_FIELDS,
+                                                    "account": ACCOUNT_FIELDS}})
         yield f
     finally:
         stack.stop_all(infra=False)
@@ -131,7 +144,7 @@ front_sink: {{{sink_yaml}}}
     def send(self, commands: list[dict[str, Any]]) -> None:
         for c in commands:
             _, op = c["operation"]
-            key = op.get("conversation_id") or op.get("contact_handle")
+            key = op.get("conversation_id") or op.get("contact_handle") or op.get("external_id")
             self.producer.produce(self.topics.commands_front, key=key.encode(),
                                   value=self.serde.encode(self.topics.commands_front, c))
         assert self.producer.flush(10) == 0
@@ -433,6 +446,154 @@ def test_sigkill_inside_a_comment_call_then_restart_doubles_nothing_and_the_ledg
     assert "found in front after a crash" in plog
 
 
+def _wait_for(run: Running, n_commands: int, timeout: float = 40) -> None:
+    """Until ``run``'s sink has an outcome for ``n_commands`` commands in all."""
+    stats = run.sink.stats
+    deadline = time.monotonic() + timeout
+    while stats["applied"] + stats["skipped"] + stats["dead_lettered"] < n_commands:
+        assert run.error is None, repr(run.error)
+        assert time.monotonic() < deadline, f"timed out: {stats}"
+        time.sleep(0.1)
+
+
+def _account_of(front: Front, external_id: str) -> dict[str, Any]:
+    return next(a for a in front.state()["accounts"].values() if a["external_id"] == external_id)
+
+
+def test_upsert_account_creates_links_then_patches_only_what_changed(
+        front: Front, tmp_path: Path) -> None:
+    """Use case 3: a Salesforce Account becomes a Front account with its ARR, tier, owner and
+    open opportunities, its Contacts linked (a handle with no Front contact skipped and
+    audited). A changed ARR is one PATCH that keeps a field a human set in Front; the same
+    values again write nothing, in the same process (cached account id and links) and in a
+    new one (found by alt:ext_id:). Counted at the emulator."""
+    env = Env(front, tmp_path, n_conversations=1, n_contacts=2)
+    p0, p1 = env.contacts
+    ext = f"001{env.tag}"
+    nobody = f"nobody-{env.tag}@corp.example"
+    fields: dict[str, str | None] = {"ARR": "120000", "Tier": "Gold",
+                                     "Account Owner": "pam@acme.example",
+                                     "Open Opportunities": "2: Renewal 2027, Upsell"}
+
+    def upsert(**changes: Any) -> dict[str, Any]:
+        return env.cmd("UpsertAccount", external_id=ext, name="Vance Refrigeration",
+                       domains=[f"{env.tag}.example"], description=None,
+                       contact_handles=[p0, p1.upper(), nobody],
+                       custom_fields={**fields, **changes})
+
+    run = Running(FrontSink(env.settings))
+    try:
+        # 1. Created with its fields; the two known contacts linked in one call.
+        before = len(front.requests())
+        first = upsert()
+        env.send([first])
+        _wait_for(run, 1)
+        account = _account_of(front, ext)
+        acc = account["id"]
+        assert account["name"] == "Vance Refrigeration"
+        assert account["domains"] == [f"{env.tag}.example"]
+        assert account["custom_fields"] == {"ARR": 120000, "Tier": "Gold",
+                                            "Account Owner": "pam@acme.example",
+                                            "Open Opportunities": "2: Renewal 2027, Upsell"}
+        st = front.state()
+        by_email = {c["handles"][0]["handle"]: cid for cid, c in st["contacts"].items()}
+        assert account["contact_ids"] == [by_email[p0], by_email[p1]]
+        assert Counter((r["method"], r["path"]) for r in env.writes(before)) == Counter({
+            ("POST", "/accounts"): 1, ("POST", f"/accounts/{acc}/contacts"): 1})
+
+        # A human sets a field of their own in Front (PATCH sends the whole set).
+        human = httpx.patch(f"{front.stack.front_url}/accounts/{acc}",
+                            headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"},
+                            json={"custom_fields": {**account["custom_fields"], "Health": "green"}})
+        assert human.status_code == 200, human.text
+
+        # 2. ARR changed: one PATCH, the human's field kept, no contact call.
+        before = len(front.requests())
+        second = upsert(ARR="150000")
+        env.send([second])
+        _wait_for(run, 2)
+        assert _account_of(front, ext)["custom_fields"] == {
+            "ARR": 150000, "Tier": "Gold", "Account Owner": "pam@acme.example",
+            "Open Opportunities": "2: Renewal 2027, Upsell", "Health": "green"}
+        assert [(r["method"], r["path"]) for r in env.writes(before)] == [("PATCH", f"/accounts/{acc}")]
+
+        # 3. The same values again (a new command): no write; one read of the account.
+        before = len(front.requests())
+        third = upsert(ARR="150000")
+        env.send([third])
+        _wait_for(run, 3)
+        assert [(r["method"], r["path"]) for r in front.requests()[before:]] == [("GET", f"/accounts/{acc}")]
+        assert env.committed_all()
+    finally:
+        run.stop()
+
+    # 4. A new process (nothing cached) finds the account by its external id: still no write.
+    before = len(front.requests())
+    fourth = upsert(ARR="150000")
+    env.send([fourth])
+    run_until(env, FrontSink(env.settings), 1)
+    assert env.writes(before) == []
+    reads = [r["path"] for r in front.requests()[before:]]
+    assert f"/accounts/alt:ext_id:{ext}" in reads and f"/accounts/{acc}/contacts" in reads
+
+    audit = {a["command_id"]: a for a in env.audit()}
+    outcomes = [audit[c["command_id"]]["outcome"] for c in (first, second, third, fourth)]
+    assert outcomes == ["CREATED", "UPDATED", "SKIPPED", "SKIPPED"]
+    assert {audit[c["command_id"]]["record_id"] for c in (first, second, third, fourth)} == {acc}
+    assert all(audit[c["command_id"]]["operation"] == "UpsertAccount" for c in (first, second))
+    # The contact Front does not know is skipped, said in the audit, never an error.
+    assert f"no Front contact: {nobody}" in (audit[first["command_id"]]["error"] or "")
+    assert audit[first["command_id"]]["api_calls"]["front"] > 0
+    assert env.deadletters() == []
+    assert len([a for a in front.state()["accounts"].values() if a["external_id"] == ext]) == 1
+
+
+def test_upsert_accounts_of_one_window_are_one_write_and_an_unknown_field_is_dead_lettered(
+        front: Front, tmp_path: Path) -> None:
+    """Three UpsertAccount of one account inside one flush window are one POST (the last
+    name wins, custom fields merged in order, a null clears one); an unknown custom field
+    name is refused by Front (400) and only its command is dead-lettered with Front's
+    message, as for contacts, while its account's good command is applied."""
+    env = Env(front, tmp_path, n_conversations=1, n_contacts=2, flush_window_ms=1500)
+    p0, p1 = env.contacts
+    ext1, ext2 = f"001A{env.tag}", f"001B{env.tag}"
+
+    def upsert(ext: str, name: str, handles: list[str], **fields: str | None) -> dict[str, Any]:
+        return env.cmd("UpsertAccount", external_id=ext, name=name, domains=[],
+                       description="From Salesforce", contact_handles=handles,
+                       custom_fields=fields)
+
+    cmds = [upsert(ext1, "Old name", [p0], ARR="1000", Tier="Silver"),
+            upsert(ext1, "Dunder Mifflin", [p1], ARR="2000", **{"Open Opportunities": "1"}),
+            upsert(ext1, "Dunder Mifflin Inc.", [p0], Tier=None),
+            upsert(ext2, "Initech", [], ARR="5"),
+            upsert(ext2, "Initech", [], Nope="x")]
+    before = len(front.requests())
+    env.send(cmds)
+    sink = FrontSink(env.settings)
+    run_until(env, sink, len(cmds))
+    assert sink.stats["batches"] == 1, sink.stats
+    a1, a2 = _account_of(front, ext1), _account_of(front, ext2)
+    assert (a1["name"], a1["description"]) == ("Dunder Mifflin Inc.", "From Salesforce")
+    assert a1["custom_fields"] == {"ARR": 2000, "Open Opportunities": "1"}
+    by_email = {c["handles"][0]["handle"]: cid for cid, c in front.state()["contacts"].items()}
+    assert sorted(a1["contact_ids"]) == sorted([by_email[p0], by_email[p1]])
+    assert a2["custom_fields"] == {"ARR": 5}
+    writes = Counter((r["method"], r["path"], r["status"]) for r in env.writes(before))
+    assert writes == Counter({
+        ("POST", "/accounts", 201): 2,  # one per account: ext1's three commands in one
+        ("POST", f"/accounts/{a1['id']}/contacts", 204): 1,
+        ("POST", "/accounts", 400): 1,  # ext2's two commands merged: refused, then unrolled
+        ("PATCH", f"/accounts/{a2['id']}", 400): 1,  # the unknown field alone
+    }), writes
+    audit = {a["command_id"]: a for a in env.audit()}
+    assert [audit[c["command_id"]]["outcome"] for c in cmds] == [
+        "CREATED", "CREATED", "CREATED", "CREATED", "DEAD_LETTERED"]
+    dead = env.deadletters()
+    assert len(dead) == 1
+    assert "front HTTP 400" in dead[0]["error_message"] and "custom_fields.Nope" in dead[0]["error_message"]
+
+
 def test_coalescing_rules_of_one_window() -> None:
     """The rules the sink applies before any call (``sinks.front._plan``)."""
     plan = fold_tags([(0, "add", ["a", "b"]), (1, "remove", ["b"]), (2, "remove", ["c"]),
@@ -444,6 +605,21 @@ def test_coalescing_rules_of_one_window() -> None:
                                    ({"Tier": None, "ARR": "12"}, ["https://x"])],
                                   {"ARR": "number"})
     assert fields == {"Owner Note": "theirs", "ARR": 12} and links == ["https://x", "https://y"]
+    account = fold_accounts([
+        {"external_id": " 001A ", "name": "Old", "domains": ["a.example"], "description": "d",
+         "custom_fields": {"ARR": "1", "Tier": "Gold"}, "contact_handles": ["Bob@a.example"]},
+        {"external_id": "001A", "name": "New ", "domains": [], "description": None,
+         "custom_fields": {"Tier": None, "ARR": "2.5"}, "contact_handles": ["bob@a.example", "ann@a.example"]}])
+    assert (account.external_id, account.name, account.domains, account.description) == (
+        "001A", "New", ["a.example"], "d")
+    assert account.handles == ["Bob@a.example", "ann@a.example"]
+    types = {"ARR": "number"}
+    assert account_create_body(account, types)["custom_fields"] == {"ARR": 2.5}
+    current = {"name": "New", "description": "d", "domains": ["A.example"],
+               "custom_fields": {"ARR": 2.5, "Health": "green"}}
+    assert account_changes(current, account, types) == {}  # Front holds it all: no PATCH
+    assert account_changes({**current, "custom_fields": {"ARR": 1, "Tier": "Gold", "Health": "green"}},
+                           account, types) == {"custom_fields": {"ARR": 2.5, "Health": "green"}}
     groups = join_comments([(0, "a" * 60), (1, "b" * 30), (2, "c" * 60)], max_chars=100)
     assert [[n for n, _ in g] for g in groups] == [[0, 1], [2]]
     assert marker_for("k1") != marker_for("k2") and marker_for("k1").startswith("[frontforce:")

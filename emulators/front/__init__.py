@@ -25,7 +25,10 @@ Public routes (Bearer token; ``x-ratelimit-*`` on every response; ``_error`` bod
     GET …/messages; GET …/events  (merged ids answer 301 to the survivor)
     GET|POST /contacts; GET|PATCH|DELETE /contacts/{id|alt:<source>:<handle>};
     POST|DELETE /contacts/{id}/handles; POST /contacts/merge; GET /contacts/{id}/conversations
-    GET /contacts/custom_fields, /conversations/custom_fields, /links/custom_fields
+    GET|POST /accounts; GET|PATCH|DELETE /accounts/{id|alt:domain:…|alt:ext_id:…};
+    GET|POST|DELETE /accounts/{id}/contacts (contact_ids: ids or contact aliases)
+    GET /contacts/custom_fields, /accounts/custom_fields, /conversations/custom_fields,
+        /links/custom_fields
     GET /messages/{id|alt:uid:…}, /comments/{id}
 
 Admin API (loopback only, no token, not rate limited)
@@ -54,7 +57,8 @@ Admin API (loopback only, no token, not rate limited)
 
 Seeding (``POST /__admin/seed``, emulators/front/_world.py)
     Keys, all optional, applied in this order: "company" {id, name}; "custom_fields"
-    {resource: [{id?, name, type, description?, values?}]}; "teammates"; "inboxes"; "tags";
+    {resource: [{id?, name, type, description?, values?}]} (resource: contact, account,
+    conversation, link, …: what POST/PATCH of that resource accept); "teammates"; "inboxes"; "tags";
     "links"; "contacts"; "conversations" (each with nested "messages", "comments", "events");
     "events" (top level, each naming its "conversation_id"); "defaults": true adds two
     teammates, an inbox and two tags. Answers {"ids": {collection: [ids made or kept]}}.

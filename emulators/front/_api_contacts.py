@@ -119,6 +119,12 @@ def update_contact(ctx: Ctx) -> Reply:
 
 def _drop_contact(state: FrontState, contact_id: str, replacement: str | None = None) -> None:
     state.contacts.pop(contact_id, None)
+    for account in state.accounts.values():  # a merged-in contact's accounts go to the target
+        if contact_id in account["contact_ids"]:
+            kept = [c for c in account["contact_ids"] if c != contact_id]
+            if replacement is not None and replacement not in kept:
+                kept.append(replacement)
+            account["contact_ids"] = kept
     for conv in state.conversations.values():
         if conv["recipient"] and conv["recipient"].get("contact_id") == contact_id:
             conv["recipient"]["contact_id"] = replacement

@@ -21,6 +21,7 @@ PREFIXES = {
     "link": "top_",
     "contact": "crd_",
     "contact_list": "grp_",
+    "account": "acc_",
     "event": "evt_",
     "custom_field": "fld_",
     "rule": "rul_",

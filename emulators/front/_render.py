@@ -14,7 +14,7 @@ from typing import Any
 from emulators.front._store import FrontState
 
 __all__ = [
-    "absolutize", "comment", "contact", "conversation", "custom_field", "inbox", "link",
+    "absolutize", "account", "comment", "contact", "conversation", "custom_field", "inbox", "link",
     "message", "preview_event", "recipient", "relativize", "rule", "tag", "teammate",
 ]
 
@@ -129,6 +129,19 @@ def contact(state: FrontState, c: dict[str, Any]) -> dict[str, Any]:
     if c.get("avatar_url"):
         out["avatar_url"] = c["avatar_url"]
     return out
+
+
+def account(a: dict[str, Any]) -> dict[str, Any]:
+    """AccountResponse: description, external_id and logo_url are null when not set."""
+    aid = a["id"]
+    return {
+        "_links": {"self": f"/accounts/{aid}",
+                   "related": {"contacts": f"/accounts/{aid}/contacts"}},
+        "id": aid, "name": a["name"], "logo_url": None, "description": a["description"],
+        "domains": list(a["domains"]), "external_id": a["external_id"],
+        "custom_fields": dict(a["custom_fields"]), "created_at": a["created_at"],
+        "updated_at": a["updated_at"],
+    }
 
 
 def recipient(r: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from emulators.front import _api_company, _api_contacts, _api_conversations
+from emulators.front import _api_accounts, _api_company, _api_contacts, _api_conversations
 from emulators.front._context import Ctx, Reply
 from emulators.front._errors import FrontError
 
@@ -38,7 +38,7 @@ def _compile(template: str) -> re.Pattern[str]:
 ROUTES: list[Route] = [
     Route(m, t, h, op, tier2, _compile(t))
     for m, t, h, op, tier2 in (*_api_company.ROUTES, *_api_contacts.ROUTES,
-                               *_api_conversations.ROUTES)
+                               *_api_accounts.ROUTES, *_api_conversations.ROUTES)
 ]
 
 

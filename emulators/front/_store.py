@@ -52,7 +52,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 _COLLECTIONS = ("teammates", "inboxes", "tags", "links", "contacts", "contact_lists",
-                "conversations", "messages", "comments", "subscriptions")
+                "accounts", "conversations", "messages", "comments", "subscriptions")
 
 
 class FrontState:
@@ -85,6 +85,9 @@ class FrontState:
         self.links: dict[str, dict[str, Any]] = {}
         self.contacts: dict[str, dict[str, Any]] = {}
         self.contact_lists: dict[str, dict[str, Any]] = {}
+        # {id, name, description, domains, external_id, custom_fields, contact_ids,
+        #  created_at, updated_at}
+        self.accounts: dict[str, dict[str, Any]] = {}
         self.conversations: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, dict[str, Any]] = {}
         self.comments: dict[str, dict[str, Any]] = {}
@@ -223,6 +226,24 @@ class FrontState:
             raise not_found("contact")
         return found
 
+    def account(self, ref: str) -> dict[str, Any]:
+        """By id, or by the aliases Front documents for accounts: ``alt:domain:<domain>`` and
+        ``alt:ext_id:<external id>`` (dev.frontapp.com resource aliases; the spec says "the
+        account domain or external ID" without naming them). Other aliases: 404."""
+        found: dict[str, Any] | None = None
+        if ref.startswith("alt:domain:"):
+            domain = ref[len("alt:domain:"):].strip().lower()
+            found = next((a for a in self.accounts.values()
+                          if domain in (d.lower() for d in a["domains"])), None)
+        elif ref.startswith("alt:ext_id:"):
+            ext = ref[len("alt:ext_id:"):]
+            found = next((a for a in self.accounts.values() if a["external_id"] == ext), None)
+        elif not ref.startswith("alt:"):
+            found = self.accounts.get(ref)
+        if found is None:
+            raise not_found("account")
+        return found
+
     def message(self, ref: str) -> dict[str, Any]:
         if ref.startswith("alt:uid:"):
             uid = ref[len("alt:uid:"):]
@@ -349,7 +370,7 @@ class FrontState:
                                   for i, e in enumerate(state.events))
         state.last_emitted = raw["last_emitted"]
         for name in _COLLECTIONS:
-            setattr(state, name, raw[name])
+            setattr(state, name, raw.get(name, {}))  # files written before accounts had none
         return state
 
 

@@ -10,6 +10,9 @@ Per conversation, in command order:
 - comments: the bodies of one author, joined into one comment (each keeps its marker).
 Per contact: custom fields merged in command order (a later value wins, null clears the
 field), links added to the contact's own.
+Per account (UpsertAccount, by external id): the last name, the last non-empty domains and
+the last non-null description win; custom fields merged in command order as for contacts;
+contact handles of every command, once each. What Front already holds is not written again.
 """
 
 from __future__ import annotations
@@ -128,3 +131,84 @@ def merge_contact(current_fields: dict[str, Any], current_links: list[str],
             if url not in links:
                 links.append(url)
     return fields, links
+
+
+def handle_key(handle: str) -> str:
+    """A handle as Front's aliases compare it: emails case-blind, phones as given."""
+    h = handle.strip()
+    return h.lower() if "@" in h else h
+
+
+def merge_fields(current: dict[str, Any], updates: list[dict[str, str | None]],
+                 types: dict[str, str]) -> dict[str, Any]:
+    """The full custom_fields after ``updates`` (in order; null clears a field)."""
+    fields = dict(current)
+    for values in updates:
+        for name, v in values.items():
+            if v is None:
+                fields.pop(name, None)
+            else:
+                fields[name] = coerce(v, types.get(name))
+    return fields
+
+
+@dataclass
+class AccountPlan:
+    """What the UpsertAccount commands of one account in one window come to."""
+
+    external_id: str
+    name: str
+    domains: list[str] | None  # None: leave Front's as they are
+    description: str | None  # None: leave Front's as it is
+    updates: list[dict[str, str | None]]  # custom field values, in command order
+    handles: list[str]  # contact handles to link, distinct, in command order
+
+
+def fold_accounts(ops: list[dict[str, Any]]) -> AccountPlan:
+    """``ops``: the UpsertAccount fields of one external id, in command order."""
+    domains: list[str] | None = None
+    description: str | None = None
+    handles: dict[str, str] = {}
+    for op in ops:
+        given = [d.strip() for d in op.get("domains") or [] if d.strip()]
+        if given:
+            domains = list({d.lower(): d for d in given}.values())
+        if op.get("description") is not None:
+            description = op["description"]
+        for h in op.get("contact_handles") or []:
+            if h.strip():
+                handles.setdefault(handle_key(h), h.strip())
+    return AccountPlan(external_id=ops[-1]["external_id"].strip(), name=ops[-1]["name"].strip(),
+                       domains=domains, description=description,
+                       updates=[dict(op.get("custom_fields") or {}) for op in ops],
+                       handles=list(handles.values()))
+
+
+def account_create_body(plan: AccountPlan, types: dict[str, str]) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": plan.name, "external_id": plan.external_id,
+                            "custom_fields": merge_fields({}, plan.updates, types)}
+    if plan.domains is not None:
+        body["domains"] = plan.domains
+    if plan.description is not None:
+        body["description"] = plan.description
+    return body
+
+
+def account_changes(current: dict[str, Any], plan: AccountPlan,
+                    types: dict[str, str]) -> dict[str, Any]:
+    """The PATCH body that brings the Front account ``current`` to ``plan``: only what
+    differs, custom_fields whole (PATCH replaces the set; others' fields are sent back).
+    Empty: Front holds it all already, no call."""
+    body: dict[str, Any] = {}
+    if plan.name != current.get("name"):
+        body["name"] = plan.name
+    if plan.description is not None and plan.description != (current.get("description") or ""):
+        body["description"] = plan.description
+    if plan.domains is not None and {d.lower() for d in plan.domains} \
+            != {d.lower() for d in current.get("domains") or []}:
+        body["domains"] = plan.domains
+    have = dict(current.get("custom_fields") or {})
+    fields = merge_fields(have, plan.updates, types)
+    if fields != have:
+        body["custom_fields"] = fields
+    return body

@@ -13,6 +13,18 @@ cached ``GET /teammates``; contact custom field types from a cached
 ``GET /contacts/custom_fields``. Every call goes through ``frontforce.front.FrontClient``
 and the process's one ``FrontPacer`` (x-ratelimit-*, retry-after, the wait in a 429 body).
 
+Accounts (UpsertAccount, use case 3), per external id and window: the account is read by
+``GET /accounts/alt:ext_id:<id>`` (then by its Front id, cached per process), created with
+its ``external_id`` when Front has none (``POST /accounts``), else patched only with what
+differs (custom fields merged as for contacts; nothing differs: no write). Contacts are
+linked in one ``POST /accounts/{id}/contacts`` after each missing handle was resolved by
+``GET /contacts/alt:email:…``; the account's linked handles are cached, so an account whose
+contacts are all linked already costs no contact call at all. A handle with no Front contact
+is skipped (not created: UpdateContactFields creates none either), named in the audit
+record's ``error`` beside the command's outcome, and looked up again only after
+``NO_CONTACT_RECHECK_S``. Unknown custom field names are sent as
+given: Front's 400 dead-letters the command at fault (the merged write is unrolled).
+
 One commit path, in this order (STYLE habit 2):
   1. gather a window of commands; decode them (registry retried in place; an undecodable
      record is dead-lettered);
@@ -72,7 +84,7 @@ import structlog
 from confluent_kafka import Consumer
 
 from frontforce.config import Settings
-from frontforce.errors import FatalError, InvalidRecordError
+from frontforce.errors import FatalError, InvalidRecordError, RetriableError
 from frontforce.front import FrontClient, FrontRequestError
 from frontforce.kafka import consumer_config
 from frontforce.logs import coords
@@ -88,6 +100,11 @@ log = structlog.get_logger("sinks.front")
 GAP_SHARE = 0.5
 _IDLE_STEP_S = 0.5
 LINKS_PER_CALL = 10  # Front: link_external_urls takes at most 10
+# A handle Front had no contact for is not looked up again for this long: an Account's
+# Contacts who never wrote in would otherwise cost one GET each on every update of it.
+NO_CONTACT_RECHECK_S = 600.0
+# An email without a Front teammate is asked about again after this long (routing skips it).
+NO_TEAMMATE_TTL_S = 600.0
 
 
 class _Stopping(Exception):
@@ -96,7 +113,7 @@ class _Stopping(Exception):
 
 class _Item:
     __slots__ = ("rec", "command", "op_name", "op", "key", "done", "recover", "calls",
-                 "tag_ids", "teammate_id", "author_id", "marker", "outcome", "error")
+                 "tag_ids", "teammate_id", "author_id", "marker", "outcome", "error", "made")
 
     def __init__(self, rec: Received, command: dict[str, Any]) -> None:
         self.rec = rec
@@ -114,11 +131,14 @@ class _Item:
         self.marker: str | None = None
         self.outcome: str | None = None
         self.error: str | None = None
+        self.made = False  # UpsertAccount: its account was created for it in this window
 
     @property
     def target(self) -> tuple[str, str]:
         if self.op_name == "UpdateContactFields":
             return ("contact", self.op["contact_handle"].strip().lower())
+        if self.op_name == "UpsertAccount":
+            return ("account", self.op["external_id"].strip())
         return ("conversation", self.op["conversation_id"])
 
 
@@ -141,7 +161,13 @@ class FrontSink:
         self.ledger = Ledger(settings, self.serde)
         self._tags: dict[str, str] | None = None  # lower-cased name -> tag id
         self._teammates: dict[str, str] | None = None  # lower-cased email -> teammate id
+        self._no_teammate: dict[str, float] = {}  # lower-cased email -> when found missing
         self._contact_types: dict[str, str] | None = None  # custom field name -> type
+        self._account_types: dict[str, str] | None = None  # account custom field -> type
+        self._account_ids: dict[str, str] = {}  # external id -> Front account id
+        # Front account id -> handle keys (``_plan.handle_key``) known to be linked to it.
+        self._account_links: dict[str, set[str]] = {}
+        self._no_contact: dict[str, float] = {}  # handle key -> when Front had no contact
         self._first: dict[str, _Item] = {}  # idempotency key -> the command applied for it
         self.stats = {"applied": 0, "skipped": 0, "dead_lettered": 0, "recovered": 0,
                       "front_calls": 0, "batches": 0}
@@ -235,6 +261,8 @@ class FrontSink:
                 continue
             if kind == "conversation":
                 self._conversation(target, its)
+            elif kind == "account":
+                self._account(its)
             else:
                 self._contact(its)
         for it in items:
@@ -310,6 +338,11 @@ class FrontSink:
         if it.op_name == "UpdateContactFields":
             if not op["contact_handle"].strip():
                 why = "UpdateContactFields without a contact handle"
+        elif it.op_name == "UpsertAccount":
+            if not op["external_id"].strip():
+                why = "UpsertAccount without an external_id"
+            elif not op["name"].strip():
+                why = "UpsertAccount without a name"
         elif not op["conversation_id"].strip():
             why = f"{it.op_name} without a conversation id"
         elif it.op_name == "AddComment" and not op["body"].strip():
@@ -351,7 +384,15 @@ class FrontSink:
                                   for n in it.op["tag_names"] if n.strip()]
                     it.tag_ids = [t for t in it.tag_ids if t]
                 elif it.op_name == "AssignConversation":
-                    it.teammate_id = self._teammate_id(it.op["teammate_email"])
+                    try:
+                        it.teammate_id = self._teammate_id(it.op["teammate_email"])
+                    except FrontRequestError as exc:
+                        if exc.status != 404:
+                            raise
+                        # Routing to a Salesforce owner without a Front seat (the
+                        # integration user, a manager): nothing to do, not an error.
+                        self._applied(it, "SKIPPED", None,
+                                      f"no Front teammate has the email {it.op['teammate_email']!r}")
                 elif it.op_name == "AddComment" and (it.op.get("author_email") or "").strip():
                     # Resolved here: an unknown author would make the comment POST a 404,
                     # which must mean "no such conversation".
@@ -387,8 +428,19 @@ class FrontSink:
             people = self._read_all("/teammates")
             self._teammates = {t["email"].lower(): t["id"] for t in people if t.get("email")}
         if e not in self._teammates:
-            t = self.retry.run(lambda: self._call("GET", f"/teammates/{quote('alt:email:' + e, safe=':@+')}"),
-                               what="reading a front teammate")
+            # An email known to have no teammate is not asked about again for a while: every
+            # conversation of an Account owned by someone without a Front seat would cost two
+            # reads otherwise.
+            missed = self._no_teammate.get(e)
+            if missed is not None and time.monotonic() - missed < NO_TEAMMATE_TTL_S:
+                raise FrontRequestError(404, f"no teammate alt:email:{e} (cached)")
+            try:
+                t = self.retry.run(lambda: self._call("GET", f"/teammates/{quote('alt:email:' + e, safe=':@+')}"),
+                                   what="reading a front teammate")
+            except FrontRequestError as exc:
+                if exc.status == 404:
+                    self._no_teammate[e] = time.monotonic()
+                raise
             self._teammates[e] = t["id"]
         return self._teammates[e]
 
@@ -591,10 +643,151 @@ class FrontSink:
             it.calls += calls / len(items)
             self._applied(it, outcome, contact.get("id"))
 
+    # -- accounts -----------------------------------------------------------------------------
+    def _account(self, items: list[_Item]) -> None:
+        ext = items[0].op["external_id"].strip()
+        path = f"/accounts/{quote('alt:ext_id:' + ext, safe=':@+')}"
+        try:
+            self._unrolled(path, items, self._upsert_account)
+        except FrontRequestError as exc:
+            for it in items:
+                if not it.done:
+                    self._fail(it, str(exc), 1.0 / len(items))
+
+    def _upsert_account(self, path: str, items: list[_Item]) -> None:
+        """One account: found (or created), patched where it differs, contacts linked. Safe
+        to run again after any failure (a retry, a crash at INTENT): it reads before it
+        writes, and a create that may have happened is found by its external id."""
+        before = self.stats["front_calls"]
+        plan = _plan.fold_accounts([it.op for it in items])
+        if self._account_types is None:
+            self._account_types = {d["name"]: d.get("type", "string")
+                                   for d in self._read_all("/accounts/custom_fields")}
+        account = self._find_account(plan.external_id)
+        wrote = False
+        if account is None:
+            for it in items:
+                # Set before the call: a create that timed out is found by the retry, and
+                # is still this window's creation.
+                it.made = True
+            try:
+                account = self._call("POST", "/accounts",
+                                     _plan.account_create_body(plan, self._account_types))
+            except FrontRequestError:
+                for it in items:
+                    it.made = False  # refused: nothing was created
+                raise
+            assert account is not None
+            self._account_ids[plan.external_id] = account["id"]
+            self._account_links[account["id"]] = set()
+            log.info("front account created", external_id=plan.external_id,
+                     account_id=account["id"])
+        else:
+            body = _plan.account_changes(account, plan, self._account_types)
+            if body:
+                try:
+                    self._call("PATCH", f"/accounts/{quote(account['id'], safe='')}", body)
+                except FrontRequestError as exc:
+                    if exc.status != 404:
+                        raise
+                    self._forget_account(plan.external_id)  # deleted meanwhile: look again
+                    raise RetriableError(f"front account {account['id']} vanished") from exc
+                wrote = True
+        linked, skipped = self._link_contacts(account["id"], plan.handles)
+        calls = self.stats["front_calls"] - before
+        outcome = "CREATED" if items[0].made else ("UPDATED" if wrote or linked else "SKIPPED")
+        for it in items:
+            it.calls += calls / len(items)
+            mine = [h for h in skipped
+                    if _plan.handle_key(h) in {_plan.handle_key(x) for x in it.op["contact_handles"]}]
+            note = f"not linked, no Front contact: {', '.join(mine)}" if mine else None
+            self._applied(it, outcome, account["id"], note)
+
+    def _find_account(self, external_id: str) -> dict[str, Any] | None:
+        """The Front account of ``external_id``: by its cached id, else by the alias."""
+        cached = self._account_ids.get(external_id)
+        if cached is not None:
+            try:
+                found = self._call("GET", f"/accounts/{quote(cached, safe='')}")
+                if found.get("external_id") == external_id:
+                    return dict(found)
+            except FrontRequestError as exc:
+                if exc.status != 404:
+                    raise
+            self._forget_account(external_id)
+        try:
+            found = self._call("GET", f"/accounts/{quote('alt:ext_id:' + external_id, safe=':@+')}")
+        except FrontRequestError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self._account_ids[external_id] = found["id"]
+        return dict(found)
+
+    def _forget_account(self, external_id: str) -> None:
+        account_id = self._account_ids.pop(external_id, None)
+        if account_id is not None:
+            self._account_links.pop(account_id, None)
+
+    def _link_contacts(self, account_id: str, handles: list[str]) -> tuple[bool, list[str]]:
+        """Link ``handles`` to the account; (whether a link was written, the handles with
+        no Front contact). The account's linked handles are read once per process (none for
+        an account it created) and kept: a handle known linked costs nothing, one without a
+        Front contact is looked up again after ``NO_CONTACT_RECHECK_S`` (the contact may
+        exist by then), one someone unlinked in Front is linked again after a restart."""
+        if not handles:
+            return False, []
+        now = time.monotonic()
+        absent = [h for h in handles
+                  if now - self._no_contact.get(_plan.handle_key(h), -NO_CONTACT_RECHECK_S)
+                  < NO_CONTACT_RECHECK_S]
+        handles = [h for h in handles if h not in absent]
+        known = self._account_links.get(account_id)
+        if known is not None and all(_plan.handle_key(h) in known for h in handles):
+            return False, absent  # linked already, as this process last saw or made it
+        if known is None:
+            members = self._read_all(f"/accounts/{quote(account_id, safe='')}/contacts", {"limit": "100"})
+            known = {_plan.handle_key(h["handle"]) for c in members for h in c.get("handles") or []}
+            self._account_links[account_id] = known
+        ids: list[str] = []
+        skipped: list[str] = list(absent)
+        for h in handles:
+            if _plan.handle_key(h) in known:
+                continue
+            try:
+                contact = self._call("GET", f"/contacts/{quote(_plan.contact_ref(h), safe=':@+')}")
+            except FrontRequestError as exc:
+                if exc.status != 404:
+                    raise
+                self._no_contact[_plan.handle_key(h)] = time.monotonic()
+                skipped.append(h)
+                continue
+            ids.append(contact["id"])
+            known |= {_plan.handle_key(x["handle"]) for x in contact.get("handles") or []}
+            self._no_contact.pop(_plan.handle_key(h), None)
+        if len(skipped) > len(absent):
+            log.info("contacts not in front: not linked to the account", account_id=account_id,
+                     handles=skipped[len(absent):])
+        if ids:
+            try:
+                self._call("POST", f"/accounts/{quote(account_id, safe='')}/contacts",
+                           {"contact_ids": list(dict.fromkeys(ids))})
+            except FrontRequestError as exc:
+                if exc.status != 404:
+                    raise
+                # A contact (or the account) went away between the reads and this call.
+                self._account_links.pop(account_id, None)
+                raise RetriableError(f"front account {account_id}: a contact vanished while "
+                                     "linking") from exc
+        self._account_links[account_id] = known
+        return bool(ids), skipped
+
     # -- outcomes -----------------------------------------------------------------------------
-    def _applied(self, it: _Item, outcome: str, result_id: str | None) -> None:
+    def _applied(self, it: _Item, outcome: str, result_id: str | None, note: str | None = None) -> None:
+        """``note``: why part of the command had no effect (audited in ``error``, as the
+        worker's SKIPPED reasons are); the command itself is not an error."""
         self._ledger_write(it, APPLIED, result_id)
-        self._audit(it, outcome, result_id, None)
+        self._audit(it, outcome, result_id, note)
         self.stats["applied" if outcome != "SKIPPED" else "skipped"] += 1
         it.outcome = outcome
         it.done = True
@@ -625,7 +818,7 @@ class FrontSink:
             "source_offset": r.offset,
             "at": int(time.time() * 1000),
         })
-        log.info("command applied" if error is None else "command failed", outcome=outcome,
+        log.info("command failed" if outcome == "DEAD_LETTERED" else "command applied", outcome=outcome,
                  operation=it.op_name, target=it.target[1], record_id=record_id,
                  correlation_id=cmd["origin"]["correlation_id"],
                  at=coords(r.topic, r.partition, r.offset), error=error)

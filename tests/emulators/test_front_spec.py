@@ -32,7 +32,10 @@ def test_every_served_route_conforms_to_the_spec(front: Front) -> None:
         custom_fields={"contact": [{"name": "SF Contact Id"},
                                    {"name": "Tier", "type": "enum", "values": ["Gold", "Silver"]}],
                        "conversation": [{"name": "SF Case", "type": "string"}],
-                       "link": [{"name": "SF Type", "type": "string"}]})
+                       "link": [{"name": "SF Type", "type": "string"}],
+                       "account": [{"name": "ARR", "type": "number"},
+                                   {"name": "Tier", "type": "enum", "values": ["Gold", "Silver"]},
+                                   {"name": "Owner", "type": "string"}]})
     pam, jim = ids["teammates"]
     inbox = ids["inboxes"][0]
 
@@ -44,7 +47,7 @@ def test_every_served_route_conforms_to_the_spec(front: Front) -> None:
     assert api.get("/inboxes").status_code == 200
     assert api.get(f"/inboxes/{inbox}").status_code == 200
     for path in ("/contacts/custom_fields", "/conversations/custom_fields",
-                 "/links/custom_fields"):
+                 "/links/custom_fields", "/accounts/custom_fields"):
         assert api.get(path).json()["_results"], path
 
     # Tags (company and legacy creation), links.
@@ -81,6 +84,29 @@ def test_every_served_route_conforms_to_the_spec(front: Front) -> None:
                        json={"handle": "bob@alt.example", "source": "email"}).status_code == 204
     merged = api.post("/contacts/merge", json={"contact_ids": [bob_id, bob2.json()["id"]]})
     assert merged.status_code == 200
+
+    # Accounts: by id and by the aliases Front documents (domain, ext_id); contacts by alias.
+    corp = api.post("/accounts", json={
+        "name": "Vance Refrigeration", "external_id": "001A", "domains": ["vance.example"],
+        "description": "HVAC", "custom_fields": {"ARR": 120000, "Tier": "Gold"}})
+    assert corp.status_code == 201
+    acc = corp.json()["id"]
+    assert api.post("/accounts", json={"name": "Dunder Mifflin"}).status_code == 201
+    assert api.get("/accounts", params={"limit": 1}).json()["_pagination"]["next"]
+    assert api.get(f"/accounts/{acc}").status_code == 200
+    assert api.get("/accounts/alt:ext_id:001A").json()["id"] == acc
+    assert api.get("/accounts/alt:domain:vance.example").json()["id"] == acc
+    patched = api.patch(f"/accounts/{acc}", json={"custom_fields": {"ARR": 130000,
+                                                                    "Owner": "pam"}})
+    assert patched.status_code == 200
+    assert patched.json()["custom_fields"] == {"ARR": 130000, "Owner": "pam"}
+    assert api.post(f"/accounts/{acc}/contacts",
+                    json={"contact_ids": ["alt:email:bob@vance.example"]}).status_code == 204
+    members = api.get("/accounts/alt:ext_id:001A/contacts", params={"limit": 10})
+    assert [c["id"] for c in members.json()["_results"]] == [bob_id]
+    assert api.request("DELETE", f"/accounts/{acc}/contacts",
+                       json={"contact_ids": [bob_id]}).status_code == 204
+    assert api.delete("/accounts/alt:domain:vance.example").status_code == 204
 
     # Conversations: inbound from a customer, then our writes.
     sim = front.simulate("inbound", **{"from": "bob@vance.example", "subject": "Quote",
@@ -156,6 +182,14 @@ def test_error_responses_use_fronts_error_shape(front: Front) -> None:
                     ).status_code == 400
     assert api.post("/contacts", json={"handles": []}).status_code == 400
     assert api.get("/events", params={"limit": 16}).status_code == 400
+    assert api.get("/accounts/acc_nope").status_code == 404
+    assert api.get("/accounts/alt:email:bob@corp.example").status_code == 404
+    assert api.post("/accounts", json={"description": "no name"}).status_code == 400
+    assert api.post("/accounts", json={"name": "A", "custom_fields": {"Nope": 1}}
+                    ).status_code == 400
+    assert api.post("/accounts", json={"name": "A", "external_id": "x1"}).status_code == 201
+    assert api.post("/accounts", json={"name": "B", "external_id": "x1"}).status_code == 409
+    assert api.get("/accounts", params={"q[updated_after]": "1"}).status_code == 400
     with front.client(token="wrong") as bad:
         resp = bad.get("/me")
     assert resp.status_code == 401
