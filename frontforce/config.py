@@ -254,6 +254,56 @@ class WorkerConfig(_Model):
         " creates one Lead per email (Front_Handle__c), logs the message on it and tags the"
         " conversation 'New Lead' in Front.",
     )
+    match_priority: list[Literal["Contact", "Lead", "Account"]] = Field(
+        ["Contact", "Lead", "Account"], min_length=1,
+        description="Which kind of record a Front handle lands on when several match: Contact and"
+        " Lead by email or phone, Account by the email's domain (its Website). Within one kind"
+        " the most recently modified record wins, then the lowest Id.",
+    )
+    free_mail_domains: list[str] = Field(
+        [], description="Domains added to the built-in free-mail list (gmail.com, outlook.com, ...):"
+        " never matched to an Account by domain, never a Lead's Company.",
+    )
+    phone_region: str = Field(
+        "US", min_length=2, max_length=2,
+        description="Region (ISO 3166 alpha-2) for phone numbers written without a country code,"
+        " in Salesforce and in Front; phones are matched as E.164.",
+    )
+    all_participants: bool = Field(
+        False,
+        description="Log a message on every external participant that matches (to, cc of an"
+        " outbound message) instead of the first one only (Front's own integration's rule).",
+    )
+    task_owner_from_teammate: bool = Field(
+        True,
+        description="Use case 1: a Task's owner is the Salesforce User whose email is the Front"
+        " teammate's (the author of an outbound message, the assignee of an inbound one); no"
+        " such active User leaves the owner to Salesforce (the integration user).",
+    )
+    route_to_account_owner: bool = Field(
+        True,
+        description="Use case 5: a new unassigned conversation is assigned to the Front teammate"
+        " whose email is the Salesforce User owning the matched Account (or the matched Lead).",
+    )
+    salesforce_context: bool = Field(
+        True,
+        description="Use case 3: every Salesforce Account is a Front account (external id = the"
+        " Account Id) with its Contacts linked, and the Account's context (context_fields) in"
+        " the custom fields of the account and of its contacts, sent within seconds of a change.",
+    )
+    context_fields: dict[str, str] = Field(
+        {"ARR": "AnnualRevenue", "Tier": "Type", "Account owner": "owner",
+         "Open opportunities": "open_opportunities"},
+        description="Front custom field name -> what it shows: an Account field (AnnualRevenue,"
+        " Type, a custom field listed in salesforce_source.custom_fields.Account), 'owner' (the"
+        " owner's name) or 'open_opportunities' (count, total amount, stages). The fields must"
+        " exist in Front for accounts and contacts.",
+    )
+    salesforce_web_url: str | None = Field(
+        None,
+        description="Salesforce's web address (https://<domain>.lightning.force.com): Front"
+        " contacts get a link to their Contact there. Unset: no link.",
+    )
 
 
 class PrivacyConfig(_Model):
@@ -375,7 +425,8 @@ class Settings(_Model):
         creates them up front: a Faust worker that subscribes before a topic exists ignores
         it until the next rebalance."""
         a = self.worker.app_id
-        return {"match_keys": f"{a}-match-keys", "by_handle": f"{a}-front-by-handle"}
+        return {"match_keys": f"{a}-match-keys", "by_handle": f"{a}-front-by-handle",
+                "by_account": f"{a}-changes-by-account"}
 
     @property
     def worker_table_topics(self) -> dict[str, str]:
@@ -384,7 +435,9 @@ class Settings(_Model):
         return {"match_table": f"{self.worker.app_id}-record-match-changelog",
                 "conversation_table": f"{self.worker.app_id}-conversation-state-changelog",
                 "case_links_table": f"{self.worker.app_id}-case-links-changelog",
-                "record_table": f"{self.worker.app_id}-record-keys-changelog"}
+                "record_table": f"{self.worker.app_id}-record-keys-changelog",
+                "reference_table": f"{self.worker.app_id}-reference-changelog",
+                "context_table": f"{self.worker.app_id}-account-context-changelog"}
 
 
 def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:

@@ -113,7 +113,7 @@ def run_demo(once: bool, messages: int, senders: int, known: int) -> int:
         stack.start_infra()
         say("starting the Salesforce emulator (HTTPS, local CA) and the Front emulator")
         stack.start_salesforce()
-        stack.start_front()
+        stack.start_front(context_fields=True)
         assert stack.ca_file is not None
         stack.write_config()
         say("creating topics and registering schemas")

@@ -53,13 +53,16 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
     """Create the pipeline's topics if missing; return the ones created."""
     topics = settings.topics
+    # The global table's changelog too: a Faust worker subscribes to it at start (every
+    # partition, to recover and follow it) and ignores it for good if it does not exist yet.
+    reference = settings.worker_table_topics["reference_table"]
     wanted = (list(names) if names is not None
-              else [*topics.model_dump().values(), *settings.worker_topics.values()])
+              else [*topics.model_dump().values(), *settings.worker_topics.values(), reference])
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     existing = set(admin.list_topics(timeout=10).topics)
     # Cursors and sink ledgers are state, not history: compacted, keyed. Cursors are a
     # handful of keys (one partition); a ledger grows with the commands it records.
-    compacted = {topics.source_cursors, topics.front_ledger, topics.salesforce_ledger}
+    compacted = {topics.source_cursors, topics.front_ledger, topics.salesforce_ledger, reference}
     single = {topics.source_cursors}
     new = [
         NewTopic(n, num_partitions=1 if n in single else settings.kafka.partitions,

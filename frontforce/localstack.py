@@ -141,12 +141,24 @@ class LocalStack:
     def front_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.front}"
 
-    def start_front(self) -> None:
+    def start_front(self, context_fields: bool = False) -> None:
+        """The Front emulator; ``context_fields``: with the custom fields the worker's default
+        ``context_fields`` write (use case 3), as a Front admin would define them."""
         args = [sys.executable, "-m", "emulators.front", "--host", "127.0.0.1",
                 "--port", str(self.ports.front), "--state-dir", str(self.state_dir / "front")]
         if self.persist:
             args.append("--persist")
         self._start_emulator("front-emulator", args, r"front emulator ready on (\S+)")
+        if not context_fields:
+            return
+        fields = [{"name": "ARR", "type": "number"}, {"name": "Tier", "type": "string"},
+                  {"name": "Account owner", "type": "string"},
+                  {"name": "Open opportunities", "type": "string"}]
+        r = httpx.post(f"{self.front_url}/__admin/seed", timeout=30, json={"custom_fields": {
+            "account": fields,
+            "contact": [*fields, {"name": "Salesforce account", "type": "string"}]}})
+        if r.status_code != 200 and "exists" not in r.text:  # a persisted emulator has them
+            raise RuntimeError(f"front emulator refused the custom fields: {r.text}")
 
     def _start_emulator(self, name: str, args: list[str], ready: str) -> re.Match[str]:
         log = (self.logs / f"{name}.log").open("ab")
@@ -196,6 +208,7 @@ salesforce_source:
 worker:
   app_id: "{self.app_id}"
   data_dir: "{self.state_dir / 'worker'}"
+  salesforce_web_url: "{self.salesforce_url}"
   tag_rules:
     "Renewal Risk":
       follow_up_task: "Call the customer about the renewal risk"

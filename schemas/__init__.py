@@ -32,6 +32,9 @@ WORKER_SCHEMA_FILES: dict[str, str] = {
     "conversation_table": "worker_state.avsc",
     "case_links_table": "worker_state.avsc",
     "record_table": "record_state.avsc",
+    "reference_table": "match_candidates.avsc",
+    "by_account": "salesforce_change.avsc",
+    "context_table": "account_context.avsc",
 }
 
 # Topics whose operation field is a union of records: decoded with return_record_name so a

@@ -48,17 +48,26 @@ from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
+from streams._context import account_command, apply_change, contact_command, contact_emails, digest, render
 from streams._matching import (
+    FREE_MAIL,
+    PEOPLE,
+    choose_account,
     choose_match,
+    choose_user,
     counterpart_handles,
+    email_domain,
+    is_reference_key,
     merge_entry,
     normalize_email,
     record_update,
+    web_domain,
 )
 from streams._privacy import excluded, masked, masker
 from streams._rules import (
     CASE_LINK_FIELD,
     _ms,
+    assign_command,
     case_comment_command,
     case_status_command,
     lead_command,
@@ -187,6 +196,8 @@ def create_app(settings: Settings) -> faust.App:
     serde = Serde(settings)
     mask = masker(settings.privacy)
     tag_rules = {name.lower(): rule for name, rule in w.tag_rules.items()}
+    free_mail = FREE_MAIL | {d.strip().lower() for d in w.free_mail_domains}
+    region = w.phone_region.upper()
 
     front_events = app.topic(topics.front_events, **_RAW)
     changes = app.topic(topics.salesforce_changes, **_RAW)
@@ -197,30 +208,41 @@ def create_app(settings: Settings) -> faust.App:
     internal = settings.worker_topics
     match_keys = app.topic(internal["match_keys"], partitions=n, internal=True, **_RAW)
     by_handle = app.topic(internal["by_handle"], partitions=n, internal=True, **_RAW)
-    # Values {"candidates": {record id: MatchCandidate}}, stored (RocksDB) and logged
-    # (changelog topic) through an Avro codec over the same serializers as every topic.
-    table = app.tables.add(ChangelogTable(app, name="record-match", default=None, partitions=n,
-                                          key_type=str))
-    assert isinstance(table, ChangelogTable)
-    table.value_serializer = AvroCodec(  # type: ignore[attr-defined]  # read lazily by Faust
-        serde, settings.worker_table_topics["match_table"])
+    by_account = app.topic(internal["by_account"], partitions=n, internal=True, **_RAW)
+    def add_table(name: str, logical: str, **kw: Any) -> ChangelogTable:
+        """A table whose values are stored (RocksDB) and logged (changelog topic) through an
+        Avro codec over the same serializers as every topic. The codec is set before the
+        table is added: adding it creates its changelog topic, whose value serializer is
+        what recovery (a worker taking over a partition, a standby) decodes with; a codec
+        set afterwards only encodes, and recovery then fails on every record."""
+        t = ChangelogTable(app, name=name, default=None, partitions=n, key_type=str, **kw)
+        t.value_serializer = AvroCodec(  # type: ignore[attr-defined]  # read lazily by Faust
+            serde, settings.worker_table_topics[logical])
+        app.tables.add(t)
+        return t
+
+    # Match key -> {"candidates": {record id: MatchCandidate}} (Contacts and Leads).
+    table = add_table("record-match", "match_table")
     # Conversation id -> the newest archive/reopen acted on (front.events is keyed by
     # conversation: co-partitioned with route-front-events, the only agent that uses it).
-    conversations = app.tables.add(ChangelogTable(app, name="conversation-state", default=None,
-                                                  partitions=n, key_type=str))
+    conversations = add_table("conversation-state", "conversation_table")
     # Record id -> the match keys it holds and its newest state (salesforce.changes is keyed
     # by record id: co-partitioned with route-changes).
-    records = app.tables.add(ChangelogTable(app, name="record-keys", default=None,
-                                            partitions=n, key_type=str))
+    records = add_table("record-keys", "record_table")
     # Case id -> its Front conversation (salesforce.changes is keyed by record id).
-    case_links = app.tables.add(ChangelogTable(app, name="case-links", default=None,
-                                               partitions=n, key_type=str))
-    assert isinstance(conversations, ChangelogTable) and isinstance(case_links, ChangelogTable)
-    assert isinstance(records, ChangelogTable)
-    for small, logical in ((conversations, "conversation_table"), (case_links, "case_links_table"),
-                           (records, "record_table")):
-        small.value_serializer = AvroCodec(  # type: ignore[attr-defined]
-            serde, settings.worker_table_topics[logical])
+    case_links = add_table("case-links", "case_links_table")
+    # The small global reference table: every worker holds all of it (Users by email and Id,
+    # Accounts by domain and Id), so any partition's event can read a sender's Account by
+    # domain, an Account's owner, a teammate's Salesforce User. Written by index-match-keys
+    # only, key by key from the match-keys partition the key hashes to (one writer per key);
+    # its changelog has that topic's partitions and each write goes to the partition of the
+    # event that made it, so a key always lives in one changelog partition. Other workers'
+    # writes are applied as they come (what faust.GlobalTable sets; recovery too, per its
+    # warning about multi-instance recovery loops).
+    reference = add_table("reference", "reference_table", is_global=True,
+                          standby_buffer_size=1, recovery_buffer_size=1)
+    # Account Id -> what Front shows of it (use case 3), keyed like the by-account topic.
+    contexts = add_table("account-context", "context_table")
 
     async def dead_letter(event: EventT, stage: str, exc: BaseException) -> None:
         msg = event.message
@@ -343,7 +365,7 @@ def create_app(settings: Settings) -> faust.App:
     async def route_changes(stream: StreamT) -> None:
         async def body(event: EventT, change: dict[str, Any], out: Outbox) -> None:
             held = records.get(change["record_id"])
-            state, entries = record_update(held, change)
+            state, entries = record_update(held, change, region, free_mail)
             if state is not held:
                 records[change["record_id"]] = state
                 out.changelog(records)
@@ -351,8 +373,86 @@ def create_app(settings: Settings) -> faust.App:
                 await out.send(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
             if change["sobject"] == "Case":
                 await case_changed(change, out)
+            if w.salesforce_context and change["sobject"] in ("Account", "Opportunity", "Contact") and (
+                    state is not held or change["sobject"] == "Account"):
+                await to_accounts(change, held, state, out)
 
         await consume("route-changes", stream, topics.salesforce_changes, body)
+
+    async def to_accounts(change: dict[str, Any], held: dict[str, Any] | None,
+                          state: dict[str, Any] | None, out: Outbox) -> None:
+        """Use case 3, first step: a change of an Account, or of an Opportunity or Contact
+        of one, re-keyed by the Account Id. An Opportunity's or Contact's UPDATE names its
+        Account only when that changed: the record-keys state knows it. A Contact goes as
+        its whole self (email and Account from that state) so the Account it moved to
+        knows its email; the Account it left gets its DELETE."""
+        logical = internal["by_account"]
+        if change["sobject"] == "Account":
+            await out.send(by_account, change["record_id"].encode(), serde.encode(logical, change))
+            return
+        new_account = (state or {}).get("entry", {}).get("account_id")
+        old_account = (held or {}).get("entry", {}).get("account_id")
+        if change["sobject"] == "Contact":
+            gone = bool(state and state["deleted"])
+            change = {**change, "change_type": "DELETE" if gone else "SNAPSHOT",
+                      "email": (state or {}).get("email"), "account_id": new_account,
+                      "changed_fields": [], "nulled_fields": []}
+        if old_account and old_account != new_account:
+            await out.send(by_account, old_account.encode(), serde.encode(
+                logical, {**change, "change_type": "DELETE", "changed_fields": []}))
+        if new_account:
+            await out.send(by_account, new_account.encode(), serde.encode(logical, change))
+
+    @app.agent(by_account, name="account-context")
+    async def account_context(stream: StreamT) -> None:
+        async def body(event: EventT, change: dict[str, Any], out: Outbox) -> None:
+            await context_changed(_key(event), change, out)
+
+        await consume("account-context", stream, internal["by_account"], body)
+
+    async def context_changed(account_id: str, change: dict[str, Any], out: Outbox) -> None:
+        """Use case 3: the Account's context table takes the change in; when what Front
+        shows of it differs from what was sent last, the Front account (and the contacts of
+        the Account, all of them when the shared fields changed, else the one that changed)
+        get it. Owner names come from the reference table."""
+        held = contexts.get(account_id) or {"account": None, "opportunities": {}, "contacts": {},
+                                            "sent": None}
+        kind, rid = change["sobject"], change["record_id"]
+        group = {"Opportunity": "opportunities", "Contact": "contacts"}.get(kind)
+        record = apply_change(held[group].get(rid) if group else held["account"], change)
+        if record is None:
+            return  # older than what is held
+        ctx = ({**held, group: {**held[group], rid: record}} if group
+               else {**held, "account": record})
+        account = ctx["account"]
+        if account is not None and not account["deleted"]:
+            fields = account["fields"]
+            owner = reference_record(fields.get("OwnerId"))
+            shown = render(ctx, owner.get("name") if owner else None, w.context_fields)
+            domain = web_domain(fields.get("Website"))
+            emails = contact_emails(ctx)
+            version = digest(fields.get("Name"), domain, emails, shown)
+            shared = digest(shown, fields.get("Name"))
+            sent_version, _, sent_shared = (ctx.get("sent") or "").partition("/")
+            source = change.get("transaction_key") or f"{rid}@{change['commit_timestamp']}"
+            if version != sent_version:
+                await out.send(front_commands, account_id.encode(), serde.encode(
+                    topics.commands_front,
+                    account_command(account_id, ctx, shown, domain, str(source), version)))
+            contact_fields = {"Salesforce account": fields.get("Name"), **shown}
+            for cid, contact in ctx["contacts"].items():
+                email = contact["fields"].get("Email")
+                if contact["deleted"] or not email or (shared == sent_shared and cid != rid):
+                    continue
+                links = ([f"{w.salesforce_web_url.rstrip('/')}/lightning/r/Contact/{cid}/view"]
+                         if w.salesforce_web_url else [])
+                await out.send(front_commands, str(email).lower().encode(), serde.encode(
+                    topics.commands_front,
+                    contact_command(str(email).lower(), contact_fields, links, str(source),
+                                    digest(shared, email, links))))
+            ctx = {**ctx, "sent": f"{version}/{shared}"}
+        contexts[account_id] = ctx
+        out.changelog(contexts)
 
     async def case_changed(change: dict[str, Any], out: Outbox) -> None:
         """Keep the Case -> conversation link; use case 7: a Case status change made in
@@ -400,9 +500,10 @@ def create_app(settings: Settings) -> faust.App:
     async def index_match_keys(stream: StreamT) -> None:
         async def body(event: EventT, entry: dict[str, Any], out: Outbox) -> None:
             key = _key(event)
-            held = table.get(key)
-            table[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
-            out.changelog(table)
+            into = reference if is_reference_key(key) else table
+            held = into.get(key)
+            into[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
+            out.changelog(into)
 
         await consume("index-match-keys", stream, internal["match_keys"], body)
 
@@ -429,18 +530,22 @@ def create_app(settings: Settings) -> faust.App:
                 return
             if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
                 return  # other event kinds get their rules in later steps
-            handles = counterpart_handles(fe)
-            # One Task per message: the first customer-side handle is the person. What goes on
-            # is the masked event: nothing masked reaches a topic after front.events.
-            if handles:
-                await out.send(by_handle, handles[0].encode(), serde.encode(topics.front_events, fe))
-            else:
-                await emit_audit(out, event, fe, "SKIPPED", "message has no customer email handle")
+            handles = counterpart_handles(fe, region)
+            # One Task per message on the first customer-side handle (Front's own rule), or
+            # one per external participant (worker.all_participants). What goes on is the
+            # masked event: nothing masked reaches a topic after front.events.
+            if not handles:
+                await emit_audit(out, event, fe, "SKIPPED", "message has no customer email or phone handle")
+                return
+            value = serde.encode(topics.front_events, fe)
+            for handle in handles if w.all_participants else handles[:1]:
+                await out.send(by_handle, handle.encode(), value)
 
         await consume("route-front-events", stream, topics.front_events, body)
 
     async def emit_audit(out: Outbox, event: EventT, fe: dict[str, Any], outcome: str,
-                         error: str | None) -> None:
+                         error: str | None, record_id: str | None = None,
+                         reason: str | None = None) -> None:
         msg = event.message
         msg_id = (fe.get("message") or {}).get("id") or fe["event_id"]
         record = {
@@ -449,9 +554,10 @@ def create_app(settings: Settings) -> faust.App:
             "target": "streams",
             "operation": "Match",
             "outcome": outcome,
-            "record_id": None,
+            "record_id": record_id,
             "api_calls": {},
             "error": error,
+            "reason": reason,
             "source_topic": msg.topic,
             "source_partition": msg.partition,
             "source_offset": msg.offset,
@@ -469,9 +575,9 @@ def create_app(settings: Settings) -> faust.App:
                      if r["role"] == "from" and r.get("name")), None)
         key = f"email:{email}".encode()
         sf_topic = topics.commands_salesforce
-        await out.send(commands, key, serde.encode(sf_topic, lead_command(fe, email, name)))
-        await out.send(commands, key, serde.encode(
-            sf_topic, lead_task_command(fe, email, settings.salesforce.task_external_id_field)))
+        await out.send(commands, key, serde.encode(sf_topic, lead_command(fe, email, name, free_mail)))
+        await out.send(commands, key, serde.encode(sf_topic, lead_task_command(
+            fe, email, settings.salesforce.task_external_id_field, task_owner(fe))))
         await out.send(front_commands, fe["conversation_id"].encode(),
                        serde.encode(topics.commands_front, new_lead_tag_command(fe)))
         log.info("unknown sender: lead", handle=email, event_id=fe["event_id"])
@@ -489,26 +595,92 @@ def create_app(settings: Settings) -> faust.App:
             await out.send(commands, fe["conversation_id"].encode(),
                            serde.encode(topics.commands_salesforce, cmd))
 
+    def find_record(key: str) -> tuple[dict[str, Any] | None, str]:
+        """The record a handle lands on, by ``worker.match_priority``, and why (the audit's
+        reason): Contact and Lead by the handle in the record-match table, Account by the
+        email's domain in the reference table (never a free-mail domain)."""
+        held = table.get(key)
+        candidates = (held and held["candidates"]) or {}
+        for kind in w.match_priority:
+            if kind in PEOPLE:
+                found = choose_match(candidates, (kind,))
+                if found is not None:
+                    n = sum(1 for c in candidates.values() if c["kind"] == kind)
+                    others = sorted({c["kind"] for c in candidates.values()} - {kind})
+                    return found, (f"{key}: {kind}"
+                                   + (f" (newest of {n} {kind}s)" if n > 1 else "")
+                                   + (f" over {', '.join(others)} by priority" if others else ""))
+            elif kind == "Account" and key.startswith("email:"):
+                domain = email_domain(key.removeprefix("email:"))
+                if domain in free_mail:
+                    continue
+                ref = reference.get(f"domain:{domain}")
+                account = choose_account(ref and ref["candidates"])
+                if account is not None:
+                    n = len(ref["candidates"]) if ref else 1
+                    return ({**account, "account_id": account["id"]},
+                            f"domain:{domain}: Account" + (f" (oldest of {n})" if n > 1 else ""))
+        return None, f"no {', '.join(w.match_priority)} matches {key}"
+
+    def reference_record(record_id: str | None) -> dict[str, Any] | None:
+        if not record_id:
+            return None
+        held = reference.get(f"id:{record_id}")
+        return (held and held["candidates"].get(record_id)) or None
+
+    def task_owner(fe: dict[str, Any]) -> str | None:
+        """Use case 1: the Salesforce User whose email is the Front teammate's: the author of
+        an outbound message, the assignee of an inbound one."""
+        if not w.task_owner_from_teammate or not fe.get("message"):
+            return None
+        msg = fe["message"]
+        email = normalize_email(fe.get("assignee_email") if msg["is_inbound"] else msg.get("author_email"))
+        if email is None:
+            return None
+        held = reference.get(f"user:{email}")
+        user = choose_user(held and held["candidates"])
+        return user["id"] if user else None
+
+    async def route_to_owner(fe: dict[str, Any], found: dict[str, Any], out: Outbox) -> None:
+        """Use case 5: a conversation nobody is assigned to, from a person whose Account (or
+        Lead) has an owner in Salesforce, goes to the Front teammate with that User's email."""
+        if not (w.route_to_account_owner and fe["event_type"] == "INBOUND_MESSAGE"
+                and fe.get("conversation_id") and not fe.get("assignee_email")):
+            return
+        account = reference_record(found.get("account_id"))
+        owner_id = account["owner_id"] if account else (
+            found.get("owner_id") if found["kind"] == "Lead" else None)
+        user = reference_record(owner_id)
+        if user is None or not user.get("active", True) or not user.get("email"):
+            return
+        await out.send(front_commands, fe["conversation_id"].encode(),
+                       serde.encode(topics.commands_front, assign_command(fe, user["email"])))
+
     @app.agent(by_handle, name="match-front-events")
     async def match(stream: StreamT) -> None:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
             key = _key(event)
-            held = table.get(key)
-            found = choose_match(held and held["candidates"])
             if fe["event_type"] == "TAG":
-                await tagged(event, fe, found, out)
+                held = table.get(key)
+                await tagged(event, fe, choose_match(held and held["candidates"]), out)
                 return
+            found, why = find_record(key)
             if found is None and key.startswith("email:") and w.unknown_sender_leads and (
                     fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
                 await unknown_sender(out, fe, key.removeprefix("email:"))
                 return
             if found is None:
-                await emit_audit(out, event, fe, "SKIPPED", f"no Contact matches {key}")
+                await emit_audit(out, event, fe, "SKIPPED", why, reason=why)
                 log.info("unmatched", handle=key, event_id=fe["event_id"])
                 return
-            cmd = task_command(fe, found, settings.salesforce.task_external_id_field)
-            await out.send(commands, fe["message"]["id"].encode(),
-                           serde.encode(topics.commands_salesforce, cmd))
+            first = counterpart_handles(fe, region)[:1] == [key]
+            msg_id = fe["message"]["id"]
+            cmd = task_command(fe, found, settings.salesforce.task_external_id_field, task_owner(fe),
+                               None if first else f"{msg_id}/{key}")
+            await out.send(commands, msg_id.encode(), serde.encode(topics.commands_salesforce, cmd))
+            await emit_audit(out, event, fe, "MATCHED", None, found["id"], why)
+            if first:
+                await route_to_owner(fe, found, out)
             if (found["kind"] == "Lead" and w.unknown_sender_leads
                     and fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
                 # The sender is a Lead (the one made for them a moment ago, or one that was

@@ -1,16 +1,43 @@
-"""Matching keys and the rule for choosing among candidates.
+"""Matching keys and the rules for choosing among candidates.
 
-Keys are strings ``email:<lower-cased address>`` (later ``phone:<E.164>``,
-``domain:<domain>``). Both sides of the join are re-keyed by these strings so the lookup is
-co-partitioned (see _app.py).
+Keys are strings:
+
+- ``email:<lower-cased address>`` and ``phone:<E.164>``: Contacts and Leads, in the
+  partitioned record-match table; both sides of that join are re-keyed by these strings so
+  the lookup is co-partitioned (see _app.py).
+- ``domain:<web domain>`` (Accounts, from Website; free-mail domains never),
+  ``user:<email>`` (Users) and ``id:<record id>`` (Users and Accounts by Id): the small
+  global reference table every worker holds whole, read from any partition (the domain of a
+  sender, the owner of an Account, the Salesforce User of a Front teammate).
+
+The rule for ambiguity (documented in the README): the kinds are tried in
+``worker.match_priority`` order (default Contact, Lead, Account by domain); several records
+of one kind on one key: the most recently modified wins, then the lowest Id, the same on
+every worker and every replay. Several Accounts on one domain: the lowest Id (the oldest).
+Several Users on one email: an active one, then the most recently modified.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
-# Priority of record kinds when several match the same key (configurable later).
-DEFAULT_PRIORITY = ("Contact", "Lead")
+import phonenumbers
+
+# Domains whose addresses are people, not companies: never a Lead's Company, never matched
+# to an Account by domain. ``worker.free_mail_domains`` adds to it.
+FREE_MAIL = frozenset({
+    "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "live.com",
+    "msn.com", "icloud.com", "me.com", "aol.com", "proton.me", "protonmail.com", "gmx.com",
+    "gmx.de", "web.de", "yandex.ru", "mail.ru", "qq.com", "163.com",
+})
+
+PEOPLE = ("Contact", "Lead")
+DEFAULT_PRIORITY = ("Contact", "Lead", "Account")
+# Objects the reference table holds by Id.
+REFERENCE = ("User", "Account")
 
 
 def normalize_email(address: str | None) -> str | None:
@@ -22,22 +49,34 @@ def normalize_email(address: str | None) -> str | None:
     return addr
 
 
-def match_entries(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Index entries a Salesforce change contributes: (match key, entry)."""
-    if change["sobject"] not in DEFAULT_PRIORITY:
-        return []
-    email = normalize_email(change.get("email"))
-    if email is None:
-        return []
-    entry = {
-        "kind": change["sobject"],
-        "id": change["record_id"],
-        "account_id": change.get("account_id"),
-        "owner_id": change.get("owner_id"),
-        "ts": _ts(change.get("commit_timestamp")),
-        "deleted": change["change_type"] == "DELETE",
-    }
-    return [(f"email:{email}", entry)]
+@lru_cache(maxsize=65536)
+def normalize_phone(raw: str | None, region: str = "US") -> str | None:
+    """E.164 of a phone number as Salesforce or Front holds it ("(415) 555-0100",
+    "+44 20 7946 0958", "tel:+1..."), or None when it is not a possible number."""
+    if not raw:
+        return None
+    text = raw.strip().removeprefix("tel:")
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def web_domain(website: str | None) -> str | None:
+    """The domain of an Account's Website ("https://www.acme.example/about" -> acme.example)."""
+    if not website or not website.strip():
+        return None
+    text = website.strip().lower()
+    host = urlsplit(text if "//" in text else f"//{text}").hostname or ""
+    host = host.removeprefix("www.").strip(".")
+    return host if "." in host else None
+
+
+def email_domain(email: str) -> str:
+    return email.rpartition("@")[2]
 
 
 def _ts(value: Any) -> int:
@@ -60,41 +99,79 @@ def merge_entry(current: dict[str, Any] | None, entry: dict[str, Any]) -> dict[s
     return merged
 
 
+def _newest(of_kind: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    return min(of_kind, key=lambda c: (-c["ts"], c["id"]), default=None)
+
+
 def choose_match(candidates: dict[str, Any] | None,
-                 priority: tuple[str, ...] = DEFAULT_PRIORITY) -> dict[str, Any] | None:
+                 priority: Iterable[str] = PEOPLE) -> dict[str, Any] | None:
     """Highest-priority kind wins; among duplicates of one kind, the most recently modified
     record, then the lowest id (deterministic on every worker and every replay)."""
     if not candidates:
         return None
     for kind in priority:
-        of_kind = [c for c in candidates.values() if c["kind"] == kind]
-        if of_kind:
-            return sorted(of_kind, key=lambda c: (-c["ts"], c["id"]))[0]
+        found = _newest(c for c in candidates.values() if c["kind"] == kind)
+        if found is not None:
+            return found
     return None
 
 
-def counterpart_handles(event: dict[str, Any]) -> list[str]:
-    """Customer-side email handles of a message event: the sender of an inbound message,
-    the to/cc recipients of an outbound one."""
+def choose_account(candidates: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Several Accounts on one domain: the lowest Id, i.e. the oldest record."""
+    live = [c for c in (candidates or {}).values() if c["kind"] == "Account"]
+    return min(live, key=lambda c: c["id"], default=None)
+
+
+def choose_user(candidates: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Several Users on one email: an active one, then the most recently modified."""
+    users = [c for c in (candidates or {}).values() if c["kind"] == "User"]
+    return _newest(u for u in users if u.get("active", True)) or None
+
+
+def counterpart_handles(event: dict[str, Any], region: str = "US") -> list[str]:
+    """Customer-side handles of a message event, as match keys: the sender of an inbound
+    message, the to/cc recipients of an outbound one; ``email:`` for email and
+    ``phone:<E.164>`` for SMS, WhatsApp and calls. Teammates' own addresses are not
+    customers: Front marks the customer side by role, so the author is never in the list."""
     message = event.get("message")
     if not message:
         return []
     roles = ("from",) if message["is_inbound"] else ("to", "cc")
-    keys = []
+    keys: list[str] = []
     for r in message["recipients"]:
-        if r["role"] in roles:
-            email = normalize_email(r["handle"])
-            if email:
-                keys.append(f"email:{email}")
+        if r["role"] not in roles:
+            continue
+        key = handle_key(r["handle"], region)
+        if key and key not in keys:
+            keys.append(key)
     return keys
+
+
+def handle_key(handle: str | None, region: str = "US") -> str | None:
+    """A Front handle as a match key: an email, else a phone number, else nothing."""
+    email = normalize_email(handle)
+    if email:
+        return f"email:{email}"
+    phone = normalize_phone(handle, region)
+    return f"phone:{phone}" if phone else None
 
 
 # Salesforce field behind each entry field, as change events name it in changed_fields.
 _TRACKED = {"account_id": "AccountId", "owner_id": "OwnerId"}
 _FULL = frozenset({"SNAPSHOT", "CREATE", "UNDELETE"})
+# Opportunities hold no key: their state keeps the Account they belong to (use case 3).
+_INDEXED = (*PEOPLE, *REFERENCE, "Opportunity")
 
 
-def record_update(held: dict[str, Any] | None, change: dict[str, Any]
+def _name(change: dict[str, Any]) -> str | None:
+    if change.get("name"):
+        return str(change["name"])
+    parts = [p for p in (change.get("first_name"), change.get("last_name")) if p]
+    return " ".join(parts) or None
+
+
+def record_update(held: dict[str, Any] | None, change: dict[str, Any], region: str = "US",
+                  free_mail: frozenset[str] = FREE_MAIL,
                   ) -> tuple[dict[str, Any] | None, list[tuple[str, dict[str, Any]]]]:
     """A record's new state (the record-keys table value) and the match entries to send for
     ``change``: its current keys with its newest entry, and retractions (``deleted``) of the
@@ -102,7 +179,8 @@ def record_update(held: dict[str, Any] | None, change: dict[str, Any]
     Email keeps the email held; a DELETE carries no email at all, so the keys come from
     what is held. A change older than the held state changes nothing (a late delivery, a
     re-read overlapping the stream). A converted Lead gives up its keys to its Contact."""
-    if change["sobject"] not in DEFAULT_PRIORITY:
+    kind = change["sobject"]
+    if kind not in _INDEXED:
         return held, []
     ctype = change["change_type"]
     ts = _ts(change.get("commit_timestamp"))
@@ -111,20 +189,55 @@ def record_update(held: dict[str, Any] | None, change: dict[str, Any]
     if held is not None and held["ts"] > ts:
         return held, []
     old_keys = set(held["keys"]) if held else set()
-    prev = held["entry"] if held else {"account_id": None, "owner_id": None}
+    before = held or {}
+    prev = before.get("entry") or {"account_id": None, "owner_id": None}
     full = ctype in _FULL
     changed = set(change.get("changed_fields") or []) | set(change.get("nulled_fields") or [])
-    entry = {"kind": change["sobject"], "id": change["record_id"], "ts": ts, "deleted": False}
+
+    def now(field: str, *sf: str) -> Any:
+        """The field's value after this change: from the change when it carries it (a full
+        record, or named in changed_fields), else what is held."""
+        if full or changed.intersection(sf) or any(c.startswith(f"{s}.") for s in sf for c in changed):
+            return change.get(field)
+        return before.get(field)
+
+    entry: dict[str, Any] = {"kind": kind, "id": change["record_id"], "ts": ts, "deleted": False}
     for field, sf in _TRACKED.items():
         entry[field] = change.get(field) if full or sf in changed else prev.get(field)
-    email = (normalize_email(change.get("email")) if full or "Email" in changed
-             else (held or {}).get("email"))
+    email = normalize_email(change.get("email")) if full or "Email" in changed else before.get("email")
+    # [Phone, MobilePhone] as E.164 ("" when empty): each is replaced only when it changed.
+    phones = [*(before.get("phones") or []), "", ""][:2]
+    for i, (field, sf) in enumerate((("phone", "Phone"), ("mobile_phone", "MobilePhone"))):
+        if full or sf in changed:
+            phones[i] = normalize_phone(change.get(field), region) or ""
+    domain = web_domain(change.get("website")) if full or "Website" in changed else before.get("domain")
+    name = (_name(change) if full or any(c.startswith(("Name", "FirstName", "LastName"))
+                                          for c in changed) else before.get("name"))
+    active = (change.get("is_active") is not False) if full or "IsActive" in changed else before.get(
+        "active", True)
     gone = ctype == "DELETE" or bool(change.get("is_converted"))
-    keys = set() if gone or not email else {f"email:{email}"}
+    keys: set[str] = set()
+    if not gone:
+        if kind in PEOPLE:
+            keys = ({f"email:{email}"} if email else set()) | {f"phone:{p}" for p in phones if p}
+        elif kind == "User":
+            keys = {f"id:{entry['id']}"} | ({f"user:{email}"} if email else set())
+            entry.update(email=email, name=name, active=bool(active))
+        elif kind == "Account":
+            keys = {f"id:{entry['id']}"}
+            if domain and domain not in free_mail:
+                keys.add(f"domain:{domain}")
+            entry.update(name=name, owner_id=entry["owner_id"])
     if gone:
         entry["deleted"] = True
     out = [(k, {**entry, "deleted": True}) for k in sorted(old_keys - keys)]
     out += [(k, entry) for k in sorted(keys)]
-    state = {"keys": sorted(keys), "email": email, "ts": ts, "deleted": ctype == "DELETE",
-             "entry": entry}
+    state = {"keys": sorted(keys), "email": email, "domain": domain, "phones": phones,
+             "name": name, "active": bool(active), "ts": ts, "deleted": ctype == "DELETE",
+             "entry": {k: entry[k] for k in ("kind", "id", "account_id", "owner_id", "ts", "deleted")}}
     return state, out
+
+
+def is_reference_key(key: str) -> bool:
+    """Keys of the global reference table (the rest go to the partitioned record-match)."""
+    return key.startswith(("id:", "user:", "domain:"))

@@ -7,6 +7,8 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from streams._matching import FREE_MAIL
+
 _SUBTYPES = {"email": "Email", "call": "Call", "phone-call": "Call"}
 
 
@@ -16,8 +18,15 @@ def _command_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-def task_command(event: dict[str, Any], match: dict[str, Any], external_id_field: str) -> dict[str, Any]:
+def task_command(event: dict[str, Any], match: dict[str, Any], external_id_field: str,
+                 owner_id: str | None = None, external_id: str | None = None) -> dict[str, Any]:
+    """The message's Task on ``match``: a Contact or Lead (Who, with its Account as What) or
+    an Account matched by domain (What only). ``owner_id``: the Salesforce User of the Front
+    teammate (use case 1), None leaves it to Salesforce. ``external_id``: the message id, or
+    ``<message id>/<handle>`` for a further participant's Task (``worker.all_participants``)."""
     message = event["message"]
+    ext = external_id or message["id"]
+    is_account = match.get("kind") == "Account"
     created: datetime = message["created_at"]
     if not isinstance(created, datetime):
         created = datetime.fromtimestamp(int(created) / 1000, UTC)
@@ -26,8 +35,8 @@ def task_command(event: dict[str, Any], match: dict[str, Any], external_id_field
     subject = message.get("subject") or event.get("conversation_subject") or "(no subject)"
     activity: date = created.astimezone(UTC).date()
     return {
-        "command_id": _command_id("UpsertTask", message["id"]),
-        "idempotency_key": f"Task/{external_id_field}/{message['id']}",
+        "command_id": _command_id("UpsertTask", ext),
+        "idempotency_key": f"Task/{external_id_field}/{ext}",
         "created_at": int(time.time() * 1000),
         "origin": {
             "system": "frontforce",
@@ -36,10 +45,10 @@ def task_command(event: dict[str, Any], match: dict[str, Any], external_id_field
         },
         "operation": ("frontforce.commands.UpsertTask", {
             "external_id_field": external_id_field,
-            "external_id": message["id"],
-            "who_id": match["id"],
-            "what_id": match.get("account_id"),
-            "owner_id": None,
+            "external_id": ext,
+            "who_id": None if is_account else match["id"],
+            "what_id": match["id"] if is_account else match.get("account_id"),
+            "owner_id": owner_id,
             "subject": f"{direction} {channel}: {subject}"[:255],
             "description": (message.get("text") or "")[:32000] or None,
             "activity_date": activity,
@@ -50,13 +59,6 @@ def task_command(event: dict[str, Any], match: dict[str, Any], external_id_field
     }
 
 
-# Domains whose addresses are people, not companies: never a Lead's Company, never matched
-# to an Account by domain (the matching issue makes the list configurable).
-FREE_MAIL = frozenset({
-    "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "live.com",
-    "msn.com", "icloud.com", "me.com", "aol.com", "proton.me", "protonmail.com", "gmx.com",
-    "gmx.de", "web.de", "yandex.ru", "mail.ru", "qq.com", "163.com",
-})
 LEAD_EXTERNAL_ID = "Front_Handle__c"
 NEW_LEAD_TAG = "New Lead"
 
@@ -66,7 +68,8 @@ def _origin(event: dict[str, Any]) -> dict[str, str]:
             "correlation_id": event["event_id"]}
 
 
-def lead_command(event: dict[str, Any], email: str, name: str | None) -> dict[str, Any]:
+def lead_command(event: dict[str, Any], email: str, name: str | None,
+                 free_mail: frozenset[str] = FREE_MAIL) -> dict[str, Any]:
     """The Lead of an unknown sender, created once on its handle (``Front_Handle__c``): the
     command id and idempotency key depend on the handle only, so every message of that
     sender, and every replay, asks for the same Lead."""
@@ -74,7 +77,7 @@ def lead_command(event: dict[str, Any], email: str, name: str | None) -> dict[st
     first, _, last = (name or "").strip().rpartition(" ")
     if not last:
         first, last = "", local
-    company = "[not provided]" if domain in FREE_MAIL else domain
+    company = "[not provided]" if domain in free_mail else domain
     return {
         "command_id": _command_id("UpsertLead", email),
         "idempotency_key": f"Lead/{LEAD_EXTERNAL_ID}/{email}",
@@ -88,10 +91,11 @@ def lead_command(event: dict[str, Any], email: str, name: str | None) -> dict[st
     }
 
 
-def lead_task_command(event: dict[str, Any], email: str, external_id_field: str) -> dict[str, Any]:
+def lead_task_command(event: dict[str, Any], email: str, external_id_field: str,
+                      owner_id: str | None = None) -> dict[str, Any]:
     """The message's Task on the Lead ``lead_command`` makes, named by its external id: no
     lookup of the Lead's Id anywhere."""
-    cmd = task_command(event, {"id": None, "account_id": None}, external_id_field)
+    cmd = task_command(event, {"id": None, "account_id": None}, external_id_field, owner_id)
     cmd["operation"][1]["who_ref"] = {"sobject": "Lead", "field": LEAD_EXTERNAL_ID, "value": email}
     return cmd
 
@@ -198,3 +202,18 @@ def tag_commands(event: dict[str, Any], match: dict[str, Any], rule: Any,
             }),
         })
     return out
+
+
+def assign_command(event: dict[str, Any], teammate_email: str) -> dict[str, Any]:
+    """Use case 5: the conversation assigned to the Front teammate who owns its Account in
+    Salesforce. Once per conversation (the Front sink's ledger): a teammate who reassigns it
+    later is not overruled by the next message."""
+    conversation = event["conversation_id"]
+    return {
+        "command_id": _command_id("AssignConversation", conversation, "account-owner"),
+        "idempotency_key": f"AssignConversation/{conversation}/account-owner",
+        "created_at": int(time.time() * 1000),
+        "origin": _origin(event),
+        "operation": ("frontforce.commands.front.AssignConversation", {
+            "conversation_id": conversation, "teammate_email": teammate_email}),
+    }

@@ -2,36 +2,107 @@
 
 from __future__ import annotations
 
-from streams import choose_match, match_entries
-from streams._matching import merge_entry
+from streams import choose_match
+from streams._matching import (
+    choose_account,
+    choose_user,
+    counterpart_handles,
+    merge_entry,
+    normalize_phone,
+    record_update,
+    web_domain,
+)
 
 
-def change(rid: str, email: str | None, ts: int, sobject: str = "Contact", kind: str = "SNAPSHOT"):
+def change(rid: str, email: str | None, ts: int, sobject: str = "Contact", kind: str = "SNAPSHOT",
+           **more: object):
     return {"record_id": rid, "sobject": sobject, "email": email, "commit_timestamp": ts,
-            "change_type": kind, "account_id": None, "owner_id": None}
+            "change_type": kind, "account_id": None, "owner_id": None, **more}
+
+
+def entries(c: dict, held: dict | None = None) -> list:
+    return record_update(held, c)[1]
 
 
 def test_email_key_is_case_and_space_insensitive() -> None:
-    [(key, _)] = match_entries(change("003A", "  Bob@Corp.COM ", 1))
+    [(key, _)] = entries(change("003A", "  Bob@Corp.COM ", 1))
     assert key == "email:bob@corp.com"
-    assert match_entries(change("003B", None, 1)) == []
-    assert match_entries(change("001A", "x@y.com", 1, sobject="Account")) == []
+    assert entries(change("003B", None, 1)) == []
+    # An Account is held by Id (and by domain when it has a Website), never by an email.
+    assert [k for k, _ in entries(change("001A", "x@y.com", 1, sobject="Account"))] == ["id:001A"]
 
 
 def test_duplicates_newest_contact_wins_and_contact_beats_lead() -> None:
     table = None
     for c in [change("003OLD", "a@b.com", 1), change("003NEW", "a@b.com", 5),
               change("00QLEAD", "a@b.com", 9, sobject="Lead")]:
-        table = merge_entry(table, match_entries(c)[0][1])
+        table = merge_entry(table, entries(c)[0][1])
     assert choose_match(table)["id"] == "003NEW"
+    assert choose_match(table, ("Lead", "Contact"))["id"] == "00QLEAD"
 
 
 def test_stale_change_does_not_override_and_delete_removes() -> None:
-    t = merge_entry(None, match_entries(change("003A", "a@b.com", 10))[0][1])
-    t = merge_entry(t, match_entries(change("003A", "a@b.com", 5, kind="DELETE"))[0][1])
+    [(_, e)] = entries(change("003A", "a@b.com", 10))
+    t = merge_entry(None, e)
+    t = merge_entry(t, {**e, "ts": 5, "deleted": True})
     assert choose_match(t)["id"] == "003A"  # older delete replayed late: ignored
-    t = merge_entry(t, match_entries(change("003A", "a@b.com", 11, kind="DELETE"))[0][1])
+    t = merge_entry(t, {**e, "ts": 11, "deleted": True})
     assert choose_match(t) is None
+
+
+def test_phones_match_as_e164_whatever_the_format_salesforce_holds() -> None:
+    """Salesforce keeps Phone as typed; Front's SMS and call handles are E.164. Both sides
+    become the same key, and a Phone change retracts the old number only."""
+    assert normalize_phone("(415) 555-0100") == "+14155550100"
+    assert normalize_phone("+1 415-555-0100") == normalize_phone("tel:+14155550100") == "+14155550100"
+    assert normalize_phone("020 7946 0958", "GB") == "+442079460958"
+    assert normalize_phone("n/a") is None and normalize_phone("12") is None
+    state, out = record_update(None, change("003P", None, 1, phone="(415) 555-0100",
+                                            mobile_phone="415.555.0199"))
+    assert [k for k, _ in out] == ["phone:+14155550100", "phone:+14155550199"]
+    state, out = record_update(state, change("003P", None, 2, kind="UPDATE", phone="415 555 0111",
+                                             changed_fields=["Phone"]))
+    assert [(k, e["deleted"]) for k, e in out] == [
+        ("phone:+14155550100", True), ("phone:+14155550111", False), ("phone:+14155550199", False)]
+    sms = {"message": {"is_inbound": True, "recipients": [
+        {"handle": "+14155550111", "role": "from"}, {"handle": "+14155550000", "role": "to"}]}}
+    assert counterpart_handles(sms) == ["phone:+14155550111"]
+
+
+def test_accounts_by_domain_never_free_mail_and_the_oldest_wins() -> None:
+    assert web_domain("https://www.Acme.example/about") == "acme.example"
+    assert web_domain("acme.example") == web_domain("http://acme.example:8080") == "acme.example"
+    assert web_domain("n/a") is None and web_domain("") is None
+    state, out = record_update(None, change("001B", None, 1, sobject="Account", website="acme.example",
+                                            owner_id="005O", name="Acme"))
+    assert [k for k, _ in out] == ["domain:acme.example", "id:001B"]
+    assert out[1][1]["owner_id"] == "005O" and out[1][1]["name"] == "Acme"
+    # An owner change keeps the domain held; a Website on a free-mail domain is no key.
+    state, out = record_update(state, change("001B", None, 2, sobject="Account", kind="UPDATE",
+                                             owner_id="005P", changed_fields=["OwnerId"]))
+    assert [(k, e["owner_id"]) for k, e in out] == [("domain:acme.example", "005P"), ("id:001B", "005P")]
+    _, out = record_update(None, change("001C", None, 1, sobject="Account", website="gmail.com"))
+    assert [k for k, _ in out] == ["id:001C"]
+    table = None
+    for rid, ts in (("001Z", 1), ("001B", 9)):
+        [(_, e), _id] = entries(change(rid, None, ts, sobject="Account", website="acme.example"))
+        table = merge_entry(table, e)
+    assert choose_account(table)["id"] == "001B"
+
+
+def test_users_by_email_an_active_one_wins_and_a_deactivated_one_never_owns() -> None:
+    old, out = record_update(None, change("005A", "Sam@Corp.example", 1, sobject="User",
+                                          first_name="Sam", last_name="Lee", is_active=True))
+    assert [k for k, _ in out] == ["id:005A", "user:sam@corp.example"]
+    assert (out[0][1]["email"], out[0][1]["name"], out[0][1]["active"]) == ("sam@corp.example", "Sam Lee", True)
+    table = merge_entry(None, out[1][1])
+    _, out2 = record_update(None, change("005B", "sam@corp.example", 5, sobject="User", is_active=False))
+    table = merge_entry(table, out2[1][1])
+    assert choose_user(table)["id"] == "005A"  # the newer one is inactive
+    _, out = record_update(old, change("005A", None, 6, sobject="User", kind="UPDATE", is_active=False,
+                                       changed_fields=["IsActive"]))
+    table = merge_entry(table, out[1][1])
+    assert choose_user(table) is None
 
 
 def _front_message(sender: str, name: str | None) -> dict:
@@ -124,3 +195,34 @@ def test_record_keys_converge_whatever_the_change_events_carry() -> None:
     lead, out = record_update(lead, ev("UPDATE", 2, sobject="Lead", is_converted=True,
                                        changed=["IsConverted", "ConvertedContactId"]))
     assert [(k, e["deleted"]) for k, e in out] == [("email:lee@x.example", True)]
+
+
+def test_account_context_is_rebuilt_from_change_events_alone() -> None:
+    """Use case 3's state: an UPDATE carries only what changed, so the context keeps the
+    rest; an older change changes nothing; closed Opportunities are not open ones; a
+    deleted Contact leaves the account's contacts."""
+    from streams._context import apply_change, contact_emails, render
+
+    def ev(sobject: str, rid: str, kind: str, ts: int, changed: list[str] | None = None, **f: object):
+        return {"record_id": rid, "sobject": sobject, "change_type": kind, "commit_timestamp": ts,
+                "changed_fields": changed or [], **f}
+
+    acc = apply_change(None, ev("Account", "001A", "SNAPSHOT", 1, name="Globex", annual_revenue=1.2e6,
+                                type="Enterprise", owner_id="005P", website="globex.example"))
+    acc2 = apply_change(acc, ev("Account", "001A", "UPDATE", 3, ["AnnualRevenue"], annual_revenue=2e6))
+    assert acc2 is not None and acc2["fields"]["AnnualRevenue"] == "2000000"
+    assert acc2["fields"]["Type"] == "Enterprise"  # not in the UPDATE: kept
+    assert apply_change(acc2, ev("Account", "001A", "UPDATE", 2, ["Type"], type="SMB")) is None
+    o1 = apply_change(None, ev("Opportunity", "006A", "CREATE", 1, name="Big", amount=50000.0,
+                               stage_name="Negotiation", is_closed=False, account_id="001A"))
+    o2 = apply_change(None, ev("Opportunity", "006B", "CREATE", 1, name="Old", amount=10.0,
+                               stage_name="Closed Won", is_closed=True, account_id="001A"))
+    c1 = apply_change(None, ev("Contact", "003A", "SNAPSHOT", 1, email="Carla@Globex.example"))
+    c2 = apply_change(None, ev("Contact", "003B", "DELETE", 2))
+    ctx = {"account": acc2, "opportunities": {"006A": o1, "006B": o2},
+           "contacts": {"003A": c1, "003B": c2}}
+    shown = render(ctx, "Pam Beesly", {"ARR": "AnnualRevenue", "Tier": "Type", "Owner": "owner",
+                                       "Open": "open_opportunities"})
+    assert shown == {"ARR": "2000000", "Tier": "Enterprise", "Owner": "Pam Beesly",
+                     "Open": "1 open, 50,000 (Negotiation)"}
+    assert contact_emails(ctx) == ["carla@globex.example"]

@@ -51,7 +51,8 @@ class Pipeline:
         conv = self.front.get(f"/conversations/{conversation}", headers=headers).json()
         comments = self.front.get(f"/conversations/{conversation}/comments", headers=headers).json()
         return {"tags": sorted(t["name"] for t in conv.get("tags") or []),
-                "comments": [c["body"] for c in comments.get("_results") or []]}
+                "comments": [c["body"] for c in comments.get("_results") or []],
+                "assignee": (conv.get("assignee") or {}).get("email")}
 
     def tasks(self) -> list[dict[str, Any]]:
         r = self.admin.get("/__admin/records/Task")
@@ -93,7 +94,7 @@ def running_pipeline(infra: LocalStack, state_dir: Path) -> Iterator[Pipeline]:
     stack = new_pipeline(infra, state_dir)
     try:
         stack.start_salesforce()
-        stack.start_front()
+        stack.start_front(context_fields=True)
         stack.write_config()
         stack.frontforce("setup")
         assert stack.ca_file is not None
@@ -140,7 +141,8 @@ def test_redelivered_webhook_still_writes_one_task(pipeline: Pipeline) -> None:
     assert pipeline.emitter.deliver(ev) == 200
     assert pipeline.emitter.deliver(ev) == 200
     pipeline.settle()
-    audits = [a for a in pipeline.topic("audit") if a["correlation_id"] == ev["id"]]
+    audits = [a for a in pipeline.topic("audit") if a["correlation_id"] == ev["id"]
+              and a["target"] != "streams"]
     # Both deliveries went all the way through the sink: the second found the Task logged
     # and did not write it again (a logged message is a fact)...
     assert sorted(a["outcome"] for a in audits) == ["CREATED", "SKIPPED"]
@@ -401,6 +403,159 @@ def test_matching_follows_a_contacts_email_change_and_delete_through_change_data
     assert str(logged(3, new)["WhoId"]).startswith("00Q")
 
 
+def wait_changes(pipeline: Pipeline, record_ids: set[str], timeout: float = 60) -> None:
+    """Until a change event of each record is on salesforce.changes and the worker has taken
+    them in (Change Data Capture is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while record_ids - {c["record_id"] for c in pipeline.topic("salesforce.changes")}:
+        assert time.monotonic() < deadline, f"no change events for {record_ids}"
+        time.sleep(0.5)
+    pipeline.settle()
+
+
+def test_owner_routing_and_matching_by_domain_and_phone(pipeline: Pipeline) -> None:
+    """Use cases 1 and 5 and the matching rules beyond email, from Salesforce's change
+    events alone (no lookup): an unassigned conversation from a Contact goes to the Front
+    teammate who owns the Contact's Account; a Task's owner is the Salesforce User of the
+    teammate (the assignee of an inbound message, the author of an outbound one); a sender
+    no Contact or Lead has lands on the Account of their work domain (no Lead), a free-mail
+    one becomes a Lead; an SMS from a number written differently in Salesforce lands on its
+    Contact. The audit topic says which record each message landed on and why."""
+    tag = uuid.uuid4().hex[:6]
+    domain = f"globex-{tag}.example"
+    r = pipeline.admin.post("/__admin/seed", json={"records": {
+        "User": [{"Email": "pam@acme.example", "Username": f"pam-{tag}@acme.example",
+                  "FirstName": "Pam", "LastName": "Beesly"},
+                 {"Email": "jim@acme.example", "Username": f"jim-{tag}@acme.example",
+                  "FirstName": "Jim", "LastName": "Halpert"}],
+        "Account": [{"Name": "Globex", "Website": f"https://www.{domain}/", "OwnerId": "@User[0]"}],
+        "Contact": [{"LastName": "Carla", "Email": f"carla@{domain}", "AccountId": "@Account[0]",
+                     "Phone": "(415) 555-0142"}]}})
+    r.raise_for_status()
+    ids = r.json()["ids"]
+    (pam, jim), [account], [carla] = ids["User"], ids["Account"], ids["Contact"]
+    wait_changes(pipeline, {pam, jim, account, carla})
+    pipeline.front_conversations(*(f"cnv_{tag}{i}" for i in range(6)))
+    r = pipeline.front.post("/__admin/seed", json={"teammates": [
+        {"email": "pam@acme.example", "first_name": "Pam", "last_name": "Beesly"},
+        {"email": "jim@acme.example", "first_name": "Jim", "last_name": "Halpert"}]})
+    assert r.status_code == 200, r.text
+
+    # 0: unassigned, from Carla -> Task on Carla and her Account, the conversation to Pam.
+    assert pipeline.emitter.deliver(event(f"carla@{domain}", tag, 0)) == 200
+    # 1: assigned to Jim -> the Task is Jim's; no routing (somebody has it already).
+    assigned = event(f"carla@{domain}", tag, 1)
+    assigned["conversation"]["assignee"] = {"id": "tea_jim", "email": "jim@acme.example"}
+    assert pipeline.emitter.deliver(assigned) == 200
+    # 2: Jim replies -> the outbound message's Task is Jim's (its author).
+    reply = event(f"carla@{domain}", tag, 2)
+    reply["type"] = "out_reply"
+    msg = reply["target"]["data"]
+    msg.update(is_inbound=False, author={"id": "tea_jim", "email": "jim@acme.example"})
+    msg["recipients"] = [{"handle": "support@acme.example", "role": "from", "name": "Support"},
+                         {"handle": f"carla@{domain}", "role": "to", "name": None}]
+    assert pipeline.emitter.deliver(reply) == 200
+    # 3: a colleague of Carla's nobody knows -> on the Account by domain, no Lead.
+    assert pipeline.emitter.deliver(event(f"newbie@{domain}", tag, 3)) == 200
+    # 4: a free-mail stranger -> a Lead, never an Account by domain.
+    assert pipeline.emitter.deliver(event(f"stranger-{tag}@gmail.com", tag, 4)) == 200
+    # 5: an SMS from Carla's number as Front writes it (E.164).
+    sms = event("+14155550142", tag, 5)
+    sms["target"]["data"]["type"] = "sms"
+    sms["target"]["data"]["recipients"][1]["handle"] = "+14155550000"
+    assert pipeline.emitter.deliver(sms) == 200
+
+    tasks = {t["Front_Message_Id__c"]: t for t in
+             pipeline.tasks_for({f"msg_{tag}{i}" for i in range(6)}, expect=6)}
+    assert len(tasks) == 6
+    t = [tasks[f"msg_{tag}{i}"] for i in range(6)]
+    assert (t[0]["WhoId"], t[0]["WhatId"]) == (carla, account)
+    assert t[0]["OwnerId"] not in (pam, jim)  # unassigned: Salesforce's default owner
+    assert t[1]["OwnerId"] == jim and t[2]["OwnerId"] == jim
+    assert (t[3]["WhoId"], t[3]["WhatId"]) == (None, account)
+    assert str(t[4]["WhoId"]).startswith("00Q")
+    assert t[5]["WhoId"] == carla
+    pipeline.settle()
+    assert pipeline.front_state(f"cnv_{tag}0")["assignee"] == "pam@acme.example"
+    assert pipeline.front_state(f"cnv_{tag}1")["assignee"] is None  # not ours to route
+    leads = [row for row in pipeline.admin.get("/__admin/records/Lead").json()["records"]
+             if str(row.get("Email") or "").endswith(domain)]
+    assert leads == []
+    why = {a["correlation_id"]: a for a in pipeline.topic("audit")
+           if a["operation"] == "Match" and a["correlation_id"].startswith(f"evt_{tag}")}
+    assert why[f"evt_{tag}3"]["outcome"] == "MATCHED" and why[f"evt_{tag}3"]["record_id"] == account
+    assert why[f"evt_{tag}3"]["reason"].startswith(f"domain:{domain}: Account")
+    assert why[f"evt_{tag}5"]["reason"].startswith("phone:+14155550142: Contact")
+    assert why[f"evt_{tag}0"]["reason"] == f"email:carla@{domain}: Contact"
+
+
+def test_salesforce_context_reaches_front_accounts_and_contacts_within_seconds(
+        pipeline: Pipeline) -> None:
+    """Use case 3, from change events alone: a Salesforce Account becomes a Front account
+    (external id = the Account Id) with ARR, tier, owner and open opportunities in its
+    custom fields and its Contact linked; the Contact's Front contact carries the same and a
+    link to the Contact in Salesforce; an ARR change made in Salesforce reaches both."""
+    from frontforce.salesforce import connect
+
+    tag = uuid.uuid4().hex[:6]
+    email = f"dora-{tag}@initech.example"
+    headers = {"Authorization": f"Bearer {pipeline.stack.front_token}"}
+    r = pipeline.front.post("/__admin/seed", json={"contacts": [
+        {"name": "Dora", "handles": [{"source": "email", "handle": email}]}]})
+    assert r.status_code == 200, r.text
+    r = pipeline.admin.post("/__admin/seed", json={"records": {
+        "User": [{"Email": f"owner-{tag}@acme.example", "FirstName": "Olga", "LastName": f"Owner{tag}"}],
+        "Account": [{"Name": f"Initech {tag}", "Website": f"initech-{tag}.example", "OwnerId": "@User[0]",
+                     "AnnualRevenue": 1200000, "Type": "Customer - Direct"}],
+        "Contact": [{"LastName": "Dora", "Email": email, "AccountId": "@Account[0]"}],
+        "Opportunity": [{"Name": "Renewal", "StageName": "Negotiation/Review", "Amount": 50000,
+                         "CloseDate": "2027-01-31", "AccountId": "@Account[0]"},
+                        {"Name": "Won", "StageName": "Closed Won", "Amount": 999,
+                         "CloseDate": "2026-01-31", "AccountId": "@Account[0]"}]}})
+    r.raise_for_status()
+    ids = r.json()["ids"]
+    [account], [contact] = ids["Account"], ids["Contact"]
+
+    def front_account() -> dict[str, Any] | None:
+        got = pipeline.front.get(f"/accounts/alt:ext_id:{account}", headers=headers)
+        return got.json() if got.status_code == 200 else None
+
+    def wait(what: str, check: Any, timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = check()
+            if got:
+                return got
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    acc = wait("the Front account with its opportunity", lambda: (lambda a: a if a and (
+        a["custom_fields"].get("Open opportunities", "").startswith("1 open")) else None)(front_account()))
+    assert acc["name"] == f"Initech {tag}" and acc["domains"] == [f"initech-{tag}.example"]
+    assert acc["custom_fields"] == {"ARR": 1200000, "Tier": "Customer - Direct",
+                                    "Account owner": f"Olga Owner{tag}",
+                                    "Open opportunities": "1 open, 50,000 (Negotiation/Review)"}
+    linked = pipeline.front.get(f"/accounts/{acc['id']}/contacts", headers=headers).json()["_results"]
+    assert [h["handle"] for c in linked for h in c["handles"]] == [email]
+
+    def front_contact() -> dict[str, Any]:
+        got = pipeline.front.get(f"/contacts/alt:email:{email}", headers=headers)
+        return got.json() if got.status_code == 200 else {}
+
+    person = wait("the contact's context", lambda: (lambda c: c if c.get("custom_fields", {}).get(
+        "Salesforce account") else None)(front_contact()))
+    assert person["custom_fields"]["ARR"] == 1200000
+    assert person["custom_fields"]["Account owner"] == f"Olga Owner{tag}"
+    assert any(f"/lightning/r/Contact/{contact}/view" in link for link in person.get("links") or [])
+
+    sf = connect(pipeline.stack.settings().salesforce).client
+    sf.restful(f"sobjects/Account/{account}", method="PATCH", json={"AnnualRevenue": 2500000})
+    changed = time.monotonic()
+    wait("the new ARR in Front", lambda: (front_account() or {}).get("custom_fields", {}).get("ARR") == 2500000)
+    wait("the new ARR on the contact", lambda: front_contact()["custom_fields"].get("ARR") == 2500000)
+    assert time.monotonic() - changed < 30
+
+
 def test_card_numbers_are_masked_before_any_topic_and_private_conversations_never_sync(
         pipeline: Pipeline) -> None:
     """Privacy: a card number in a message reaches neither Salesforce nor any topic after
@@ -500,3 +655,50 @@ def test_worker_internal_topics_are_wire_format_too(pipeline: Pipeline) -> None:
     ids = {c["id"] for v in values for c in v["candidates"].values()}
     assert set(pipeline.contact_ids.values()) <= ids
     assert {k["id"] for k in keys} >= set(pipeline.contact_ids.values())
+
+
+def test_a_replacement_worker_with_no_local_state_recovers_its_tables_from_kafka(
+        pipeline: Pipeline) -> None:
+    """A worker can be killed and replaced by one on another machine: its tables come back
+    from their changelog topics. Guards the order that broke it (the changelog topic made
+    before the table's Avro codec was set, so recovery read every record as JSON and a new
+    worker knew no Contact): tests/broken_worker.py restores that order, and a message from
+    a Contact the old worker had indexed must then not land on it. Runs last: it replaces
+    the module's worker."""
+    import shutil
+    import signal
+
+    stack = pipeline.stack
+    tag = uuid.uuid4().hex[:6]
+
+    def new_contact(name: str) -> tuple[str, str]:
+        email = f"{name}-{tag}@replaced.example"
+        r = pipeline.admin.post("/__admin/seed", json={"records": {"Contact": [
+            {"LastName": name, "Email": email}]}})
+        r.raise_for_status()
+        [cid] = r.json()["ids"]["Contact"]
+        wait_changes(pipeline, {cid})
+        return cid, email
+
+    def replace_worker(module: str) -> None:
+        stack.procs["worker"].send_signal(signal.SIGKILL)
+        stack.procs["worker"].wait(10)
+        shutil.rmtree(stack.state_dir / "worker", ignore_errors=True)
+        stack.spawn("worker", "worker", module=module)
+
+    kept, kept_email = new_contact("Kept")
+    replace_worker("frontforce")
+    assert pipeline.emitter.deliver(event(kept_email, tag, 0)) == 200
+    [task] = pipeline.tasks_for({f"msg_{tag}0"}, expect=1, timeout=120)
+    assert task["WhoId"] == kept
+
+    lost, lost_email = new_contact("Lost")
+    replace_worker("tests.broken_worker")
+    try:
+        assert pipeline.emitter.deliver(event(lost_email, tag, 1)) == 200
+        found = pipeline.tasks_for({f"msg_{tag}1"}, expect=1, timeout=45)
+        assert not [t for t in found if t["WhoId"] == lost], (
+            "the broken worker recovered its tables: the check proves nothing")
+    finally:
+        replace_worker("frontforce")
+    pipeline.settle()

@@ -126,6 +126,11 @@ def normalize_event(payload: dict[str, Any], source: str, envelope_type: str | N
         "message": message,
         "source_kind": source_kind if isinstance(source_kind, str) else None,
         "conversation_recipient": _str_or_none(_obj(conv.get("recipient")).get("handle")),
+        # Whom the conversation is assigned to (the teammate whose Salesforce User owns an
+        # inbound message's Task, use case 1); an assign event names the new assignee.
+        "assignee_email": _str_or_none(_obj(target.get("data")).get("email"))
+        if front_type == "assign" and _obj(target.get("_meta")).get("type") == "teammate"
+        else _str_or_none(_obj(conv.get("assignee")).get("email")),
         **_tag(target),
         "is_private": conv.get("is_private") is True,
     }
