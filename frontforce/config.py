@@ -211,6 +211,16 @@ class TagRule(_Model):
     chatter_note: str | None = Field(
         None, description="A Chatter note (FeedItem) posted on the person's Account (or on the person)."
     )
+    opportunity_stage: str | None = Field(
+        None,
+        description="StageName set on the Account's open Opportunity (the one closing first) when"
+        " the tag is added.",
+    )
+    on_untag: Literal["nothing", "revert"] = Field(
+        "nothing",
+        description="Removing the tag: 'revert' puts the Opportunity back to the stage it had"
+        " before the tag (the Task and note stay); 'nothing' leaves everything as it is.",
+    )
 
 
 class WorkerConfig(_Model):
@@ -246,7 +256,7 @@ class WorkerConfig(_Model):
     tag_rules: dict[str, TagRule] = Field(
         {}, description="Use case 4: Front tag name (case-insensitive) -> what it does in Salesforce,"
         " e.g. {'Renewal Risk': {follow_up_task: 'Call about the renewal', chatter_note: '...'}}."
-        " Removing the tag does nothing.",
+        " Removing the tag does what on_untag says.",
     )
     unknown_sender_leads: bool = Field(
         True,
@@ -426,7 +436,8 @@ class Settings(_Model):
         it until the next rebalance."""
         a = self.worker.app_id
         return {"match_keys": f"{a}-match-keys", "by_handle": f"{a}-front-by-handle",
-                "by_account": f"{a}-changes-by-account"}
+                "by_account": f"{a}-changes-by-account",
+                "tags_by_account": f"{a}-tags-by-account"}
 
     @property
     def worker_table_topics(self) -> dict[str, str]:

@@ -213,6 +213,9 @@ worker:
     "Renewal Risk":
       follow_up_task: "Call the customer about the renewal risk"
       chatter_note: "Renewal risk flagged in Front"
+    "Upsell":
+      opportunity_stage: "Proposal/Price Quote"
+      on_untag: revert
 sink:
   group_id: "{self.app_id}-sink-salesforce"
 front_sink:

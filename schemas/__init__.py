@@ -34,6 +34,7 @@ WORKER_SCHEMA_FILES: dict[str, str] = {
     "record_table": "record_state.avsc",
     "reference_table": "match_candidates.avsc",
     "by_account": "salesforce_change.avsc",
+    "tags_by_account": "front_event.avsc",
     "context_table": "account_context.avsc",
 }
 

@@ -73,6 +73,7 @@ from streams._rules import (
     lead_command,
     lead_task_command,
     new_lead_tag_command,
+    stage_command,
     tag_commands,
     task_command,
 )
@@ -209,6 +210,7 @@ def create_app(settings: Settings) -> faust.App:
     match_keys = app.topic(internal["match_keys"], partitions=n, internal=True, **_RAW)
     by_handle = app.topic(internal["by_handle"], partitions=n, internal=True, **_RAW)
     by_account = app.topic(internal["by_account"], partitions=n, internal=True, **_RAW)
+    tags_by_account = app.topic(internal["tags_by_account"], partitions=n, internal=True, **_RAW)
     def add_table(name: str, logical: str, **kw: Any) -> ChangelogTable:
         """A table whose values are stored (RocksDB) and logged (changelog topic) through an
         Avro codec over the same serializers as every topic. The codec is set before the
@@ -416,7 +418,7 @@ def create_app(settings: Settings) -> faust.App:
         the Account, all of them when the shared fields changed, else the one that changed)
         get it. Owner names come from the reference table."""
         held = contexts.get(account_id) or {"account": None, "opportunities": {}, "contacts": {},
-                                            "sent": None}
+                                            "sent": None, "tag_stages": {}}
         kind, rid = change["sobject"], change["record_id"]
         group = {"Opportunity": "opportunities", "Contact": "contacts"}.get(kind)
         record = apply_change(held[group].get(rid) if group else held["account"], change)
@@ -520,10 +522,11 @@ def create_app(settings: Settings) -> faust.App:
             if fe["event_type"] in ("ARCHIVE", "REOPEN") and w.close_cases and fe.get("conversation_id"):
                 await case_status(event, fe, out)
                 return
-            if fe["event_type"] == "TAG" and fe.get("conversation_id"):
+            if fe["event_type"] in ("TAG", "UNTAG") and fe.get("conversation_id"):
                 rule = tag_rules.get(str(fe.get("tag_name") or "").lower())
                 person = normalize_email(fe.get("conversation_recipient"))
-                if rule is not None and person:
+                if rule is not None and person and (
+                        fe["event_type"] == "TAG" or rule.opportunity_stage):
                     # To the match step, keyed like a message from that person.
                     await out.send(by_handle, f"email:{person}".encode(),
                                    serde.encode(topics.front_events, fe))
@@ -591,8 +594,62 @@ def create_app(settings: Settings) -> faust.App:
                              "Contact or Lead")
             return
         rule = tag_rules[str(fe.get("tag_name") or "").lower()]
-        for cmd in tag_commands(fe, found, rule, settings.salesforce.task_external_id_field):
-            await out.send(commands, fe["conversation_id"].encode(),
+        if fe["event_type"] == "TAG":
+            for cmd in tag_commands(fe, found, rule, settings.salesforce.task_external_id_field):
+                await out.send(commands, fe["conversation_id"].encode(),
+                               serde.encode(topics.commands_salesforce, cmd))
+        if rule.opportunity_stage and found.get("account_id"):
+            # The stage lives with the Account's Opportunities: on to the account-context
+            # partition, in order (front.events, then by person, then by Account).
+            await out.send(tags_by_account, str(found["account_id"]).encode(),
+                           serde.encode(internal["tags_by_account"], fe))
+
+    @app.agent(tags_by_account, name="account-tags")
+    async def account_tags(stream: StreamT) -> None:
+        async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
+            await tag_stage(event, _key(event), fe, out)
+
+        await consume("account-tags", stream, internal["tags_by_account"], body)
+
+    async def tag_stage(event: EventT, account_id: str, fe: dict[str, Any], out: Outbox) -> None:
+        """Use case 4, the stage: a mapped tag moves the Account's open Opportunity (the one
+        closing first) to the rule's stage, once while the tag is on (a second add, a replay,
+        does nothing); removing it puts the stage back when the rule says revert."""
+        tag = str(fe.get("tag_name") or "")
+        rule = tag_rules[tag.lower()]
+        key = f"{fe['conversation_id']}/{tag.lower()}"
+        held = contexts.get(account_id) or {"account": None, "opportunities": {}, "contacts": {},
+                                            "sent": None, "tag_stages": {}}
+        stages = dict(held.get("tag_stages") or {})
+        on = stages.get(key)
+        if fe["event_type"] == "TAG":
+            if on is not None:
+                await emit_audit(out, event, fe, "SKIPPED", f"tag {tag!r} already moved "
+                                 f"Opportunity {on['opportunity_id']} for this conversation")
+                return
+            open_opps = sorted((o["fields"].get("CloseDate") or "9999", oid)
+                               for oid, o in held["opportunities"].items()
+                               if not o["deleted"] and o["fields"].get("IsClosed") != "true")
+            if not open_opps:
+                await emit_audit(out, event, fe, "SKIPPED",
+                                 f"tag {tag!r}: Account {account_id} has no open Opportunity")
+                return
+            opp = open_opps[0][1]
+            previous = held["opportunities"][opp]["fields"].get("StageName")
+            stages[key] = {"opportunity_id": opp, "previous_stage": previous,
+                           "at": _ms(fe["occurred_at"])}
+            cmd = stage_command(fe, opp, str(rule.opportunity_stage))
+        else:
+            if on is None:
+                return  # the tag moved nothing (or its removal was handled already)
+            stages.pop(key)
+            cmd = None
+            if rule.on_untag == "revert" and on["previous_stage"]:
+                cmd = stage_command(fe, on["opportunity_id"], on["previous_stage"])
+        contexts[account_id] = {**held, "tag_stages": stages}
+        out.changelog(contexts)
+        if cmd is not None:
+            await out.send(commands, cmd["operation"][1]["record_id"].encode(),
                            serde.encode(topics.commands_salesforce, cmd))
 
     def find_record(key: str) -> tuple[dict[str, Any] | None, str]:
@@ -660,7 +717,7 @@ def create_app(settings: Settings) -> faust.App:
     async def match(stream: StreamT) -> None:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
             key = _key(event)
-            if fe["event_type"] == "TAG":
+            if fe["event_type"] in ("TAG", "UNTAG"):
                 held = table.get(key)
                 await tagged(event, fe, choose_match(held and held["candidates"]), out)
                 return

@@ -217,3 +217,17 @@ def assign_command(event: dict[str, Any], teammate_email: str) -> dict[str, Any]
         "operation": ("frontforce.commands.front.AssignConversation", {
             "conversation_id": conversation, "teammate_email": teammate_email}),
     }
+
+
+def stage_command(event: dict[str, Any], opportunity_id: str, stage: str) -> dict[str, Any]:
+    """Use case 4: a tag (or its removal) sets an Opportunity's stage. Keyed by the Front
+    event: a replay asks for the same write; the next tag event is a new fact."""
+    return {
+        "command_id": _command_id("UpdateRecord", opportunity_id, event["event_id"]),
+        "idempotency_key": f"UpdateRecord/Opportunity/{opportunity_id}/{event['event_id']}",
+        "created_at": int(time.time() * 1000),
+        "origin": _origin(event),
+        "operation": ("frontforce.commands.UpdateRecord", {
+            "sobject": "Opportunity", "record_id": opportunity_id,
+            "fields": {"StageName": stage}, "only_if_blank": []}),
+    }

@@ -616,6 +616,67 @@ def test_a_mapped_tag_makes_one_follow_up_task_and_one_note_on_the_person(pipeli
     assert len(notes) == 1 and notes[0]["ParentId"] == task["WhatId"]
 
 
+def test_a_stage_tag_moves_the_open_opportunity_once_and_its_removal_reverts_it(
+        pipeline: Pipeline) -> None:
+    """Use case 4, by the stack's rule for "Upsell" (stage Proposal/Price Quote, revert on
+    untag): the tag moves the Account's open Opportunity that closes first, never the
+    other; the same tag added again (a second event) does not move it a second time, even
+    after a person moved it meanwhile; removing the tag puts back the stage it had before."""
+    from frontforce.salesforce import connect
+
+    tag = uuid.uuid4().hex[:6]
+    email = f"erin-{tag}@vandelay.example"
+    conversation = f"cnv_{tag}u"
+    r = pipeline.admin.post("/__admin/seed", json={"records": {
+        "Account": [{"Name": f"Vandelay {tag}"}],
+        "Contact": [{"LastName": "Erin", "Email": email, "AccountId": "@Account[0]"}],
+        "Opportunity": [{"Name": "First", "StageName": "Qualification", "CloseDate": "2027-01-31",
+                         "AccountId": "@Account[0]"},
+                        {"Name": "Later", "StageName": "Prospecting", "CloseDate": "2027-06-30",
+                         "AccountId": "@Account[0]"}]}})
+    r.raise_for_status()
+    ids = r.json()["ids"]
+    first, later = ids["Opportunity"]
+    wait_changes(pipeline, {*ids["Account"], *ids["Contact"], first, later})
+
+    def stage(opp: str) -> str:
+        rows = pipeline.admin.get("/__admin/records/Opportunity").json()["records"]
+        return str(next(o["StageName"] for o in rows if o["Id"] == opp))
+
+    def wait_stage(opp: str, want: str) -> None:
+        deadline = time.monotonic() + 60
+        while stage(opp) != want:
+            assert time.monotonic() < deadline, f"{opp} is {stage(opp)}, not {want}"
+            time.sleep(0.5)
+
+    def tag_event(i: int, kind: str) -> None:
+        ev = {"id": f"evt_{tag}u{i}", "type": kind, "emitted_at": time.time(),
+              "source": {"_meta": {"type": "teammate"}, "data": {"email": "pam@acme.example"}},
+              "target": {"_meta": {"type": "tag"}, "data": {"id": "tag_upsell", "name": "Upsell"}},
+              "conversation": {"id": conversation, "subject": "More seats",
+                               "recipient": {"handle": email, "role": "from"}}}
+        envelope = "tag_added" if kind == "tag" else "tag_removed"
+        assert pipeline.emitter.deliver(ev, kind=envelope) == 200
+
+    tag_event(0, "tag")
+    wait_stage(first, "Proposal/Price Quote")
+    assert stage(later) == "Prospecting"
+    person = connect(pipeline.stack.settings().salesforce).client
+    person.headers.pop("Sforce-Call-Options", None)
+    person.restful(f"sobjects/Opportunity/{first}", method="PATCH", json={"StageName": "Negotiation/Review"})
+    deadline = time.monotonic() + 60
+    while not [c for c in pipeline.topic("salesforce.changes")
+               if c["record_id"] == first and c.get("stage_name") == "Negotiation/Review"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    tag_event(1, "tag")  # added again: no second effect
+    pipeline.settle()
+    assert stage(first) == "Negotiation/Review"
+    tag_event(2, "untag")
+    wait_stage(first, "Qualification")
+    assert stage(later) == "Prospecting"
+
+
 def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:
     """A poison record must not stop the worker or the sink, and must not be lost."""
     from confluent_kafka import Producer

@@ -146,3 +146,27 @@ def test_only_a_confirmed_unknown_schema_id_or_a_bad_body_is_poison(quick: None)
         serving.decode("audit", b"\x01garbage")
     with pytest.raises(InvalidRecordError, match="cannot encode"):
         serving.encode("audit", {**AUDIT, "source_offset": "not a number"})
+
+
+def test_the_fast_path_writes_and_reads_what_the_registry_client_does(quick: None) -> None:
+    """After the first record of a topic (or writer schema id), records go through fastavro
+    with schemas parsed once instead of confluent's (de)serializers: the bytes and values
+    must be exactly theirs, a record that does not fit is still poison, and a record whose
+    writer schema id is new goes through the registry client again."""
+    reg = FakeRegistry(registry_serving(load_schema_str("audit")))
+    serde = Serde(settings(reg.url))
+    first = serde.encode("audit", AUDIT)
+    assert "audit" in serde._fast_enc
+    again = serde.encode("audit", AUDIT)
+    assert again == first
+    other = {**AUDIT, "command_id": "c2", "error": "why", "outcome": "MATCHED"}
+    slow = Serde(settings(reg.url)).encode("audit", other)
+    assert serde.encode("audit", other) == slow
+    assert serde.decode("audit", first) == Serde(settings(reg.url)).decode("audit", first)
+    assert ("audit", struct.unpack(">I", first[1:5])[0]) in serde._fast_dec
+    assert serde.decode("audit", slow) == {**Serde(settings(reg.url)).decode("audit", slow)}
+    assert serde.decode("audit", slow)["outcome"] == "MATCHED"
+    with pytest.raises(InvalidRecordError, match="cannot encode"):
+        serde.encode("audit", {**AUDIT, "source_offset": "not a number"})
+    with pytest.raises(InvalidRecordError, match="cannot decode"):
+        serde.decode("audit", first[:6])
