@@ -264,6 +264,19 @@ class WorkerConfig(_Model):
         " creates one Lead per email (Front_Handle__c), logs the message on it and tags the"
         " conversation 'New Lead' in Front.",
     )
+    dedupe_window_s: float = Field(
+        3600.0, gt=0,
+        description="Loop guard: a Front event whose id was seen within this window (by Kafka"
+        " record time; the window it fell in or the one before) is a repeat and dropped: Front's"
+        " retries, gap-fill and backfill overlaps, a captured rule webhook replayed. A windowed"
+        " table holds the ids; older windows expire.",
+    )
+    unmatched_wait_s: float = Field(
+        60.0, ge=0,
+        description="A message whose handle matches no record waits this long (in a table, across"
+        " restarts) for one with that key (a Contact created a minute later, a snapshot still"
+        " loading) before it counts as an unknown sender's (use case 2). 0: no wait.",
+    )
     match_priority: list[Literal["Contact", "Lead", "Account"]] = Field(
         ["Contact", "Lead", "Account"], min_length=1,
         description="Which kind of record a Front handle lands on when several match: Contact and"
@@ -437,7 +450,8 @@ class Settings(_Model):
         a = self.worker.app_id
         return {"match_keys": f"{a}-match-keys", "by_handle": f"{a}-front-by-handle",
                 "by_account": f"{a}-changes-by-account",
-                "tags_by_account": f"{a}-tags-by-account"}
+                "tags_by_account": f"{a}-tags-by-account",
+                "release": f"{a}-release-waiting"}
 
     @property
     def worker_table_topics(self) -> dict[str, str]:
@@ -448,7 +462,9 @@ class Settings(_Model):
                 "case_links_table": f"{self.worker.app_id}-case-links-changelog",
                 "record_table": f"{self.worker.app_id}-record-keys-changelog",
                 "reference_table": f"{self.worker.app_id}-reference-changelog",
-                "context_table": f"{self.worker.app_id}-account-context-changelog"}
+                "context_table": f"{self.worker.app_id}-account-context-changelog",
+                "seen_table": f"{self.worker.app_id}-seen-events-changelog",
+                "waiting_table": f"{self.worker.app_id}-waiting-events-changelog"}
 
 
 def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:

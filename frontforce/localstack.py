@@ -209,6 +209,7 @@ worker:
   app_id: "{self.app_id}"
   data_dir: "{self.state_dir / 'worker'}"
   salesforce_web_url: "{self.salesforce_url}"
+  unmatched_wait_s: 8
   tag_rules:
     "Renewal Risk":
       follow_up_task: "Call the customer about the renewal risk"

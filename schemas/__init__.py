@@ -36,6 +36,9 @@ WORKER_SCHEMA_FILES: dict[str, str] = {
     "by_account": "salesforce_change.avsc",
     "tags_by_account": "front_event.avsc",
     "context_table": "account_context.avsc",
+    "seen_table": "worker_state.avsc",
+    "waiting_table": "waiting_events.avsc",
+    "release": "worker_state.avsc",
 }
 
 # Topics whose operation field is a union of records: decoded with return_record_name so a

@@ -110,6 +110,9 @@ def _key(event: EventT) -> str:
     return key.decode()
 
 
+# Messages one key may hold waiting for its record; more are matched at once (bounded state).
+MAX_WAITING = 1000
+
 # EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
 EXIT_STALLED = 75
 
@@ -211,6 +214,7 @@ def create_app(settings: Settings) -> faust.App:
     by_handle = app.topic(internal["by_handle"], partitions=n, internal=True, **_RAW)
     by_account = app.topic(internal["by_account"], partitions=n, internal=True, **_RAW)
     tags_by_account = app.topic(internal["tags_by_account"], partitions=n, internal=True, **_RAW)
+    release = app.topic(internal["release"], partitions=n, internal=True, **_RAW)
     def add_table(name: str, logical: str, **kw: Any) -> ChangelogTable:
         """A table whose values are stored (RocksDB) and logged (changelog topic) through an
         Avro codec over the same serializers as every topic. The codec is set before the
@@ -245,6 +249,33 @@ def create_app(settings: Settings) -> faust.App:
                           standby_buffer_size=1, recovery_buffer_size=1)
     # Account Id -> what Front shows of it (use case 3), keyed like the by-account topic.
     contexts = add_table("account-context", "context_table")
+    # Loop guard: Front event ids seen, in tumbling windows of worker.dedupe_window_s by
+    # record time (front.events is keyed by conversation, so a repeat lands on the partition
+    # of the first). Windowed before it is added: windowing remakes the changelog topic.
+    # Keys are (event id, window) pairs: JSON keys (key_type None), Avro values.
+    seen_table = ChangelogTable(app, name="seen-events", default=None, partitions=n)
+    seen_table.value_serializer = AvroCodec(  # type: ignore[attr-defined]
+        serde, settings.worker_table_topics["seen_table"])
+    seen = seen_table.tumbling(w.dedupe_window_s, expires=2 * w.dedupe_window_s)
+    app.tables.add(seen_table)
+    def seen_before(event_id: str) -> dict[str, Any] | None:
+        """The event id's entry in the window of the current record's time or the one
+        before (a repeat just across a window boundary is still a repeat)."""
+        window = seen[event_id]
+        for look in (window.current, lambda: window.delta(w.dedupe_window_s)):
+            try:
+                found = look()
+            except KeyError:  # not in that window
+                continue
+            if found:
+                return cast("dict[str, Any]", found)
+        return None
+
+    # Match key -> the messages waiting for a record with that key (keyed like by-handle,
+    # match-keys and release-waiting: co-partitioned, so every agent that touches a key
+    # finds it in its own partition).
+    waiting = add_table("waiting-events", "waiting_table")
+    wait_ms = int(w.unmatched_wait_s * 1000)
 
     async def dead_letter(event: EventT, stage: str, exc: BaseException) -> None:
         msg = event.message
@@ -506,12 +537,25 @@ def create_app(settings: Settings) -> faust.App:
             held = into.get(key)
             into[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
             out.changelog(into)
+            if into is table and not entry["deleted"] and waiting.get(key) is not None:
+                # Messages are waiting for this very key: match them now.
+                await out.send(release, key.encode(), serde.encode(internal["release"], {
+                    "value": "matched", "at": int(time.time() * 1000), "event_id": entry["id"]}))
 
         await consume("index-match-keys", stream, internal["match_keys"], body)
 
     @app.agent(front_events, name="route-front-events")
     async def route_front(stream: StreamT) -> None:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
+            eid = fe["event_id"]
+            first = seen_before(eid)
+            if first is not None:
+                await emit_audit(out, event, fe, "SKIPPED", f"repeat of event {eid} (first seen "
+                                 f"{first['at']}, within worker.dedupe_window_s)")
+                return
+            seen[eid] = {"value": fe["event_type"], "at": int(event.message.timestamp * 1000),
+                         "event_id": eid}
+            out.changelog(seen_table)
             why = excluded(settings.privacy, fe)
             if why is not None:
                 await emit_audit(out, event, fe, "SKIPPED", why)
@@ -713,6 +757,13 @@ def create_app(settings: Settings) -> faust.App:
         await out.send(front_commands, fe["conversation_id"].encode(),
                        serde.encode(topics.commands_front, assign_command(fe, user["email"])))
 
+    def park(key: str, raw: bytes, out: Outbox) -> None:
+        """Keep a message for its key until a record with it is indexed or the wait is over."""
+        now = int(time.time() * 1000)
+        held = waiting.get(key) or {"events": [], "since": now, "deadline": now + wait_ms}
+        waiting[key] = {**held, "events": [*held["events"], raw]}
+        out.changelog(waiting)
+
     @app.agent(by_handle, name="match-front-events")
     async def match(stream: StreamT) -> None:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
@@ -721,33 +772,85 @@ def create_app(settings: Settings) -> faust.App:
                 held = table.get(key)
                 await tagged(event, fe, choose_match(held and held["candidates"]), out)
                 return
-            found, why = find_record(key)
-            if found is None and key.startswith("email:") and w.unknown_sender_leads and (
-                    fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
-                await unknown_sender(out, fe, key.removeprefix("email:"))
+            queued = waiting.get(key) if wait_ms else None
+            if queued is not None and len(queued["events"]) < MAX_WAITING:
+                park(key, bytes(event.value), out)  # behind the ones already waiting: in order
                 return
-            if found is None:
-                await emit_audit(out, event, fe, "SKIPPED", why, reason=why)
-                log.info("unmatched", handle=key, event_id=fe["event_id"])
-                return
-            first = counterpart_handles(fe, region)[:1] == [key]
-            msg_id = fe["message"]["id"]
-            cmd = task_command(fe, found, settings.salesforce.task_external_id_field, task_owner(fe),
-                               None if first else f"{msg_id}/{key}")
-            await out.send(commands, msg_id.encode(), serde.encode(topics.commands_salesforce, cmd))
-            await emit_audit(out, event, fe, "MATCHED", None, found["id"], why)
-            if first:
-                await route_to_owner(fe, found, out)
-            if (found["kind"] == "Lead" and w.unknown_sender_leads
-                    and fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
-                # The sender is a Lead (the one made for them a moment ago, or one that was
-                # there): every conversation of theirs is tagged, whether the Lead's change
-                # event reached the table before this message or not. Once per conversation
-                # (the Front sink's ledger); a tag a person removes stays removed.
-                await out.send(front_commands, fe["conversation_id"].encode(),
-                               serde.encode(topics.commands_front, new_lead_tag_command(fe)))
+            await matched(event, fe, key, out, bytes(event.value) if wait_ms else None)
 
         await consume("match-front-events", stream, topics.front_events, body)
+
+    @app.agent(release, name="release-waiting")
+    async def release_waiting(stream: StreamT) -> None:
+        async def body(event: EventT, marker: dict[str, Any], out: Outbox) -> None:
+            """The messages waiting for a key, matched again: a record with the key was
+            indexed ("matched"), or the wait is over ("expired", from the timer below) and
+            what still matches nothing is an unknown sender's. Released once: the entry goes."""
+            key = _key(event)
+            held = waiting.get(key)
+            if held is None:
+                return  # released already (the timer may ask twice)
+            if marker["value"] == "expired" and held["deadline"] > int(time.time() * 1000):
+                return
+            if marker["value"] == "matched" and find_record(key)[0] is None:
+                return  # the record came and went, or is not one a message lands on
+            del waiting[key]
+            out.changelog(waiting)
+            for raw in held["events"]:
+                await matched(event, serde.decode(topics.front_events, raw), key, out, None)
+
+        await consume("release-waiting", stream, internal["release"], body)
+
+    releasing: dict[str, float] = {}  # key -> when this process last asked to release it
+
+    @app.timer(interval=1.0)
+    async def expire_waiting() -> None:
+        """Ask for the release of every key of this worker's partitions whose wait is over;
+        the release agent (in the key's partition, in order with its messages) decides."""
+        if not wait_ms:
+            return
+        now = int(time.time() * 1000)
+        for key, held in list(waiting.items()):
+            if held and held["deadline"] <= now and releasing.get(key, 0.0) < time.monotonic() - 10:
+                releasing[key] = time.monotonic()
+                await release.send(key=key.encode(), value=serde.encode(internal["release"], {
+                    "value": "expired", "at": now, "event_id": None}))
+        for key in [k for k, at in releasing.items() if at < time.monotonic() - 60]:
+            releasing.pop(key, None)
+
+    async def matched(event: EventT, fe: dict[str, Any], key: str, out: Outbox,
+                      may_wait: bytes | None) -> None:
+        """A message on the record its handle matches (use case 1), or, matching nothing:
+        waiting for one (``may_wait``: its raw value), then an unknown sender's Lead
+        (use case 2) or an audited SKIPPED."""
+        found, why = find_record(key)
+        if found is None and may_wait is not None:
+            park(key, may_wait, out)
+            return
+        if found is None and key.startswith("email:") and w.unknown_sender_leads and (
+                fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
+            await unknown_sender(out, fe, key.removeprefix("email:"))
+            return
+        if found is None:
+            await emit_audit(out, event, fe, "SKIPPED", why, reason=why)
+            log.info("unmatched", handle=key, event_id=fe["event_id"])
+            return
+        first = counterpart_handles(fe, region)[:1] == [key]
+        msg_id = fe["message"]["id"]
+        cmd = task_command(fe, found, settings.salesforce.task_external_id_field, task_owner(fe),
+                           None if first else f"{msg_id}/{key}")
+        await out.send(commands, msg_id.encode(), serde.encode(topics.commands_salesforce, cmd))
+        await emit_audit(out, event, fe, "MATCHED", None, found["id"], why)
+        if first:
+            await route_to_owner(fe, found, out)
+        if (found["kind"] == "Lead" and w.unknown_sender_leads
+                and fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
+            # The sender is a Lead (the one made for them a moment ago, or one that was
+            # there): every conversation of theirs is tagged, whether the Lead's change
+            # event reached the table before this message or not. Once per conversation
+            # (the Front sink's ledger); a tag a person removes stays removed.
+            await out.send(front_commands, fe["conversation_id"].encode(),
+                           serde.encode(topics.commands_front, new_lead_tag_command(fe)))
 
     return app
 
