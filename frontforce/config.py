@@ -358,6 +358,11 @@ class PrivacyConfig(_Model):
 
 
 class SinkConfig(_Model):
+    mapping_recheck_s: float = Field(
+        3600.0, gt=0,
+        description="How often the sink reads describe again to check that every mapped field and"
+        " picklist value still exists (one call per mapped object); a new problem is an alert.",
+    )
     group_id: str = Field("frontforce-sink-salesforce", description="Consumer group of the sink.")
     batch_size: int = Field(
         200, ge=1, le=200, description="Records per sObject Collections call (Salesforce max 200)."

@@ -195,6 +195,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=2.0,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Batch the records of many events into one produce request (aiokafka sends each
+        # record on its own at linger 0: the socket writes were a sixth of the worker's CPU).
+        # Nothing waits on it but the acker, which acks once the broker has them.
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
         processing_guarantee="at_least_once",
     )
     serde = Serde(settings)
@@ -334,7 +339,15 @@ def create_app(settings: Settings) -> faust.App:
 
     async def reliably(stage: str, event: EventT, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run ``fn`` until it stops failing transiently; a worker that cannot make progress
-        for ``worker.max_stall_s`` ends here, with the event unacknowledged."""
+        for ``worker.max_stall_s`` ends here, with the event unacknowledged. The first try
+        runs bare (the retry machinery per event cost a twentieth of the worker's CPU)."""
+        try:
+            await fn(stage, event, *args)
+            return
+        except RetriableError as exc:
+            log.warning("transient failure, retrying in place (not acknowledged)", stage=stage,
+                        attempt=1, error=str(exc),
+                        at=f"{event.message.topic}[{event.message.partition}]@{event.message.offset}")
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetriableError),
             wait=wait_random_exponential(multiplier=0.2, max=w.retry_max_delay_s),

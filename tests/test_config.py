@@ -57,3 +57,50 @@ def test_yaml_syntax_error_names_line() -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings("kafka:\n  a: [1, 2\nfront: {}\n", "f.yaml")
     assert info.value.problems[0].startswith("f.yaml:")
+
+
+def test_the_mapping_is_checked_against_describe_and_every_misfit_named() -> None:
+    """The fields and picklist values the configuration maps, against Salesforce's describe
+    (the emulator's, built from the same object definitions): a fitting configuration has no
+    problem; a stage that is not a StageName value, a Case status that is not a Status, a
+    context field that does not exist or is not in change events, a custom field that does
+    not exist — each is named by its config field."""
+    from emulators.salesforce._describe import describe_sobject
+    from emulators.salesforce._schema import get_sobject
+    from frontforce.config import parse_settings
+    from sinks.salesforce._mapping import mapping_problems, objects_to_describe
+
+    import yaml
+
+    base = {"front": {"app_secret": "x"},
+            "salesforce": {"login_url": "https://sf.example", "client_id": "c", "client_secret": "s"}}
+
+    def settings(doc: dict) -> object:
+        return parse_settings(yaml.safe_dump(doc))
+
+    def describes(s: object) -> dict:
+        out = {}
+        for name in objects_to_describe(s):
+            sobj = get_sobject(name)
+            if sobj is not None:
+                out[name] = describe_sobject(sobj, "59.0")
+        return out
+
+    good = settings({**base, "worker": {"tag_rules": {"Upsell": {
+        "opportunity_stage": "Proposal/Price Quote"}}}})
+    assert mapping_problems(good, describes(good)) == []
+    bad = settings({**base,
+                          "salesforce_source": {"custom_fields": {"Account": ["Nope__c"]}},
+                          "worker": {"case_closed_status": "Done",
+                                     "tag_rules": {"Upsell": {"opportunity_stage": "Upselling"}},
+                                     "context_fields": {"ARR": "AnnualRevenue", "Site": "Tier__c",
+                                                        "Gone": "Gone__c"}}})
+    problems = mapping_problems(bad, describes(bad))
+    assert any(p.startswith("worker.case_closed_status: 'Done' is not an active Case Status")
+               for p in problems)
+    assert any(p.startswith("worker.tag_rules.Upsell.opportunity_stage: 'Upselling'") for p in problems)
+    assert "worker.context_fields.Gone: field Account.Gone__c does not exist (or is not visible)" in problems
+    assert any(p.startswith("worker.context_fields.Site: Account.Tier__c is not in change events")
+               for p in problems)
+    assert ("salesforce_source.custom_fields.Account: field Account.Nope__c does not exist "
+            "(or is not visible)") in problems

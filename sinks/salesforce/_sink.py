@@ -42,6 +42,7 @@ from urllib.parse import quote
 
 import structlog
 from confluent_kafka import Consumer
+from prometheus_client import Counter
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceMalformedRequest,
@@ -79,11 +80,14 @@ from sinks.salesforce._errors import (
     unknown_field_item_error,
 )
 from sinks.salesforce._ledger import APPLIED, INTENT, Ledger
+from sinks.salesforce._mapping import mapping_problems, objects_to_describe
 from sinks.salesforce._member import GroupMember, Received
 from sinks.salesforce._retry import RetryPolicy
-from sinks.salesforce._task import check_external_id_field, task_record
+from sinks.salesforce._task import task_record
 
 log = structlog.get_logger("sinks.salesforce")
+MAPPING_PROBLEMS = Counter("frontforce_mapping_problems",
+                           "Mapping problems found by a describe re-check after the sink started")
 
 # Share of max.poll.interval.ms the sink may spend between two polls: the other half is
 # headroom for a call that ends right at its timeout and for a slow broker.
@@ -155,6 +159,8 @@ class SalesforceSink:
         self.retry = RetryPolicy(sink.retry_max_s, self._idle)
         self.out = AckedProducer(settings, self.serde, self.member, self.retry)
         self._pause: tuple[str, Received, float] | None = None  # (pause id, where, since)
+        self._mapping_checked = time.monotonic()
+        self._mapping_known: set[str] = set()
         self.ledger = Ledger()
         # Records a duplicate rule matched, by the external id a command gave them: a Task
         # naming that external id as its Who/What is pointed at the record instead.
@@ -182,11 +188,11 @@ class SalesforceSink:
                 f"salesforce.timeout_s ({self.timeout_s:g}s) must be at most half of "
                 f"sink.max_poll_interval_ms ({self.settings.sink.max_poll_interval_ms} ms): one "
                 "Salesforce call must end well before the consumer is evicted from its group")
-        describe = self.retry.run(
-            lambda: self._call(lambda c: c.restful("sobjects/Task/describe", timeout=self.timeout_s),
-                               gate=False),
-            what="reading Task's describe")
-        check_external_id_field(describe, self.external_id_field)
+        problems = self._mapping_problems()
+        if problems:
+            raise FatalError("the configuration does not fit the Salesforce org (describe):\n  "
+                             + "\n  ".join(problems))
+        self._mapping_checked, self._mapping_known = time.monotonic(), set(problems)
         self.retry.run(self._refresh_budget, what="reading salesforce /limits")
         loaded = self.retry.run(
             lambda: self.ledger.load(self.settings.kafka.bootstrap_servers,
@@ -208,6 +214,8 @@ class SalesforceSink:
                 batch = self.member.next_batch(self.settings.sink.batch_size, max(wait_s, 0.05))
                 if batch:
                     self.process(batch)
+                if time.monotonic() - self._mapping_checked >= self.settings.sink.mapping_recheck_s:
+                    self._recheck_mapping()
         except _Stopping:
             log.info("sink stopped mid-batch; its uncommitted records are redelivered")
         finally:
@@ -810,6 +818,41 @@ class SalesforceSink:
                  api_total=self.budget.total)
         self._audit_pause("RESUMED", None)
         self._pause = None
+
+    def _mapping_problems(self) -> list[str]:
+        describes: dict[str, dict[str, Any]] = {}
+        for sobject in objects_to_describe(self.settings):
+            try:
+                describes[sobject] = self.retry.run(
+                    lambda o=sobject: self._call(  # type: ignore[misc]
+                        lambda c: c.restful(f"sobjects/{o}/describe", timeout=self.timeout_s), gate=False),
+                    what=f"reading {sobject}'s describe")
+            except InvalidRecordError as exc:  # 404: the object is not visible
+                log.warning("describe refused", sobject=sobject, error=str(exc))
+        return mapping_problems(self.settings, describes)
+
+    def _recheck_mapping(self) -> None:
+        """A describe change after the start (a mapped field deleted, a stage deactivated):
+        an alert — logged, counted, audited once per new problem — not a stop: commands that
+        do not touch it go on; those that do are dead-lettered with Salesforce's reason."""
+        self._mapping_checked = time.monotonic()
+        try:
+            problems = set(self._mapping_problems())
+        except (RetriableError, BackPressure) as exc:
+            log.warning("mapping re-check postponed", error=str(exc))
+            return
+        for problem in sorted(problems - self._mapping_known):
+            log.error("mapping problem: the configuration no longer fits Salesforce", problem=problem)
+            MAPPING_PROBLEMS.inc()
+            alert = f"mapping-{uuid.uuid4().hex[:12]}"
+            self.out.produce(self.topics.audit, alert.encode(), {
+                "command_id": alert, "correlation_id": alert, "target": "salesforce",
+                "operation": "MappingCheck", "outcome": "ALERT", "record_id": None,
+                "api_calls": {}, "error": problem, "source_topic": "",
+                "source_partition": -1, "source_offset": -1, "at": int(time.time() * 1000)})
+        if problems != self._mapping_known:
+            self.retry.run(self.out.await_acks, what="storing the mapping alert")
+        self._mapping_known = problems
 
     def _audit_pause(self, outcome: str, reason: str | None) -> None:
         assert self._pause is not None
