@@ -65,12 +65,12 @@ def test_the_mapping_is_checked_against_describe_and_every_misfit_named() -> Non
     problem; a stage that is not a StageName value, a Case status that is not a Status, a
     context field that does not exist or is not in change events, a custom field that does
     not exist — each is named by its config field."""
+    import yaml
+
     from emulators.salesforce._describe import describe_sobject
     from emulators.salesforce._schema import get_sobject
     from frontforce.config import parse_settings
     from sinks.salesforce._mapping import mapping_problems, objects_to_describe
-
-    import yaml
 
     base = {"front": {"app_secret": "x"},
             "salesforce": {"login_url": "https://sf.example", "client_id": "c", "client_secret": "s"}}
