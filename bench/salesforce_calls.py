@@ -178,8 +178,11 @@ class Senders:
     """``concurrency`` threads sending message i at t0 + i / rate (open loop)."""
 
     def __init__(self, stack: LocalStack, known: list[Person], messages: int, rate: float,
-                 concurrency: int) -> None:
+                 concurrency: int, unknown_share: float = 0.0) -> None:
         self.stack, self.known, self.messages = stack, known, messages
+        # Every 1/share-th message from an unknown sender (5 messages each): Lead + Task.
+        self.unknown_every = round(1 / unknown_share) if unknown_share > 0 else 0
+        self.strangers: set[str] = set()
         self.rate, self.concurrency = rate, concurrency
         self.lock = threading.Lock()
         self.next = 0
@@ -205,11 +208,15 @@ class Senders:
                 wait = due - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-                person = self.known[i % len(self.known)]
+                sender = self.known[i % len(self.known)].email
+                if self.unknown_every and i % self.unknown_every == 0:
+                    sender = f"stranger{(i // self.unknown_every) // 5}@newco{i % 7}.example"
+                    with self.lock:
+                        self.strangers.add(sender)
                 ev = inbound_email_event(
                     base_url="https://acme.api.frontapp.com", event_id=f"evt_sfc{i}",
                     conversation_id=f"cnv_sfc{i % 2000}", message_id=f"{RUN}{i}",
-                    inbox_id="inb_1", sender=person.email, sender_name=None,
+                    inbox_id="inb_1", sender=sender, sender_name=None,
                     to="support@acme.example", subject="Benchmark", text="x" * 400,
                     emitted_at=time.time())
                 s = time.monotonic()
@@ -244,6 +251,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0, help="webhooks a second (paced)")
     ap.add_argument("--concurrency", type=int, default=16, help="concurrent webhook senders")
     ap.add_argument("--contacts", type=int, default=1000, help="known Contacts seeded")
+    ap.add_argument("--unknown-share", type=float, default=0.0,
+                    help="share of messages from unknown senders (5 each): a Lead + a Task")
     ap.add_argument("--naive", type=int, default=1000,
                     help="messages through the naive lookup-then-create pattern (0: none)")
     ap.add_argument("--batch-wait-ms", type=int, default=None,
@@ -296,7 +305,8 @@ def main() -> None:
         assert wait_settled(stack.bootstrap, groups, 120)
         say(f"sending {args.messages} webhooks at {args.rate:g}/s, "
             f"{args.concurrency} senders")
-        senders = Senders(stack, known, args.messages, args.rate, args.concurrency)
+        senders = Senders(stack, known, args.messages, args.rate, args.concurrency,
+                          args.unknown_share)
         first, last = senders.run()
         send_s = last - first
         say(f"sent in {send_s:.1f} s ({len(senders.accepted)} accepted, "
@@ -347,6 +357,9 @@ def main() -> None:
                 "achieved_rate": round(len(senders.accepted) / send_s, 1),
                 "send_late_ms_p99": pct(senders.late_ms, 0.99),
                 "receiver_ms_p50": pct(lat, 0.5), "receiver_ms_p99": pct(lat, 0.99),
+                "unknown_senders": len(senders.strangers),
+                "leads_written": sum(1 for row in admin.get("/__admin/records/Lead").json()["records"]
+                                     if row.get("Email") in senders.strangers),
                 "api_requests": seen["total"],
                 "calls_per_logged_message": round(seen["total"] / max(logged, 1), 5),
                 "composite_calls_per_logged_message": round(composite / max(logged, 1), 5),

@@ -240,6 +240,12 @@ class WorkerConfig(_Model):
         description="Events an agent may have handled but not yet acknowledged (their records"
         " still on the way to the broker); bounds memory and what a crash replays.",
     )
+    batch_size: int = Field(
+        500, ge=1, description="Events an agent takes at once (handled one by one, acked one by one)."
+    )
+    batch_wait_ms: int = Field(
+        10, ge=1, description="How long an agent waits to fill a batch before it handles what it has."
+    )
     close_cases: bool = Field(
         True,
         description="Use case 6: a Front conversation archived closes its linked Case"

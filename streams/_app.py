@@ -34,6 +34,7 @@ import asyncio
 import os
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -41,6 +42,7 @@ import faust
 import structlog
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faust.serializers.codecs import Codec
+from faust.streams import _current_event
 from faust.types import EventT, FutureMessage, StreamT, TopicT
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
@@ -112,6 +114,8 @@ def _key(event: EventT) -> str:
 
 # Messages one key may hold waiting for its record; more are matched at once (bounded state).
 MAX_WAITING = 1000
+# A released waiting entry is kept this long (a replay of its release finds it), then purged.
+PURGE_RELEASED_MS = 10 * 60 * 1000
 
 # EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
 EXIT_STALLED = 75
@@ -156,7 +160,9 @@ class Outbox:
     async def send(self, topic: TopicT, key: bytes | None, value: bytes) -> None:
         where = topic.get_topic_name()
         try:
-            fut = await topic.send(key=key, value=value, force=True)
+            # Straight to the producer (not deferred to Faust's attachments, which would
+            # publish after the ack; no FutureMessage wrapping): the same partitioner.
+            fut = await topic.app.producer.send(where, key, value, None, None, None)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified: too large, or transient
@@ -198,7 +204,7 @@ def create_app(settings: Settings) -> faust.App:
         # Batch the records of many events into one produce request (aiokafka sends each
         # record on its own at linger 0: the socket writes were a sixth of the worker's CPU).
         # Nothing waits on it but the acker, which acks once the broker has them.
-        producer_linger=0.005,
+        producer_linger=0.0,
         producer_max_batch_size=256 * 1024,
         processing_guarantee="at_least_once",
     )
@@ -375,20 +381,29 @@ def create_app(settings: Settings) -> faust.App:
         """The one way every agent handles its events: decode, run ``body``, dead-letter
         the poison, retry the transient in place, ack only when all of it is stored.
 
-        The agent hands each event's outbox to an acker task and goes on; the acker waits for
-        the outboxes in order and acks. A send that failed is not skipped: the acker handles
-        that event again, waiting for it this time, before it acks anything after it."""
+        Events come in batches (``noack_take``: up to ``worker.batch_size``, or what arrived
+        within ``worker.batch_wait_ms``): nothing is acked by Faust, so a batch is not acked
+        whole (STYLE habit 3). Each event is handled on its own, as the current event (tables
+        find their partition through it), and its outbox queued; the agent goes on with the
+        next batch while an acker waits for the outboxes in order and acks event by event. A
+        send that failed is not skipped: the acker handles that event again, waiting for it
+        this time, before it acks anything after it. Handing a whole batch to the producer
+        before waiting lets it fill produce requests: the per-event cost of Faust's stream
+        iteration and of the producer is what bounded the worker (BENCHMARKS.md)."""
         manual = stream.noack()
-        in_flight: asyncio.Queue[tuple[EventT, Outbox]] = asyncio.Queue(maxsize=w.max_in_flight)
+        batches = max(1, w.max_in_flight // w.batch_size)
+        in_flight: asyncio.Queue[list[tuple[EventT, Outbox]]] = asyncio.Queue(maxsize=batches)
 
         async def acker() -> None:
             while True:
-                event, out = await in_flight.get()
-                try:
-                    await out.delivered()
-                except (RetriableError, InvalidRecordError):
-                    await reliably(stage, event, handle_and_wait, logical_topic, body)
-                await manual.ack(event)
+                items = await in_flight.get()
+                for event, out in items:
+                    try:
+                        await out.delivered()
+                    except (RetriableError, InvalidRecordError):
+                        _current_event.set(weakref.ref(event))
+                        await reliably(stage, event, handle_and_wait, logical_topic, body)
+                    await manual.ack(event)
 
         async def acker_guarded() -> None:
             try:
@@ -400,10 +415,16 @@ def create_app(settings: Settings) -> faust.App:
 
         task = asyncio.ensure_future(acker_guarded())
         try:
-            async for event in manual.events():
-                out = Outbox()
-                await reliably(stage, event, handle_once, logical_topic, body, out)
-                await in_flight.put((event, out))
+            async for batch in manual.noack_take(w.batch_size, within=w.batch_wait_ms / 1000):
+                items: list[tuple[EventT, Outbox]] = []
+                for event in batch:
+                    # A take batch is not stream iteration: make each event the current one,
+                    # as iteration would (table reads and writes, windows, partitions).
+                    _current_event.set(weakref.ref(event))
+                    out = Outbox()
+                    await reliably(stage, event, handle_once, logical_topic, body, out)
+                    items.append((event, out))
+                await in_flight.put(items)
         finally:
             task.cancel()
 
@@ -497,6 +518,9 @@ def create_app(settings: Settings) -> faust.App:
                     contact_command(str(email).lower(), contact_fields, links, str(source),
                                     digest(shared, email, links))))
             ctx = {**ctx, "sent": f"{version}/{shared}"}
+            # What was sent is stored before the table says so (a worker killed in between
+            # sends it again rather than never).
+            await out.delivered()
         contexts[account_id] = ctx
         out.changelog(contexts)
 
@@ -550,7 +574,7 @@ def create_app(settings: Settings) -> faust.App:
             held = into.get(key)
             into[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
             out.changelog(into)
-            if into is table and not entry["deleted"] and waiting.get(key) is not None:
+            if into is table and not entry["deleted"] and pending(key) is not None:
                 # Messages are waiting for this very key: match them now.
                 await out.send(release, key.encode(), serde.encode(internal["release"], {
                     "value": "matched", "at": int(time.time() * 1000), "event_id": entry["id"]}))
@@ -562,20 +586,27 @@ def create_app(settings: Settings) -> faust.App:
         async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
             eid = fe["event_id"]
             first = seen_before(eid)
-            if first is not None:
+            # The record it came in, so a replay of that very record (a worker killed after
+            # the table's changelog was stored, before the event was acked) is handled again:
+            # only another record with the same event id is a repeat.
+            here = f"{event.message.partition}@{event.message.offset}"
+            if first is not None and first["value"] != here:
                 await emit_audit(out, event, fe, "SKIPPED", f"repeat of event {eid} (first seen "
-                                 f"{first['at']}, within worker.dedupe_window_s)")
+                                 f"{first['at']} at {first['value']}, within worker.dedupe_window_s)")
                 return
-            seen[eid] = {"value": fe["event_type"], "at": int(event.message.timestamp * 1000),
-                         "event_id": eid}
-            out.changelog(seen_table)
+            if first is None:
+                seen[eid] = {"value": here, "at": int(event.message.timestamp * 1000), "event_id": eid}
+                out.changelog(seen_table)
             why = excluded(settings.privacy, fe)
             if why is not None:
                 await emit_audit(out, event, fe, "SKIPPED", why)
                 return
             if fe["event_type"] in OUR_WRITES and fe.get("source_kind") in ("api", "oauth_client"):
                 return  # loop guard: the echo of a tag, comment or assignment made by an API call
+            before = fe
             fe = masked(fe, mask)
+            # Nothing masked: the record goes on as it came (one encode less per message).
+            unchanged = fe == before
             if fe["event_type"] in ("ARCHIVE", "REOPEN") and w.close_cases and fe.get("conversation_id"):
                 await case_status(event, fe, out)
                 return
@@ -597,7 +628,7 @@ def create_app(settings: Settings) -> faust.App:
             if not handles:
                 await emit_audit(out, event, fe, "SKIPPED", "message has no customer email or phone handle")
                 return
-            value = serde.encode(topics.front_events, fe)
+            value = bytes(event.value) if unchanged else serde.encode(topics.front_events, fe)
             for handle in handles if w.all_participants else handles[:1]:
                 await out.send(by_handle, handle.encode(), value)
 
@@ -703,11 +734,14 @@ def create_app(settings: Settings) -> faust.App:
             cmd = None
             if rule.on_untag == "revert" and on["previous_stage"]:
                 cmd = stage_command(fe, on["opportunity_id"], on["previous_stage"])
-        contexts[account_id] = {**held, "tag_stages": stages}
-        out.changelog(contexts)
         if cmd is not None:
             await out.send(commands, cmd["operation"][1]["record_id"].encode(),
                            serde.encode(topics.commands_salesforce, cmd))
+            # The command is stored before the table says it was sent: a worker killed in
+            # between handles the tag again instead of skipping it as done.
+            await out.delivered()
+        contexts[account_id] = {**held, "tag_stages": stages}
+        out.changelog(contexts)
 
     def find_record(key: str) -> tuple[dict[str, Any] | None, str]:
         """The record a handle lands on, by ``worker.match_priority``, and why (the audit's
@@ -773,9 +807,15 @@ def create_app(settings: Settings) -> faust.App:
     def park(key: str, raw: bytes, out: Outbox) -> None:
         """Keep a message for its key until a record with it is indexed or the wait is over."""
         now = int(time.time() * 1000)
-        held = waiting.get(key) or {"events": [], "since": now, "deadline": now + wait_ms}
+        held = pending(key) or {"events": [], "since": now, "deadline": now + wait_ms,
+                                "released_by": None, "released_at": None}
         waiting[key] = {**held, "events": [*held["events"], raw]}
         out.changelog(waiting)
+
+    def pending(key: str) -> dict[str, Any] | None:
+        """The messages still waiting for ``key`` (not an entry released already)."""
+        held = waiting.get(key)
+        return None if held is None or held.get("released_by") else cast("dict[str, Any]", held)
 
     @app.agent(by_handle, name="match-front-events")
     async def match(stream: StreamT) -> None:
@@ -785,7 +825,7 @@ def create_app(settings: Settings) -> faust.App:
                 held = table.get(key)
                 await tagged(event, fe, choose_match(held and held["candidates"]), out)
                 return
-            queued = waiting.get(key) if wait_ms else None
+            queued = pending(key) if wait_ms else None
             if queued is not None and len(queued["events"]) < MAX_WAITING:
                 park(key, bytes(event.value), out)  # behind the ones already waiting: in order
                 return
@@ -801,14 +841,25 @@ def create_app(settings: Settings) -> faust.App:
             what still matches nothing is an unknown sender's. Released once: the entry goes."""
             key = _key(event)
             held = waiting.get(key)
+            here = f"{event.message.partition}@{event.message.offset}"
             if held is None:
-                return  # released already (the timer may ask twice)
-            if marker["value"] == "expired" and held["deadline"] > int(time.time() * 1000):
                 return
-            if marker["value"] == "matched" and find_record(key)[0] is None:
-                return  # the record came and went, or is not one a message lands on
-            del waiting[key]
-            out.changelog(waiting)
+            if marker["value"] == "purge":
+                if held.get("released_by"):
+                    del waiting[key]
+                    out.changelog(waiting)
+                return
+            if held.get("released_by") not in (None, here):
+                return  # released already by another record (the timer may ask twice)
+            if held.get("released_by") is None:
+                if marker["value"] == "expired" and held["deadline"] > int(time.time() * 1000):
+                    return
+                if marker["value"] == "matched" and find_record(key)[0] is None:
+                    return  # the record came and went, or is not one a message lands on
+                # Marked, not deleted: if the worker dies before the commands below are
+                # stored, the replay of this very record finds them and matches them again.
+                waiting[key] = {**held, "released_by": here, "released_at": int(time.time() * 1000)}
+                out.changelog(waiting)
             for raw in held["events"]:
                 await matched(event, serde.decode(topics.front_events, raw), key, out, None)
 
@@ -824,10 +875,17 @@ def create_app(settings: Settings) -> faust.App:
             return
         now = int(time.time() * 1000)
         for key, held in list(waiting.items()):
-            if held and held["deadline"] <= now and releasing.get(key, 0.0) < time.monotonic() - 10:
+            if not held or releasing.get(key, 0.0) >= time.monotonic() - 10:
+                continue
+            if held.get("released_at"):
+                # Released a while ago (its release record long acknowledged): purge it.
+                ask = "purge" if now - held["released_at"] > PURGE_RELEASED_MS else None
+            else:
+                ask = "expired" if held["deadline"] <= now else None
+            if ask is not None:
                 releasing[key] = time.monotonic()
                 await release.send(key=key.encode(), value=serde.encode(internal["release"], {
-                    "value": "expired", "at": now, "event_id": None}))
+                    "value": ask, "at": now, "event_id": None}))
         for key in [k for k, at in releasing.items() if at < time.monotonic() - 60]:
             releasing.pop(key, None)
 

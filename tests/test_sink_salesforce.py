@@ -55,6 +55,11 @@ def sf(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         stack.stop_all(infra=False)
 
 
+
+# Calls every sink makes when it starts: the mapping check's describe of Task, Lead, Case,
+# Opportunity and Account (sinks/salesforce/_mapping.py), then /limits.
+START_CALLS = 5 + 1
+
 class TcpProxy:
     """A TCP forwarder in front of the registry that a test can cut (connections are
     accepted and dropped at once) and restore: a registry that is down for a while."""
@@ -784,7 +789,7 @@ def test_update_record_and_close_case_patch_only_their_fields_in_one_call_per_ba
     assert any("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in d["error_message"] for d in dead.values()), dead
     # Six updates: one collections call for the batch, then c-close and c-bad alone (their
     # merged record was refused); the FeedItem one more; plus describe and /limits at start.
-    assert run.sink.stats["api_calls"] == 2 + 3 + 1, (run.sink.stats, env.sf.get("/__admin/stats").json())
+    assert run.sink.stats["api_calls"] == START_CALLS + 3 + 1, (run.sink.stats, env.sf.get("/__admin/stats").json())
 
 
 def test_unknown_senders_lead_and_its_first_task_cost_no_query_and_one_lead_per_handle(
@@ -840,7 +845,7 @@ def test_unknown_senders_lead_and_its_first_task_cost_no_query_and_one_lead_per_
     # describe + limits; the Lead create; two single-record calls for the two duplicate
     # matches (read duplicateResut) and one to give the rep's Lead its handle; the Tasks.
     # No query anywhere.
-    assert run.sink.stats["api_calls"] == 2 + 1 + 2 + 1 + 1, run.sink.stats
+    assert run.sink.stats["api_calls"] == START_CALLS + 1 + 2 + 1 + 1, run.sink.stats
     # A replay of l-1 after a rep renamed the Lead: nothing written, the rename stays.
     connect(env.settings.salesforce).client.restful(f"sobjects/Lead/{new_lead}", method="PATCH",
                                                     json={"LastName": "Renamed"})
@@ -869,7 +874,7 @@ def test_one_invalid_record_in_a_batch_of_200_is_dead_lettered_the_199_written_a
     audit = env.audit()
     assert outcomes(audit, ids) == ["CREATED"] * 199 and outcomes(audit, bad) == ["DEAD_LETTERED"]
     # describe, limits, the refused call (session expired), the batch: one write for 200.
-    assert run.sink.stats["api_calls"] == 4, run.sink.stats
+    assert run.sink.stats["api_calls"] == START_CALLS + 2, run.sink.stats
     run.stop()
     # Replaying the command topic from the start (a new group) writes nothing new.
     replay = env.settings.model_copy(update={"sink": env.settings.sink.model_copy(
@@ -963,7 +968,7 @@ def test_feed_items_are_posted_once_across_replays_and_a_crash_inside_the_call(
     assert [a["outcome"] for a in by["f-crash-before"]] == ["CREATED"]
     # login, describe, limits; the Case query and update again (a Case update is
     # idempotent, its note is not re-posted); the one crash query; one FeedItem create.
-    assert env.api_calls() - calls_before <= 3 + 2 + 1 + 1, env.sf.get("/__admin/stats").json()
+    assert env.api_calls() - calls_before <= START_CALLS + 1 + 2 + 1 + 1, env.sf.get("/__admin/stats").json()
 
 
 def test_only_if_blank_fields_are_written_only_where_salesforce_has_no_value(
@@ -1025,4 +1030,4 @@ def test_close_case_by_conversation_finds_the_case_with_one_query_and_never_crea
     assert env.deadletters() == []
     cases = env.rows("Case")
     assert len(cases) == 1 and cases[case]["Status"] == "Closed"
-    assert run.sink.stats["api_calls"] == 2 + 2, run.sink.stats  # describe, limits; query, update
+    assert run.sink.stats["api_calls"] == START_CALLS + 2, run.sink.stats  # describes, limits; query, update
