@@ -180,7 +180,7 @@ class Senders:
     def __init__(self, stack: LocalStack, known: list[Person], messages: int, rate: float,
                  concurrency: int, unknown_share: float = 0.0) -> None:
         self.stack, self.known, self.messages = stack, known, messages
-        # Every 1/share-th message from an unknown sender (5 messages each): Lead + Task.
+        # Every 1/share-th message from a new unknown sender: a Lead and its Task each.
         self.unknown_every = round(1 / unknown_share) if unknown_share > 0 else 0
         self.strangers: set[str] = set()
         self.rate, self.concurrency = rate, concurrency
@@ -210,7 +210,7 @@ class Senders:
                     time.sleep(wait)
                 sender = self.known[i % len(self.known)].email
                 if self.unknown_every and i % self.unknown_every == 0:
-                    sender = f"stranger{(i // self.unknown_every) // 5}@newco{i % 7}.example"
+                    sender = f"stranger{i}@newco{i % 7}.example"
                     with self.lock:
                         self.strangers.add(sender)
                 ev = inbound_email_event(
@@ -252,7 +252,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16, help="concurrent webhook senders")
     ap.add_argument("--contacts", type=int, default=1000, help="known Contacts seeded")
     ap.add_argument("--unknown-share", type=float, default=0.0,
-                    help="share of messages from unknown senders (5 each): a Lead + a Task")
+                    help="share of messages from new unknown senders: a Lead + a Task each")
     ap.add_argument("--naive", type=int, default=1000,
                     help="messages through the naive lookup-then-create pattern (0: none)")
     ap.add_argument("--batch-wait-ms", type=int, default=None,
