@@ -446,6 +446,15 @@ def create_app(settings: Settings) -> faust.App:
 
         await consume("route-changes", stream, topics.salesforce_changes, body)
 
+    async def owner_changed(user: dict[str, Any], out: Outbox) -> None:
+        """A User's name or state changed (or arrived after their Accounts): the context of
+        every Account they own is rendered again (a marker change on the by-account topic)."""
+        owned = reference.get(f"owns:{user['id']}")
+        for account_id in sorted((owned or {}).get("candidates") or {}):
+            await out.send(by_account, account_id.encode(), serde.encode(internal["by_account"], {
+                "record_id": user["id"], "sobject": "User", "change_type": "UPDATE",
+                "commit_timestamp": user["ts"]}))
+
     async def to_accounts(change: dict[str, Any], held: dict[str, Any] | None,
                           state: dict[str, Any] | None, out: Outbox) -> None:
         """Use case 3, first step: a change of an Account, or of an Opportunity or Contact
@@ -485,12 +494,15 @@ def create_app(settings: Settings) -> faust.App:
         held = contexts.get(account_id) or {"account": None, "opportunities": {}, "contacts": {},
                                             "sent": None, "tag_stages": {}}
         kind, rid = change["sobject"], change["record_id"]
-        group = {"Opportunity": "opportunities", "Contact": "contacts"}.get(kind)
-        record = apply_change(held[group].get(rid) if group else held["account"], change)
-        if record is None:
-            return  # older than what is held
-        ctx = ({**held, group: {**held[group], rid: record}} if group
-               else {**held, "account": record})
+        if kind == "User":
+            ctx = held  # the owner's name: nothing held changes, the rendering may
+        else:
+            group = {"Opportunity": "opportunities", "Contact": "contacts"}.get(kind)
+            record = apply_change(held[group].get(rid) if group else held["account"], change)
+            if record is None:
+                return  # older than what is held
+            ctx = ({**held, group: {**held[group], rid: record}} if group
+                   else {**held, "account": record})
         account = ctx["account"]
         if account is not None and not account["deleted"]:
             fields = account["fields"]
@@ -574,6 +586,9 @@ def create_app(settings: Settings) -> faust.App:
             held = into.get(key)
             into[key] = {"candidates": merge_entry(held and held["candidates"], entry)}
             out.changelog(into)
+            if into is reference and key.startswith("id:") and entry["kind"] == "User" and (
+                    w.salesforce_context):
+                await owner_changed(entry, out)
             if into is table and not entry["deleted"] and pending(key) is not None:
                 # Messages are waiting for this very key: match them now.
                 await out.send(release, key.encode(), serde.encode(internal["release"], {

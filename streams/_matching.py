@@ -224,7 +224,9 @@ def record_update(held: dict[str, Any] | None, change: dict[str, Any], region: s
             keys = {f"id:{entry['id']}"} | ({f"user:{email}"} if email else set())
             entry.update(email=email, name=name, active=bool(active))
         elif kind == "Account":
-            keys = {f"id:{entry['id']}"}
+            # owns:<User Id>: the Accounts a User owns, so a User's new name reaches the
+            # context of their Accounts (use case 3) whichever change arrived first.
+            keys = {f"id:{entry['id']}"} | ({f"owns:{entry['owner_id']}"} if entry["owner_id"] else set())
             if domain and domain not in free_mail:
                 keys.add(f"domain:{domain}")
             entry.update(name=name, owner_id=entry["owner_id"])
@@ -240,4 +242,4 @@ def record_update(held: dict[str, Any] | None, change: dict[str, Any], region: s
 
 def is_reference_key(key: str) -> bool:
     """Keys of the global reference table (the rest go to the partitioned record-match)."""
-    return key.startswith(("id:", "user:", "domain:"))
+    return key.startswith(("id:", "user:", "domain:", "owns:"))
