@@ -43,19 +43,29 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         f"WHERE {settings.salesforce.task_external_id_field} != null")["records"]
     leads = conn.client.query_all(
         "SELECT Id, Front_Handle__c FROM Lead WHERE Front_Handle__c != null")["records"]
+    from streams._matching import web_domain
+    account_domains = {web_domain(a.get("Website")) for a in conn.client.query_all(
+        "SELECT Id, Website FROM Account")["records"]} - {None}
     usage = conn.client.api_usage.get("api-usage")
     outcomes = Counter(a["outcome"] for a in audit if a["target"] == "salesforce")
     sink_calls = sum(sum(a["api_calls"].values()) for a in audit if a["target"] == "salesforce")
     front_calls = sum(sum(a["api_calls"].values()) for a in audit if a["target"] == "front")
     from_known = sum(n for email, n in sent["sent_from"].items() if email in known)
-    strangers = {email.lower() for email, n in sent["sent_from"].items() if email not in known and n}
+    unknown = {email.lower() for email, n in sent["sent_from"].items() if email not in known and n}
+    # An unknown sender at a customer's domain lands on its Account (no Lead); the others
+    # (free mail, unknown companies) become Leads.
+    at_accounts = {e for e in unknown if e.rpartition("@")[2] in account_domains}
+    strangers = unknown - at_accounts
+    from_strangers = sum(n for email, n in sent["sent_from"].items() if email.lower() in strangers)
     on_leads = sum(1 for t in tasks if str(t.get("WhoId") or "").startswith("00Q"))
+    on_accounts = sum(1 for t in tasks if not t.get("WhoId"))
     distinct_events = len({e["event_id"] for e in events if e["event_type"] == "INBOUND_MESSAGE"})
     # Use case 2 in Front: the conversations of unknown senders carry the tag "New Lead".
-    tagged, should_tag = _new_lead_tags(stack, sent.get("conversations") or {}, known)
+    tagged, should_tag = _new_lead_tags(stack, sent.get("conversations") or {}, strangers)
     ok = (tagged == should_tag and len(tasks) == sent["messages"] and distinct_events == sent["messages"]
           and {lead["Front_Handle__c"] for lead in leads} == strangers and len(leads) == len(strangers)
-          and on_leads == sent["messages"] - from_known)
+          and on_leads == from_strangers and on_accounts == sent["messages"] - from_known - from_strangers
+          and not dead)
     lines = [
         "",
         "frontforce demo summary",
@@ -64,9 +74,11 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         f"  messages received         {distinct_events:>5}  distinct events on {t.front_events}"
         f" (sent: {sent['messages']}; the pipeline's own tags come back as other events)",
         f"  Tasks written             {len(tasks):>5}  in Salesforce (expected {sent['messages']}:"
-        f" {from_known} on known Contacts, {on_leads} on new Leads)",
-        f"  Leads created             {len(leads):>5}  one per unknown sender (expected "
-        f"{len(strangers)}), Front_Handle__c = the email",
+        f" {from_known} on known Contacts, {on_leads} on new Leads, {on_accounts} on Accounts"
+        f" by the sender's domain)",
+        f"  Leads created             {len(leads):>5}  one per unknown sender outside the customers'"
+        f" domains (expected {len(strangers)}; {len(at_accounts)} more at a customer's domain"
+        f" landed on its Account), Front_Handle__c = the email",
         f"  'New Lead' in Front       {len(tagged):>5}  conversations tagged (expected "
         f"{len(should_tag)}: those of unknown senders)",
         f"  sink writes               {outcomes['CREATED'] + outcomes['SKIPPED']:>5}  "
@@ -77,18 +89,20 @@ def summarize(stack: LocalStack, sent: dict[str, Any], known: set[str]) -> tuple
         f"  Salesforce API calls      {sink_calls:>5.0f}  by the sink for {len(tasks)} Tasks and"
         f" {len(leads)} Leads"
         + (f"; org usage {usage.used}/{usage.total}" if usage else ""),
-        f"  Front API calls           {front_calls:>5.0f}  by the Front sink for {len(tagged)} tags",
+        f"  Front API calls           {front_calls:>5.0f}  by the Front sink: {len(tagged)} tags, the"
+        " Accounts' context on Front accounts and contacts, routing",
         f"  result                    {'OK' if ok else 'MISMATCH'}",
     ]
     return "\n".join(lines), ok
 
 
 def _new_lead_tags(stack: LocalStack, conversations: dict[str, str],
-                   known: set[str]) -> tuple[set[str], set[str]]:
-    """(conversations the Front emulator holds tagged "New Lead", those that should be)."""
+                   strangers: set[str]) -> tuple[set[str], set[str]]:
+    """(conversations the Front emulator holds tagged "New Lead", those that should be: the
+    conversations of the senders who became Leads)."""
     import httpx
 
-    should = {cid for cid, sender in conversations.items() if sender not in known}
+    should = {cid for cid, sender in conversations.items() if sender.lower() in strangers}
     # The admin view: the emulator's rate limit must not make a conversation look untagged.
     state = httpx.get(f"{stack.front_url}/__admin/state", timeout=30).json()
     names = {t["id"]: t["name"] for t in state["tags"].values()}

@@ -611,12 +611,25 @@ class FrontSink:
     def _contact(self, items: list[_Item]) -> None:
         handle = items[0].op["contact_handle"]
         path = f"/contacts/{quote(_plan.contact_ref(handle), safe=':@+')}"
+        key = _plan.handle_key(handle)
+        no_contact = f"no Front contact has {handle!r} (Front makes one when they write in)"
+        if time.monotonic() - self._no_contact.get(key, -NO_CONTACT_RECHECK_S) < NO_CONTACT_RECHECK_S:
+            for it in items:
+                self._applied(it, "SKIPPED", None, no_contact)
+            return
         try:
             self._unrolled(path, items, self._patch_contact)
         except FrontRequestError as exc:
+            if exc.status == 404:
+                # Salesforce context for a Contact who never wrote in: nothing to update,
+                # not an error (use case 3 pushes every Contact of an Account).
+                self._no_contact[key] = time.monotonic()
             for it in items:
                 if not it.done:
-                    self._fail(it, str(exc), 1.0 / len(items))
+                    if exc.status == 404:
+                        self._applied(it, "SKIPPED", None, no_contact)
+                    else:
+                        self._fail(it, str(exc), 1.0 / len(items))
 
     def _patch_contact(self, path: str, items: list[_Item]) -> None:
         contact = self._call("GET", path)
