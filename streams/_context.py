@@ -17,6 +17,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+from streams._rules import _ms
+
 # Change-event fields kept per object (frontforce field -> Salesforce field name, as
 # changed_fields names it).
 TRACKED: dict[str, dict[str, str]] = {
@@ -40,12 +42,6 @@ def _text(value: Any) -> str | None:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
-
-
-def _ms(value: Any) -> int:
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
-    return int(value or 0)
 
 
 def apply_change(held: dict[str, Any] | None, change: dict[str, Any]) -> dict[str, Any] | None:
