@@ -270,6 +270,13 @@ class WorkerConfig(_Model):
         " creates one Lead per email (Front_Handle__c), logs the message on it and tags the"
         " conversation 'New Lead' in Front.",
     )
+    add_new_handles: bool = Field(
+        True,
+        description="Use case 2, known people: a handle that matches nothing but belongs to a Front"
+        " contact another of whose handles matched a Contact or Lead (an SMS from a new number, a"
+        " second address) lands on that record, and is added to it in the first blank field of"
+        " its kind (Phone, then MobilePhone; Email), never overwriting one. No Lead is made.",
+    )
     dedupe_window_s: float = Field(
         3600.0, gt=0,
         description="Loop guard: a Front event whose id was seen within this window (by Kafka"
@@ -335,6 +342,11 @@ class WorkerConfig(_Model):
     )
 
 
+_EXCLUDABLE_OBJECTS = frozenset({"Task", "Lead", "Contact", "Account", "Opportunity", "Case", "FeedItem"})
+_NOT_EXCLUDABLE = {"Task": {"WhoId", "WhatId", "ActivityDate", "Status"},
+                   "Lead": {"LastName", "Company"}, "Case": {"Status"}}
+
+
 class PrivacyConfig(_Model):
     """What may leave ``front.events`` (streams/_privacy.py). Private conversations never sync."""
 
@@ -351,6 +363,26 @@ class PrivacyConfig(_Model):
         [], description="More regular expressions to mask (Python syntax), e.g. a national id format."
     )
     mask_with: str = Field("[masked]", description="What a masked span is replaced with.")
+    exclude_fields: dict[str, list[str]] = Field(
+        {}, description="Salesforce object -> field API names frontforce never writes to it (e.g."
+        " {Task: [Description]}: no message text in Salesforce) nor shows from it in Front (e.g."
+        " {Account: [AnnualRevenue]}). Fields a write cannot do without are refused here: a"
+        " Task's WhoId, WhatId, ActivityDate and Status, a Lead's LastName and Company, a Case's"
+        " Status.",
+    )
+
+    @field_validator("exclude_fields")
+    @classmethod
+    def _excludable(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for sobject, fields in value.items():
+            if sobject not in _EXCLUDABLE_OBJECTS:
+                raise ValueError(f"{sobject!r} is not an object frontforce writes or shows; one of "
+                                 f"{', '.join(sorted(_EXCLUDABLE_OBJECTS))}")
+            needed = sorted(set(fields) & _NOT_EXCLUDABLE.get(sobject, set()))
+            if needed:
+                raise ValueError(f"{sobject}.{needed[0]} cannot be excluded: a {sobject} cannot be"
+                                 " written without it")
+        return value
 
     @field_validator("mask_patterns")
     @classmethod
@@ -462,7 +494,10 @@ class Settings(_Model):
         return {"match_keys": f"{a}-match-keys", "by_handle": f"{a}-front-by-handle",
                 "by_account": f"{a}-changes-by-account",
                 "tags_by_account": f"{a}-tags-by-account",
-                "release": f"{a}-release-waiting"}
+                "release": f"{a}-release-waiting",
+                "contact_notes": f"{a}-front-contact-notes",
+                "by_contact": f"{a}-front-by-contact",
+                "new_handles": f"{a}-new-handles"}
 
     @property
     def worker_table_topics(self) -> dict[str, str]:
@@ -475,7 +510,8 @@ class Settings(_Model):
                 "reference_table": f"{self.worker.app_id}-reference-changelog",
                 "context_table": f"{self.worker.app_id}-account-context-changelog",
                 "seen_table": f"{self.worker.app_id}-seen-events-changelog",
-                "waiting_table": f"{self.worker.app_id}-waiting-events-changelog"}
+                "waiting_table": f"{self.worker.app_id}-waiting-events-changelog",
+                "front_contact_table": f"{self.worker.app_id}-front-contacts-changelog"}
 
 
 def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:

@@ -217,6 +217,11 @@ worker:
     "Upsell":
       opportunity_stage: "Proposal/Price Quote"
       on_untag: revert
+privacy:
+  # Personal mobile numbers stay out of Salesforce: a new phone seen in Front fills a
+  # Contact's Phone only (use case 2), never its MobilePhone.
+  exclude_fields:
+    Contact: [MobilePhone]
 sink:
   group_id: "{self.app_id}-sink-salesforce"
 front_sink:

@@ -39,6 +39,10 @@ WORKER_SCHEMA_FILES: dict[str, str] = {
     "seen_table": "worker_state.avsc",
     "waiting_table": "waiting_events.avsc",
     "release": "worker_state.avsc",
+    "contact_notes": "front_contact.avsc",
+    "front_contact_table": "front_contact.avsc",
+    "by_contact": "front_event.avsc",
+    "new_handles": "worker_state.avsc",
 }
 
 # Topics whose operation field is a union of records: decoded with return_record_name so a

@@ -35,6 +35,7 @@ import os
 import sys
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -59,19 +60,21 @@ from streams._matching import (
     choose_user,
     counterpart_handles,
     email_domain,
+    handle_key,
     is_reference_key,
     merge_entry,
     normalize_email,
     record_update,
     web_domain,
 )
-from streams._privacy import excluded, masked, masker
+from streams._privacy import context_fields_shown, excluded, masked, masker, without_excluded
 from streams._rules import (
     CASE_LINK_FIELD,
     _ms,
     assign_command,
     case_comment_command,
     case_status_command,
+    handle_command,
     lead_command,
     lead_task_command,
     new_lead_tag_command,
@@ -114,6 +117,8 @@ def _key(event: EventT) -> str:
 
 # Messages one key may hold waiting for its record; more are matched at once (bounded state).
 MAX_WAITING = 1000
+# Front contacts whose record this process remembers having noted (use case 2).
+NOTED_MAX = 100_000
 # A released waiting entry is kept this long (a replay of its release finds it), then purged.
 PURGE_RELEASED_MS = 10 * 60 * 1000
 
@@ -152,10 +157,11 @@ class Outbox:
     with the next event meanwhile; the acker acks events in order as their outboxes are
     delivered, so the broker's round trips overlap instead of adding up."""
 
-    __slots__ = ("futures",)
+    __slots__ = ("futures", "then")
 
     def __init__(self) -> None:
         self.futures: list[tuple[str, asyncio.Future[Any]]] = []
+        self.then: list[Callable[[], None]] = []  # run once all of it is delivered
 
     async def send(self, topic: TopicT, key: bytes | None, value: bytes) -> None:
         where = topic.get_topic_name()
@@ -180,6 +186,9 @@ class Outbox:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified: too large, or transient
                 raise _send_failure(where, exc) from exc
+        for fn in self.then:
+            fn()
+        self.then.clear()
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -226,6 +235,9 @@ def create_app(settings: Settings) -> faust.App:
     by_account = app.topic(internal["by_account"], partitions=n, internal=True, **_RAW)
     tags_by_account = app.topic(internal["tags_by_account"], partitions=n, internal=True, **_RAW)
     release = app.topic(internal["release"], partitions=n, internal=True, **_RAW)
+    contact_notes = app.topic(internal["contact_notes"], partitions=n, internal=True, **_RAW)
+    by_contact = app.topic(internal["by_contact"], partitions=n, internal=True, **_RAW)
+    new_handles = app.topic(internal["new_handles"], partitions=n, internal=True, **_RAW)
     def add_table(name: str, logical: str, **kw: Any) -> ChangelogTable:
         """A table whose values are stored (RocksDB) and logged (changelog topic) through an
         Avro codec over the same serializers as every topic. The codec is set before the
@@ -286,7 +298,22 @@ def create_app(settings: Settings) -> faust.App:
     # match-keys and release-waiting: co-partitioned, so every agent that touches a key
     # finds it in its own partition).
     waiting = add_table("waiting-events", "waiting_table")
+    # Front contact id -> the Contact or Lead one of its handles matched (use case 2: a new
+    # handle of a known person), keyed like front-contact-notes and front-by-contact.
+    front_contacts = add_table("front-contacts", "front_contact_table")
+    # Front contact id -> the record this process last told that table (noted once delivered):
+    # a note per new pairing, not per message.
+    noted: OrderedDict[str, str] = OrderedDict()
     wait_ms = int(w.unmatched_wait_s * 1000)
+
+    exclude = {o: frozenset(f) for o, f in settings.privacy.exclude_fields.items()}
+    context_fields = context_fields_shown(w.context_fields, exclude)
+
+    async def send_sf(out: Outbox, key: str, cmd: dict[str, Any]) -> None:
+        """A command to the Salesforce sink, without what privacy.exclude_fields keeps out."""
+        kept = without_excluded(cmd, exclude)
+        if kept is not None:
+            await out.send(commands, key.encode(), serde.encode(topics.commands_salesforce, kept))
 
     async def dead_letter(event: EventT, stage: str, exc: BaseException) -> None:
         msg = event.message
@@ -507,7 +534,7 @@ def create_app(settings: Settings) -> faust.App:
         if account is not None and not account["deleted"]:
             fields = account["fields"]
             owner = reference_record(fields.get("OwnerId"))
-            shown = render(ctx, owner.get("name") if owner else None, w.context_fields)
+            shown = render(ctx, owner.get("name") if owner else None, context_fields)
             domain = web_domain(fields.get("Website"))
             emails = contact_emails(ctx)
             version = digest(fields.get("Name"), domain, emails, shown)
@@ -576,7 +603,7 @@ def create_app(settings: Settings) -> faust.App:
         closing = etype == "ARCHIVE"
         cmd = case_status_command(fe, w.case_closed_status if closing else w.case_reopened_status,
                                   closing)
-        await out.send(commands, conversation.encode(), serde.encode(topics.commands_salesforce, cmd))
+        await send_sf(out, conversation, cmd)
 
     @app.agent(match_keys, name="index-match-keys")
     async def index_match_keys(stream: StreamT) -> None:
@@ -679,11 +706,10 @@ def create_app(settings: Settings) -> faust.App:
         earlier one."""
         name = next((r.get("name") for r in fe["message"]["recipients"]
                      if r["role"] == "from" and r.get("name")), None)
-        key = f"email:{email}".encode()
-        sf_topic = topics.commands_salesforce
-        await out.send(commands, key, serde.encode(sf_topic, lead_command(fe, email, name, free_mail)))
-        await out.send(commands, key, serde.encode(sf_topic, lead_task_command(
-            fe, email, settings.salesforce.task_external_id_field, task_owner(fe))))
+        key = f"email:{email}"
+        await send_sf(out, key, lead_command(fe, email, name, free_mail))
+        await send_sf(out, key, lead_task_command(
+            fe, email, settings.salesforce.task_external_id_field, task_owner(fe)))
         await out.send(front_commands, fe["conversation_id"].encode(),
                        serde.encode(topics.commands_front, new_lead_tag_command(fe)))
         log.info("unknown sender: lead", handle=email, event_id=fe["event_id"])
@@ -699,8 +725,7 @@ def create_app(settings: Settings) -> faust.App:
         rule = tag_rules[str(fe.get("tag_name") or "").lower()]
         if fe["event_type"] == "TAG":
             for cmd in tag_commands(fe, found, rule, settings.salesforce.task_external_id_field):
-                await out.send(commands, fe["conversation_id"].encode(),
-                               serde.encode(topics.commands_salesforce, cmd))
+                await send_sf(out, fe["conversation_id"], cmd)
         if rule.opportunity_stage and found.get("account_id"):
             # The stage lives with the Account's Opportunities: on to the account-context
             # partition, in order (front.events, then by person, then by Account).
@@ -750,8 +775,7 @@ def create_app(settings: Settings) -> faust.App:
             if rule.on_untag == "revert" and on["previous_stage"]:
                 cmd = stage_command(fe, on["opportunity_id"], on["previous_stage"])
         if cmd is not None:
-            await out.send(commands, cmd["operation"][1]["record_id"].encode(),
-                           serde.encode(topics.commands_salesforce, cmd))
+            await send_sf(out, cmd["operation"][1]["record_id"], cmd)
             # The command is stored before the table says it was sent: a worker killed in
             # between handles the tag again instead of skipping it as done.
             await out.delivered()
@@ -907,25 +931,63 @@ def create_app(settings: Settings) -> faust.App:
     async def matched(event: EventT, fe: dict[str, Any], key: str, out: Outbox,
                       may_wait: bytes | None) -> None:
         """A message on the record its handle matches (use case 1), or, matching nothing:
-        waiting for one (``may_wait``: its raw value), then an unknown sender's Lead
-        (use case 2) or an audited SKIPPED."""
+        waiting for one (``may_wait``: its raw value), then the record of the Front contact
+        the handle belongs to (use case 2, a known person's new handle), then an unknown
+        sender's Lead (use case 2) or an audited SKIPPED."""
         found, why = find_record(key)
         if found is None and may_wait is not None:
             park(key, may_wait, out)
             return
-        if found is None and key.startswith("email:") and w.unknown_sender_leads and (
+        if found is None:
+            crd = w.add_new_handles and front_contact_of(fe, key)
+            if crd:
+                # Asked in the Front contact's partition, which knows its other handles' record.
+                await out.send(by_contact, crd.encode(), serde.encode(topics.front_events, fe))
+                return
+            await unmatched(event, fe, key, why, out)
+            return
+        await land(event, fe, key, found, why, out)
+        crd = w.add_new_handles and found["kind"] in PEOPLE and front_contact_of(fe, key)
+        if crd and noted.get(crd) != found["id"]:
+            note = {"record_id": found["id"], "kind": found["kind"],
+                    "account_id": found.get("account_id"), "owner_id": found.get("owner_id"),
+                    "handle": key, "at": int(time.time() * 1000)}
+            await out.send(contact_notes, crd.encode(),
+                           serde.encode(internal["contact_notes"], note))
+            out.then.append(lambda: remember(crd, found["id"]))
+
+    def remember(crd: str, record_id: str) -> None:
+        noted[crd] = record_id
+        noted.move_to_end(crd)
+        while len(noted) > NOTED_MAX:
+            noted.popitem(last=False)
+
+    def front_contact_of(fe: dict[str, Any], key: str) -> str | None:
+        """The Front contact (crd_…) that the customer-side handle ``key`` belongs to."""
+        roles = ("from",) if fe["message"]["is_inbound"] else ("to", "cc")
+        for r in fe["message"]["recipients"]:
+            if r["role"] in roles and r.get("contact_id") and handle_key(r["handle"], region) == key:
+                return str(r["contact_id"])
+        return None
+
+    async def unmatched(event: EventT, fe: dict[str, Any], key: str, why: str, out: Outbox) -> None:
+        """Nobody's message: an unknown sender's Lead (use case 2), or an audited SKIPPED."""
+        if key.startswith("email:") and w.unknown_sender_leads and (
                 fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
             await unknown_sender(out, fe, key.removeprefix("email:"))
             return
-        if found is None:
-            await emit_audit(out, event, fe, "SKIPPED", why, reason=why)
-            log.info("unmatched", handle=key, event_id=fe["event_id"])
-            return
+        await emit_audit(out, event, fe, "SKIPPED", why, reason=why)
+        log.info("unmatched", handle=key, event_id=fe["event_id"])
+
+    async def land(event: EventT, fe: dict[str, Any], key: str, found: dict[str, Any], why: str,
+                   out: Outbox) -> None:
+        """The message's Task on ``found`` (use case 1), its audit, the conversation's routing
+        (use case 5) and, for a Lead, the New Lead tag (use case 2)."""
         first = counterpart_handles(fe, region)[:1] == [key]
         msg_id = fe["message"]["id"]
         cmd = task_command(fe, found, settings.salesforce.task_external_id_field, task_owner(fe),
                            None if first else f"{msg_id}/{key}")
-        await out.send(commands, msg_id.encode(), serde.encode(topics.commands_salesforce, cmd))
+        await send_sf(out, msg_id, cmd)
         await emit_audit(out, event, fe, "MATCHED", None, found["id"], why)
         if first:
             await route_to_owner(fe, found, out)
@@ -937,6 +999,84 @@ def create_app(settings: Settings) -> faust.App:
             # (the Front sink's ledger); a tag a person removes stays removed.
             await out.send(front_commands, fe["conversation_id"].encode(),
                            serde.encode(topics.commands_front, new_lead_tag_command(fe)))
+
+    @app.agent(contact_notes, name="front-contact-notes")
+    async def front_contact_notes(stream: StreamT) -> None:
+        async def body(event: EventT, note: dict[str, Any], out: Outbox) -> None:
+            """Which record a Front contact's handles matched. A Contact outranks a Lead (by
+            worker.match_priority); among equals the newest note wins."""
+            crd = _key(event)
+            held = front_contacts.get(crd)
+            rank = {k: i for i, k in enumerate(w.match_priority)}
+            if held is not None and held["record_id"] != note["record_id"] and (
+                    rank.get(held["kind"], 9) < rank.get(note["kind"], 9)):
+                return
+            if held != note:
+                front_contacts[crd] = note
+                out.changelog(front_contacts)
+
+        await consume("front-contact-notes", stream, internal["contact_notes"], body)
+
+    @app.agent(by_contact, name="match-by-front-contact")
+    async def match_by_contact(stream: StreamT) -> None:
+        async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
+            """A message whose handle matched nothing, after its wait, in its Front contact's
+            partition: if another handle of that Front contact matched a Contact or Lead, the
+            message lands there and the handle is added to the record (use case 2, a known
+            person); otherwise the sender is unknown."""
+            crd = _key(event)
+            key = next((k for k in counterpart_handles(fe, region)
+                        if front_contact_of(fe, k) == crd), None)
+            if key is None:
+                await emit_audit(out, event, fe, "SKIPPED", f"no handle of Front contact {crd}")
+                return
+            held = front_contacts.get(crd)
+            if held is None:
+                why = f"no {', '.join(w.match_priority)} matches {key}, nor another handle of its Front contact {crd}"
+                await unmatched(event, fe, key, why, out)
+                return
+            found = {"kind": held["kind"], "id": held["record_id"], "account_id": held["account_id"],
+                     "owner_id": held["owner_id"]}
+            why = (f"{key}: no record; its Front contact {crd} is {held['kind']} {held['record_id']} "
+                   f"(by {held['handle']}): the handle is added to it")
+            await land(event, fe, key, found, why, out)
+            await out.send(new_handles, held["record_id"].encode(), serde.encode(
+                internal["new_handles"], {"value": key, "at": int(time.time() * 1000),
+                                          "event_id": fe["event_id"]}))
+
+        await consume("match-by-front-contact", stream, topics.front_events, body)
+
+    @app.agent(new_handles, name="add-new-handles")
+    async def add_new_handles(stream: StreamT) -> None:
+        async def body(event: EventT, ask: dict[str, Any], out: Outbox) -> None:
+            """A handle seen in Front added to a known Contact or Lead (use case 2), in the
+            partition of the record's changes, which knows its fields now: into the first
+            blank field of its kind, once (``asked`` until a change shows it), never over
+            a value."""
+            record_id, key = _key(event), str(ask["value"])
+            state = records.get(record_id)
+            if state is None or state["deleted"] or key in state["keys"] or key in (state.get("asked") or []):
+                return
+            sobject = state["entry"]["kind"]
+            kind, _, value = key.partition(":")
+            if kind == "email":
+                blank = [] if state["email"] else ["Email"]
+            else:
+                phones = [*(state.get("phones") or []), "", ""][:2]
+                blank = [f for f, v in zip(("Phone", "MobilePhone"), phones, strict=True) if not v]
+            blank = [f for f in blank if f not in exclude.get(sobject, ())]
+            if not blank:
+                log.info("new handle not added: no blank field", record=record_id, handle=key)
+                return
+            cmd = handle_command(str(ask.get("event_id") or ""), sobject, record_id, blank[0], value)
+            await send_sf(out, record_id, cmd)
+            # Stored before the table says it was asked: a worker killed in between asks again.
+            await out.delivered()
+            records[record_id] = {**state, "asked": [*(state.get("asked") or []), key]}
+            out.changelog(records)
+            log.info("new handle added", record=record_id, handle=key, field=blank[0])
+
+        await consume("add-new-handles", stream, internal["new_handles"], body)
 
     return app
 

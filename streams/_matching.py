@@ -234,8 +234,11 @@ def record_update(held: dict[str, Any] | None, change: dict[str, Any], region: s
         entry["deleted"] = True
     out = [(k, {**entry, "deleted": True}) for k in sorted(old_keys - keys)]
     out += [(k, entry) for k in sorted(keys)]
+    # Handles we asked Salesforce to add (use case 2): kept until a change shows them.
+    asked = [a for a in before.get("asked") or [] if a not in keys]
     state = {"keys": sorted(keys), "email": email, "domain": domain, "phones": phones,
              "name": name, "active": bool(active), "ts": ts, "deleted": ctype == "DELETE",
+             "asked": asked,
              "entry": {k: entry[k] for k in ("kind", "id", "account_id", "owner_id", "ts", "deleted")}}
     return state, out
 

@@ -79,3 +79,68 @@ def masked(event: dict[str, Any], mask: Callable[[str | None], str | None]) -> d
         msg["subject"] = mask(msg.get("subject"))
         out["message"] = msg
     return out
+
+
+# Fields of Salesforce objects a command writes, by command field: what
+# ``privacy.exclude_fields`` can keep out of Salesforce. The rest of a command is what makes
+# the write possible at all (config.py refuses excluding it).
+_WRITES: dict[str, tuple[str, dict[str, str]]] = {
+    "UpsertTask": ("Task", {"subject": "Subject", "description": "Description", "owner_id": "OwnerId",
+                            "task_subtype": "TaskSubtype",
+                            "front_conversation_id": "Front_Conversation_Id__c"}),
+    "UpsertLead": ("Lead", {"first_name": "FirstName", "email": "Email", "phone": "Phone",
+                            "lead_source": "LeadSource", "owner_id": "OwnerId"}),
+    "CloseCase": ("FeedItem", {"resolution_note": "Body"}),
+}
+
+
+def without_excluded(cmd: dict[str, Any], exclude: dict[str, frozenset[str]]) -> dict[str, Any] | None:
+    """A Salesforce command with no value for a field ``privacy.exclude_fields`` names on the
+    object it writes (a new dict), or None when nothing of it may be written (an update of
+    excluded fields only, a Chatter post when FeedItem.Body is excluded). Applied where the
+    worker produces commands: an excluded value never reaches commands.salesforce. A Task's
+    excluded Subject becomes empty (the sink leaves a blank Subject out)."""
+    if not exclude:
+        return cmd
+    name, op = cmd["operation"]
+    kind = name.rsplit(".", 1)[-1]
+    if kind == "UpdateRecord":
+        out_fields = exclude.get(op["sobject"], frozenset())
+        fields = {k: v for k, v in op["fields"].items() if k not in out_fields}
+        if not fields:
+            return None
+        if fields == op["fields"]:
+            return cmd
+        blank = [f for f in op.get("only_if_blank") or [] if f in fields]
+        return {**cmd, "operation": (name, {**op, "fields": fields, "only_if_blank": blank})}
+    if kind == "PostFeedItem":
+        return None if "Body" in exclude.get("FeedItem", frozenset()) else cmd
+    if kind not in _WRITES:
+        return cmd
+    sobject, by_key = _WRITES[kind]
+    out_fields = exclude.get(sobject, frozenset())
+    drop = [key for key, sf in by_key.items() if sf in out_fields and op.get(key) is not None]
+    if not drop:
+        return cmd
+    new_op = dict(op)
+    for key in drop:
+        new_op[key] = "" if key == "subject" else None
+    return {**cmd, "operation": (name, new_op)}
+
+
+def context_fields_shown(fields: dict[str, str], exclude: dict[str, frozenset[str]]) -> dict[str, str]:
+    """``worker.context_fields`` without what shows an excluded Salesforce field in Front:
+    an Account field, the owner (Account.OwnerId), open Opportunities (Opportunity.Amount or
+    StageName)."""
+    account = exclude.get("Account", frozenset())
+    opportunity = exclude.get("Opportunity", frozenset())
+    shown = {}
+    for front_name, source in fields.items():
+        if source == "owner" and "OwnerId" in account:
+            continue
+        if source == "open_opportunities" and {"Amount", "StageName"} & opportunity:
+            continue
+        if source in account:
+            continue
+        shown[front_name] = source
+    return shown

@@ -219,6 +219,22 @@ def assign_command(event: dict[str, Any], teammate_email: str) -> dict[str, Any]
     }
 
 
+def handle_command(event_id: str, sobject: str, record_id: str, field: str,
+                   value: str) -> dict[str, Any]:
+    """Use case 2, a known person: a handle seen in Front added to their Contact or Lead, in
+    a field that is blank (``only_if_blank``: a value someone put there meanwhile is kept).
+    Keyed by record and handle: asked again, it is the same write."""
+    return {
+        "command_id": _command_id("UpdateRecord", record_id, "handle", value),
+        "idempotency_key": f"UpdateRecord/{sobject}/{record_id}/handle/{value}",
+        "created_at": int(time.time() * 1000),
+        "origin": {"system": "frontforce", "source_event_id": event_id, "correlation_id": event_id},
+        "operation": ("frontforce.commands.UpdateRecord", {
+            "sobject": sobject, "record_id": record_id, "fields": {field: value},
+            "only_if_blank": [field]}),
+    }
+
+
 def stage_command(event: dict[str, Any], opportunity_id: str, stage: str) -> dict[str, Any]:
     """Use case 4: a tag (or its removal) sets an Opportunity's stage. Keyed by the Front
     event: a replay asks for the same write; the next tag event is a new fact."""

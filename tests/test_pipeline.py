@@ -291,6 +291,65 @@ def test_a_message_waits_for_a_contact_created_moments_later_instead_of_making_a
     assert leads == []
 
 
+def test_a_known_persons_new_phone_lands_on_their_contact_and_is_added_to_it_once(
+        pipeline: Pipeline) -> None:
+    """Use case 2, a known person: Front says which Front contact a handle belongs to
+    (``_links.related.contact``). An SMS from a number no record has, from the Front contact
+    whose email matched a Contact, lands on that Contact (no Lead) and the number is written
+    to its blank Phone, once; the next SMS from it matches by phone. A second new number
+    finds no blank field it may fill (MobilePhone is in privacy.exclude_fields here): it lands
+    on the Contact and is not written anywhere."""
+    tag = uuid.uuid4().hex[:6]
+    email = f"dana-{tag}@initech.example"
+    r = pipeline.admin.post("/__admin/seed", json={"records": {"Contact": [
+        {"LastName": "Dana", "Email": email}]}})
+    r.raise_for_status()
+    [dana] = r.json()["ids"]["Contact"]
+    wait_changes(pipeline, {dana})
+    link = f"https://acme.api.frontapp.com/contacts/crd_{tag}"
+    new, other = "+14155550" + str(100 + int(tag[:2], 16)), "+14155551" + str(100 + int(tag[:2], 16))
+
+    def message(handle: str, i: int) -> dict[str, Any]:
+        ev = event(handle, tag, i)
+        ev["target"]["data"]["recipients"][0]["_links"]["related"]["contact"] = link
+        if handle.startswith("+"):
+            ev["target"]["data"]["type"] = "sms"
+            ev["target"]["data"]["recipients"][1]["handle"] = "+14155550000"
+        return ev
+
+    assert pipeline.emitter.deliver(message(email, 0)) == 200
+    assert [t["WhoId"] for t in pipeline.tasks_for({f"msg_{tag}0"}, expect=1)] == [dana]
+    assert pipeline.emitter.deliver(message(new, 1)) == 200
+    assert [t["WhoId"] for t in pipeline.tasks_for({f"msg_{tag}1"}, expect=1)] == [dana]
+
+    def contact() -> dict[str, Any]:
+        rows = pipeline.admin.get("/__admin/records/Contact").json()["records"]
+        return next(row for row in rows if row["Id"] == dana)
+
+    deadline = time.monotonic() + 60
+    while contact().get("Phone") != new:
+        assert time.monotonic() < deadline, f"the new number never reached the Contact: {contact()}"
+        time.sleep(0.5)
+    wait_changes(pipeline, {dana})
+    assert pipeline.emitter.deliver(message(new, 2)) == 200
+    assert pipeline.emitter.deliver(message(other, 3)) == 200
+    tasks = pipeline.tasks_for({f"msg_{tag}2", f"msg_{tag}3"}, expect=2)
+    assert sorted(t["WhoId"] for t in tasks) == [dana, dana]
+    pipeline.settle()
+    assert (contact()["Phone"], contact().get("MobilePhone")) == (new, None)
+    leads = [row for row in pipeline.admin.get("/__admin/records/Lead").json()["records"]
+             if row.get("Phone") in (new, other) or row.get("Email") == email]
+    assert leads == []
+    updates = [c["operation"] for c in pipeline.topic("commands.salesforce")
+               if c["operation"].get("record_id") == dana]
+    assert [u["fields"] for u in updates] == [{"Phone": new}]
+    why = {a["correlation_id"]: a for a in pipeline.topic("audit")
+           if a["operation"] == "Match" and a["correlation_id"].startswith(f"evt_{tag}")}
+    assert f"Front contact crd_{tag} is Contact {dana}" in why[f"evt_{tag}1"]["reason"]
+    assert why[f"evt_{tag}2"]["reason"].startswith(f"phone:{new}: Contact")
+    assert why[f"evt_{tag}3"]["record_id"] == dana
+
+
 def status_event(kind: str, conversation: str, event_id: str, at: float) -> dict[str, Any]:
     """Front's ``archive`` / ``reopen`` event of a conversation, done by a teammate."""
     return {"_links": {"self": f"https://acme.api.frontapp.com/events/{event_id}"},

@@ -8,7 +8,7 @@ import pytest
 
 from frontforce.config import PrivacyConfig
 from frontforce.errors import ConfigError
-from streams._privacy import excluded, masked, masker
+from streams._privacy import context_fields_shown, excluded, masked, masker, without_excluded
 
 
 def test_card_numbers_ssns_and_custom_patterns_are_masked_and_nothing_else() -> None:
@@ -49,3 +49,54 @@ privacy:
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     assert "frontforce.yaml:4 privacy.mask_patterns" in str(err.value)  # file, line, field
+
+
+def _cmd(kind: str, op: dict[str, Any]) -> dict[str, Any]:
+    return {"command_id": "c", "operation": (f"frontforce.commands.{kind}", op)}
+
+
+def test_excluded_fields_never_leave_in_a_command_and_a_command_of_nothing_but_them_goes() -> None:
+    exclude = {"Task": frozenset({"Description", "Subject"}), "Lead": frozenset({"Phone"}),
+               "Contact": frozenset({"MobilePhone"}), "FeedItem": frozenset({"Body"})}
+    task = _cmd("UpsertTask", {"subject": "Refund", "description": "my card...", "owner_id": "005",
+                               "status": "Completed"})
+    op = without_excluded(task, exclude)["operation"][1]  # type: ignore[index]
+    assert (op["subject"], op["description"], op["owner_id"]) == ("", None, "005")
+    assert task["operation"][1]["description"] == "my card..."  # the input is not changed
+    lead = _cmd("UpsertLead", {"last_name": "Ng", "company": "Acme", "phone": "+1", "email": "a@b"})
+    assert without_excluded(lead, exclude)["operation"][1]["phone"] is None  # type: ignore[index]
+    update = _cmd("UpdateRecord", {"sobject": "Contact", "record_id": "003", "fields": {
+        "MobilePhone": "+1", "Phone": "+2"}, "only_if_blank": ["MobilePhone", "Phone"]})
+    op = without_excluded(update, exclude)["operation"][1]  # type: ignore[index]
+    assert (op["fields"], op["only_if_blank"]) == ({"Phone": "+2"}, ["Phone"])
+    only = _cmd("UpdateRecord", {"sobject": "Contact", "record_id": "003",
+                                 "fields": {"MobilePhone": "+1"}, "only_if_blank": []})
+    assert without_excluded(only, exclude) is None
+    assert without_excluded(_cmd("PostFeedItem", {"parent_id": "003", "body": "x"}), exclude) is None
+    close = _cmd("CloseCase", {"case_id": "500", "status": "Closed", "resolution_note": "text"})
+    assert without_excluded(close, exclude)["operation"][1]["resolution_note"] is None  # type: ignore[index]
+    assert without_excluded(task, {}) is task
+
+
+def test_context_fields_showing_an_excluded_salesforce_field_are_not_shown() -> None:
+    fields = {"ARR": "AnnualRevenue", "Tier": "Type", "Owner": "owner", "Opps": "open_opportunities"}
+    assert context_fields_shown(fields, {"Account": frozenset({"AnnualRevenue", "OwnerId"}),
+                                         "Opportunity": frozenset({"Amount"})}) == {"Tier": "Type"}
+    assert context_fields_shown(fields, {}) == fields
+
+
+def test_excluding_a_field_a_write_needs_or_an_unknown_object_is_a_config_error(tmp_path) -> None:
+    from frontforce.config import load_settings
+
+    path = tmp_path / "frontforce.yaml"
+    for body, expect in (("{Lead: [Company]}", "Lead.Company cannot be excluded"),
+                         ("{Widget__c: [X]}", "'Widget__c' is not an object")):
+        path.write_text(f"""\
+front: {{app_secret: "s"}}
+salesforce: {{login_url: "https://x", client_id: "c", client_secret: "s"}}
+privacy:
+  exclude_fields: {body}
+""")
+        with pytest.raises(ConfigError) as err:
+            load_settings(path)
+        assert "frontforce.yaml:4 privacy.exclude_fields" in str(err.value) and expect in str(err.value)

@@ -24,7 +24,8 @@ def task_record(op: dict[str, Any]) -> dict[str, Any]:
     """The Task to create (never to update: a logged message is a fact)."""
     rec: dict[str, Any] = {"attributes": {"type": "Task"}, op["external_id_field"]: op["external_id"]}
     for key, field in _TASK_FIELDS.items():
-        if op.get(key) is not None:
+        # Left out when empty: a Subject privacy.exclude_fields keeps out arrives as "".
+        if op.get(key) not in (None, ""):
             rec[field] = op[key]
     # A parent known only by its external id: Salesforce resolves it inside this create
     # (relationship name + the external id; "attributes" names the type of a polymorphic

@@ -151,6 +151,18 @@ def _tag(target: dict[str, Any]) -> dict[str, Any]:
             "tag_name": _str_or_none(data.get("name"))}
 
 
+def _contact_id(recipient: dict[str, Any]) -> str | None:
+    """The Front contact (``crd_…``) a recipient's handle belongs to: the last segment of
+    ``_links.related.contact`` (a URL, absolute from Front, or null for no contact)."""
+    links = recipient.get("_links")
+    related = links.get("related") if isinstance(links, dict) else None
+    url = related.get("contact") if isinstance(related, dict) else None
+    if not isinstance(url, str):
+        return None
+    last = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    return last if last.startswith("crd_") else None
+
+
 def _message(data: dict[str, Any], emitted: float) -> dict[str, Any]:
     msg_id = data.get("id")
     if not isinstance(msg_id, str):
@@ -162,6 +174,7 @@ def _message(data: dict[str, Any], emitted: float) -> dict[str, Any]:
                 "handle": r["handle"],
                 "role": str(r.get("role") or ""),
                 "name": _str_or_none(r.get("name")),
+                "contact_id": _contact_id(r),
             })
     author = data.get("author")
     created = data.get("created_at", emitted)
