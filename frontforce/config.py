@@ -277,6 +277,11 @@ class WorkerConfig(_Model):
         " second address) lands on that record, and is added to it in the first blank field of"
         " its kind (Phone, then MobilePhone; Email), never overwriting one. No Lead is made.",
     )
+    task_fields_from_front: dict[str, str] = Field(
+        {}, description="Front conversation custom field (by name) -> Task field (API name): the"
+        " value the conversation has when a message comes is written on the message's Task, e.g."
+        " {Priority: Priority, 'Product area': Product_Area__c}. Checked against describe at start.",
+    )
     dedupe_window_s: float = Field(
         3600.0, gt=0,
         description="Loop guard: a Front event whose id was seen within this window (by Kafka"
@@ -406,9 +411,11 @@ class SinkConfig(_Model):
         200, ge=1, le=200, description="Records per sObject Collections call (Salesforce max 200)."
     )
     batch_wait_ms: int = Field(
-        500, ge=0,
-        description="How long to wait for a batch to fill before writing it (the flush window;"
-        " 500 ms keeps a 200 messages/s stream under 0.01 API calls a message, BENCHMARKS.md).",
+        1000, ge=0,
+        description="How long to wait for a batch to fill before writing it (the flush window)."
+        " 1000 ms keeps a 200 messages/s stream, a fifth of it from unknown senders (Lead +"
+        " Task), near 0.006 API calls a message; 500 ms near 0.009, too close to the 0.01 bound,"
+        " for about 0.5 s less at the sink (BENCHMARKS.md).",
     )
     max_attempts: int = Field(
         8, ge=1,

@@ -210,6 +210,9 @@ worker:
   data_dir: "{self.state_dir / 'worker'}"
   salesforce_web_url: "{self.salesforce_url}"
   unmatched_wait_s: 8
+  # The conversation's Front custom field "Priority" (High/Normal/Low) on each Task.
+  task_fields_from_front:
+    Priority: Priority
   tag_rules:
     "Renewal Risk":
       follow_up_task: "Call the customer about the renewal risk"

@@ -315,6 +315,17 @@ def create_app(settings: Settings) -> faust.App:
         if kept is not None:
             await out.send(commands, key.encode(), serde.encode(topics.commands_salesforce, kept))
 
+    def with_front_fields(cmd: dict[str, Any], fe: dict[str, Any]) -> dict[str, Any]:
+        """A message's Task with the Task fields the conversation's Front custom fields map
+        to (worker.task_fields_from_front); a blank Front value writes nothing."""
+        if w.task_fields_from_front:
+            have = fe.get("conversation_custom_fields") or {}
+            fields = {sf: have[name] for name, sf in w.task_fields_from_front.items()
+                      if have.get(name) not in (None, "")}
+            if fields:
+                cmd["operation"][1]["fields"] = fields
+        return cmd
+
     async def dead_letter(event: EventT, stage: str, exc: BaseException) -> None:
         msg = event.message
         record = {
@@ -708,8 +719,8 @@ def create_app(settings: Settings) -> faust.App:
                      if r["role"] == "from" and r.get("name")), None)
         key = f"email:{email}"
         await send_sf(out, key, lead_command(fe, email, name, free_mail))
-        await send_sf(out, key, lead_task_command(
-            fe, email, settings.salesforce.task_external_id_field, task_owner(fe)))
+        await send_sf(out, key, with_front_fields(lead_task_command(
+            fe, email, settings.salesforce.task_external_id_field, task_owner(fe)), fe))
         await out.send(front_commands, fe["conversation_id"].encode(),
                        serde.encode(topics.commands_front, new_lead_tag_command(fe)))
         log.info("unknown sender: lead", handle=email, event_id=fe["event_id"])
@@ -987,7 +998,7 @@ def create_app(settings: Settings) -> faust.App:
         msg_id = fe["message"]["id"]
         cmd = task_command(fe, found, settings.salesforce.task_external_id_field, task_owner(fe),
                            None if first else f"{msg_id}/{key}")
-        await send_sf(out, msg_id, cmd)
+        await send_sf(out, msg_id, with_front_fields(cmd, fe))
         await emit_audit(out, event, fe, "MATCHED", None, found["id"], why)
         if first:
             await route_to_owner(fe, found, out)

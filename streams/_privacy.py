@@ -78,6 +78,9 @@ def masked(event: dict[str, Any], mask: Callable[[str | None], str | None]) -> d
         msg["text"] = mask(msg.get("text"))
         msg["subject"] = mask(msg.get("subject"))
         out["message"] = msg
+    if event.get("conversation_custom_fields"):
+        out["conversation_custom_fields"] = {
+            k: mask(v) for k, v in event["conversation_custom_fields"].items()}
     return out
 
 
@@ -120,9 +123,12 @@ def without_excluded(cmd: dict[str, Any], exclude: dict[str, frozenset[str]]) ->
     sobject, by_key = _WRITES[kind]
     out_fields = exclude.get(sobject, frozenset())
     drop = [key for key, sf in by_key.items() if sf in out_fields and op.get(key) is not None]
-    if not drop:
+    more = op.get("fields") or {}
+    if not drop and not out_fields.intersection(more):
         return cmd
     new_op = dict(op)
+    if more:
+        new_op["fields"] = {k: v for k, v in more.items() if k not in out_fields}
     for key in drop:
         new_op[key] = "" if key == "subject" else None
     return {**cmd, "operation": (name, new_op)}

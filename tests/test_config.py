@@ -87,14 +87,16 @@ def test_the_mapping_is_checked_against_describe_and_every_misfit_named() -> Non
         return out
 
     good = settings({**base, "worker": {"tag_rules": {"Upsell": {
-        "opportunity_stage": "Proposal/Price Quote"}}}})
+        "opportunity_stage": "Proposal/Price Quote"}}, "task_fields_from_front": {"Priority": "Priority"}}})
     assert mapping_problems(good, describes(good)) == []
     bad = settings({**base,
                           "salesforce_source": {"custom_fields": {"Account": ["Nope__c"]}},
                           "worker": {"case_closed_status": "Done",
                                      "tag_rules": {"Upsell": {"opportunity_stage": "Upselling"}},
                                      "context_fields": {"ARR": "AnnualRevenue", "Site": "Tier__c",
-                                                        "Gone": "Gone__c"}}})
+                                                        "Gone": "Gone__c"},
+                                     "task_fields_from_front": {"Area": "Area__c",
+                                                                "Closed": "IsClosed"}}})
     problems = mapping_problems(bad, describes(bad))
     assert any(p.startswith("worker.case_closed_status: 'Done' is not an active Case Status")
                for p in problems)
@@ -104,3 +106,5 @@ def test_the_mapping_is_checked_against_describe_and_every_misfit_named() -> Non
                for p in problems)
     assert ("salesforce_source.custom_fields.Account: field Account.Nope__c does not exist "
             "(or is not visible)") in problems
+    assert "worker.task_fields_from_front.Area: field Task.Area__c does not exist (or is not visible)" in problems
+    assert "worker.task_fields_from_front.Closed: Task.IsClosed is not createable" in problems

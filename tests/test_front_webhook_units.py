@@ -49,12 +49,21 @@ def test_inbound_event_normalizes_to_message_with_sender() -> None:
                              message_id="msg_1", inbox_id="inb_1", sender="Bob@Corp.com",
                              sender_name="Bob", to="support@acme.example", subject="Hi",
                              text="Hello", emitted_at=1703102616.412)
+    ev["target"]["data"]["recipients"][0]["_links"]["related"]["contact"] = (
+        "https://acme.api.frontapp.com/contacts/crd_2njtoem")
+    ev["conversation"]["custom_fields"] = {"Priority": "High", "Seats": 25, "Ratio": 0.5,
+                                           "VIP": True, "Owner": {"email": "ann@acme.example"}}
     rec = normalize_event(ev, "APP_WEBHOOK", company_id="cmp_1")
     assert rec["event_type"] == "INBOUND_MESSAGE"
     assert rec["occurred_at"] == 1703102616412
     assert rec["inbox_ids"] == ["inb_1"]
     assert rec["message"]["id"] == "msg_1"
-    assert {"handle": "Bob@Corp.com", "role": "from", "name": "Bob"} in rec["message"]["recipients"]
+    assert {"handle": "Bob@Corp.com", "role": "from", "name": "Bob",
+            "contact_id": "crd_2njtoem"} in rec["message"]["recipients"]
+    assert {"handle": "support@acme.example", "role": "to", "name": "Support",
+            "contact_id": None} in rec["message"]["recipients"]
+    assert rec["conversation_custom_fields"] == {"Priority": "High", "Seats": "25", "Ratio": "0.5",
+                                                 "VIP": "true", "Owner": "ann@acme.example"}
 
 
 def test_unknown_event_type_is_kept_as_other_and_garbage_is_refused() -> None:

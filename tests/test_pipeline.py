@@ -648,13 +648,16 @@ def test_card_numbers_are_masked_before_any_topic_and_private_conversations_neve
     ev = event(KNOWN[0].email, tag, 0)
     ev["target"]["data"]["text"] = f"Please refund my card {card} today"
     ev["conversation"]["subject"] = ev["target"]["data"]["subject"] = f"Refund {card}"
+    # Front custom fields: Priority is mapped onto the Task (task_fields_from_front); free
+    # text in any of them is masked like the message.
+    ev["conversation"]["custom_fields"] = {"Priority": "High", "Notes": f"card {card}"}
     private = event(KNOWN[1].email, tag, 1)
     private["conversation"]["is_private"] = True
     assert pipeline.emitter.deliver(ev) == 200 and pipeline.emitter.deliver(private) == 200
     [task] = pipeline.tasks_for({f"msg_{tag}0"}, expect=1)
     pipeline.settle()
     assert card not in json.dumps(task) and "[masked]" in task["Description"]
-    assert "[masked]" in task["Subject"]
+    assert "[masked]" in task["Subject"] and task["Priority"] == "High"
     assert not [t for t in pipeline.tasks() if t.get("Front_Message_Id__c") == f"msg_{tag}1"]
     stack = pipeline.stack
     after = [stack.worker_groups[stack.app_id][3], f"{stack.topic_prefix}commands.salesforce",

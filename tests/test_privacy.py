@@ -59,9 +59,10 @@ def test_excluded_fields_never_leave_in_a_command_and_a_command_of_nothing_but_t
     exclude = {"Task": frozenset({"Description", "Subject"}), "Lead": frozenset({"Phone"}),
                "Contact": frozenset({"MobilePhone"}), "FeedItem": frozenset({"Body"})}
     task = _cmd("UpsertTask", {"subject": "Refund", "description": "my card...", "owner_id": "005",
-                               "status": "Completed"})
+                               "status": "Completed", "fields": {"Description": "x", "Priority": "High"}})
     op = without_excluded(task, exclude)["operation"][1]  # type: ignore[index]
     assert (op["subject"], op["description"], op["owner_id"]) == ("", None, "005")
+    assert op["fields"] == {"Priority": "High"}  # a Front custom field mapped onto an excluded one
     assert task["operation"][1]["description"] == "my card..."  # the input is not changed
     lead = _cmd("UpsertLead", {"last_name": "Ng", "company": "Acme", "phone": "+1", "email": "a@b"})
     assert without_excluded(lead, exclude)["operation"][1]["phone"] is None  # type: ignore[index]

@@ -14,6 +14,7 @@ What is checked, by object (one describe each):
 - Opportunity: every ``worker.tag_rules.*.opportunity_stage`` among StageName's values.
 - Account: every Account field ``worker.context_fields`` shows.
 - Every object of ``salesforce_source.custom_fields``: those fields.
+- Task: every field ``worker.task_fields_from_front`` writes (it must be createable).
 """
 
 from __future__ import annotations
@@ -102,4 +103,9 @@ def mapping_problems(settings: Settings, describes: dict[str, dict[str, Any]]) -
     for sobject, names in settings.salesforce_source.custom_fields.items():
         for name in names:
             field(sobject, name, f"salesforce_source.custom_fields.{sobject}")
+    for front_name, name in w.task_fields_from_front.items():
+        where = f"worker.task_fields_from_front.{front_name}"
+        found = field("Task", name, where)
+        if found is not None and not found.get("createable", True):
+            out.append(f"{where}: Task.{name} is not createable")
     return out

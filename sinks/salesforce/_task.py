@@ -36,6 +36,9 @@ def task_record(op: dict[str, Any]) -> dict[str, Any]:
             ref = ref[1]
         if ref and op.get(id_key) is None:
             rec[relationship] = {"attributes": {"type": ref["sobject"]}, ref["field"]: ref["value"]}
+    for name, value in (op.get("fields") or {}).items():  # worker.task_fields_from_front
+        if value not in (None, ""):
+            rec[name] = value
     activity = op["activity_date"]
     rec["ActivityDate"] = activity.isoformat() if isinstance(activity, date) else str(activity)
     return rec

@@ -133,7 +133,25 @@ def normalize_event(payload: dict[str, Any], source: str, envelope_type: str | N
         else _str_or_none(_obj(conv.get("assignee")).get("email")),
         **_tag(target),
         "is_private": conv.get("is_private") is True,
+        "conversation_custom_fields": _custom_fields(conv.get("custom_fields")),
     }
+
+
+def _custom_fields(value: Any) -> dict[str, str | None]:
+    """Front custom fields (keyed by display name) as strings: numbers as written (a datetime
+    field's value is epoch seconds: Front's payload does not say which), booleans
+    ``true``/``false``, a teammate or inbox by its email or id."""
+    out: dict[str, str | None] = {}
+    for name, v in (value or {}).items() if isinstance(value, dict) else ():
+        if v is None or isinstance(v, str):
+            out[str(name)] = v
+        elif isinstance(v, bool):
+            out[str(name)] = "true" if v else "false"
+        elif isinstance(v, int | float):
+            out[str(name)] = str(int(v)) if float(v).is_integer() else repr(float(v))
+        elif isinstance(v, dict) and isinstance(v.get("email") or v.get("id"), str):
+            out[str(name)] = str(v.get("email") or v.get("id"))  # a teammate or inbox object
+    return out
 
 
 def event_key(event: dict[str, Any]) -> bytes:
