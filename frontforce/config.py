@@ -295,6 +295,12 @@ class WorkerConfig(_Model):
         " restarts) for one with that key (a Contact created a minute later, a snapshot still"
         " loading) before it counts as an unknown sender's (use case 2). 0: no wait.",
     )
+    waiting_purge_s: float = Field(
+        600.0, ge=10,
+        description="A waiting entry that was released (its messages matched or made unknown) stays"
+        " this long, so a worker replaying its release record finds them again, then is deleted"
+        " from the table (a tombstone in its changelog). Far above the commit interval (1 s).",
+    )
     match_priority: list[Literal["Contact", "Lead", "Account"]] = Field(
         ["Contact", "Lead", "Account"], min_length=1,
         description="Which kind of record a Front handle lands on when several match: Contact and"

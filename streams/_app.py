@@ -119,8 +119,6 @@ def _key(event: EventT) -> str:
 MAX_WAITING = 1000
 # Front contacts whose record this process remembers having noted (use case 2).
 NOTED_MAX = 100_000
-# A released waiting entry is kept this long (a replay of its release finds it), then purged.
-PURGE_RELEASED_MS = 10 * 60 * 1000
 
 # EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
 EXIT_STALLED = 75
@@ -305,6 +303,8 @@ def create_app(settings: Settings) -> faust.App:
     # a note per new pairing, not per message.
     noted: OrderedDict[str, str] = OrderedDict()
     wait_ms = int(w.unmatched_wait_s * 1000)
+    # A released entry is kept this long (a replay of its release record finds it), then purged.
+    purge_ms = int(w.waiting_purge_s * 1000)
 
     exclude = {o: frozenset(f) for o, f in settings.privacy.exclude_fields.items()}
     context_fields = context_fields_shown(w.context_fields, exclude)
@@ -929,7 +929,7 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             if held.get("released_at"):
                 # Released a while ago (its release record long acknowledged): purge it.
-                ask = "purge" if now - held["released_at"] > PURGE_RELEASED_MS else None
+                ask = "purge" if now - held["released_at"] > purge_ms else None
             else:
                 ask = "expired" if held["deadline"] <= now else None
             if ask is not None:

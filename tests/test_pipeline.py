@@ -289,6 +289,50 @@ def test_a_message_waits_for_a_contact_created_moments_later_instead_of_making_a
     leads = [row for row in pipeline.admin.get("/__admin/records/Lead").json()["records"]
              if row.get("Email") == late]
     assert leads == []
+    # The released entry is purged after worker.waiting_purge_s (20 s here): its key gets a
+    # tombstone in the table's changelog, so waiting state does not grow for ever.
+    changelog = pipeline.stack.settings().worker_table_topics["waiting_table"]
+    deadline = time.monotonic() + 60
+    while not [m for m in read_to_end(pipeline.stack.bootstrap, changelog)
+               if late.encode() in (m.key() or b"") and m.value() is None]:
+        assert time.monotonic() < deadline, "the released waiting entry was never purged"
+        time.sleep(1)
+
+
+def test_every_external_participant_of_a_message_gets_its_task_with_all_participants(
+        pipeline: Pipeline) -> None:
+    """worker.all_participants (on here): an outbound email to one Contact, copying another
+    Contact and a stranger, is logged once on each Contact (the first participant's Task keyed
+    by the message id, the others' by message id and handle); the stranger of an outbound
+    message makes no Lead (only an inbound sender does) and is audited SKIPPED."""
+    tag = uuid.uuid4().hex[:6]
+    to, cc = KNOWN[3].email, KNOWN[4].email
+    stranger = f"someone-{tag}@gmail.com"
+    pipeline.front_conversations(f"cnv_{tag}0")
+    out = event(to, tag, 0)
+    out["type"] = "outbound"
+    msg = out["target"]["data"]
+    msg.update(is_inbound=False, author={"id": "tea_jim", "email": "jim@acme.example"})
+    msg["recipients"] = [{"handle": "support@acme.example", "role": "from", "name": "Support"},
+                         {"handle": to, "role": "to", "name": None},
+                         {"handle": cc.upper(), "role": "cc", "name": None},
+                         {"handle": stranger, "role": "cc", "name": None},
+                         {"handle": "boss@acme.example", "role": "bcc", "name": None}]
+    assert pipeline.emitter.deliver(out) == 200
+    ids = {f"msg_{tag}0", f"msg_{tag}0/email:{cc}", f"msg_{tag}0/email:{stranger}"}
+    tasks = {t["Front_Message_Id__c"]: t["WhoId"] for t in pipeline.tasks_for(ids, expect=2)}
+    assert tasks == {f"msg_{tag}0": pipeline.contact_ids[to],
+                     f"msg_{tag}0/email:{cc}": pipeline.contact_ids[cc]}
+    deadline = time.monotonic() + 60
+    while not [a for a in pipeline.topic("audit") if a["correlation_id"] == f"evt_{tag}0"
+               and a["outcome"] == "SKIPPED" and stranger in (a["error"] or "")]:
+        assert time.monotonic() < deadline, "the stranger's handle was never audited"
+        time.sleep(1)
+    pipeline.settle()
+    assert {t["Front_Message_Id__c"] for t in pipeline.tasks()} & ids == set(tasks)
+    leads = [row for row in pipeline.admin.get("/__admin/records/Lead").json()["records"]
+             if row.get("Email") == stranger]
+    assert leads == []
 
 
 def test_a_known_persons_new_phone_lands_on_their_contact_and_is_added_to_it_once(
