@@ -414,7 +414,10 @@ class SinkConfig(_Model):
     )
     group_id: str = Field("frontforce-sink-salesforce", description="Consumer group of the sink.")
     batch_size: int = Field(
-        200, ge=1, le=200, description="Records per sObject Collections call (Salesforce max 200)."
+        1000, ge=1, le=1000,
+        description="Commands per flush: the flush is written when this many arrived or"
+        " batch_wait_ms passed. Its sObject Collections requests (200 records each) go as"
+        " subrequests of one /composite call, five at most: 1000 Tasks are one API call.",
     )
     batch_wait_ms: int = Field(
         1000, ge=0,

@@ -731,7 +731,7 @@ def test_update_record_and_close_case_patch_only_their_fields_in_one_call_per_ba
     (a field a user set and the command does not name stays), one audit record per command
     with its share of the call, a record Salesforce refuses dead-lettered with the
     Salesforce error while the others are written, a PostFeedItem posted (after the
-    updates, in one more call), and an unsupported command (UpdateRecord on a Task)
+    updates, in the same /composite call), and an unsupported command (UpdateRecord on a Task)
     dead-lettered with the reason, never pretended applied."""
     env = env_factory()
     ids = env.seed({
@@ -787,9 +787,10 @@ def test_update_record_and_close_case_patch_only_their_fields_in_one_call_per_ba
     dead = {d["original_offset"]: d for d in env.deadletters()}
     assert len(dead) == 2
     assert any("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in d["error_message"] for d in dead.values()), dead
-    # Six updates: one collections call for the batch, then c-close and c-bad alone (their
-    # merged record was refused); the FeedItem one more; plus describe and /limits at start.
-    assert run.sink.stats["api_calls"] == START_CALLS + 3 + 1, (run.sink.stats, env.sf.get("/__admin/stats").json())
+    # Six updates in one collections request and the FeedItem in another, both in one
+    # /composite call; then c-close and c-bad alone (their merged record was refused); plus
+    # describe and /limits at start.
+    assert run.sink.stats["api_calls"] == START_CALLS + 1 + 2, (run.sink.stats, env.sf.get("/__admin/stats").json())
 
 
 def test_unknown_senders_lead_and_its_first_task_cost_no_query_and_one_lead_per_handle(
@@ -797,7 +798,8 @@ def test_unknown_senders_lead_and_its_first_task_cost_no_query_and_one_lead_per_
     """UpsertLead creates the Lead once on the external id the command names
     (Front_Handle__c): the same handle twice in one batch, or replayed later, is one Lead
     and never rewritten (a user's edits stay). A Task naming that Lead by external id
-    (``who_ref``) in the same batch lands on it: Leads first, then Tasks, two calls, no query.
+    (``who_ref``) in the same batch lands on it: Leads first, then Tasks, in one /composite
+    call, no query.
     When a duplicate rule answers DUPLICATES_DETECTED (someone already has a Lead or Contact
     with that email), the command is attached to the record Salesforce's ``duplicateResut``
     names: audited SKIPPED with that Id, no Lead created, no dead letter; a matched Lead is
@@ -842,9 +844,10 @@ def test_unknown_senders_lead_and_its_first_task_cost_no_query_and_one_lead_per_
     tasks = {t[EXT]: t for t in env.tasks(["m-new", "m-man"])}
     assert tasks["m-new"]["WhoId"] == new_lead and tasks["m-man"]["WhoId"] == manual
     assert env.deadletters() == []
-    # describe + limits; the Lead create; two single-record calls for the two duplicate
-    # matches (read duplicateResut) and one to give the rep's Lead its handle; the Tasks.
-    # No query anywhere.
+    # describe + limits; one /composite call (the Leads, then the Tasks); two single-record
+    # calls for the two duplicate matches (read duplicateResut) and one to give the rep's
+    # Lead its handle; m-man's Task again, on that Lead's Id (the call had refused it: its
+    # Lead, by handle, did not exist yet). No query anywhere.
     assert run.sink.stats["api_calls"] == START_CALLS + 1 + 2 + 1 + 1, run.sink.stats
     # A replay of l-1 after a rep renamed the Lead: nothing written, the rename stays.
     connect(env.settings.salesforce).client.restful(f"sobjects/Lead/{new_lead}", method="PATCH",
@@ -853,6 +856,64 @@ def test_unknown_senders_lead_and_its_first_task_cost_no_query_and_one_lead_per_
     assert env.committed_all(timeout=30), repr(run.error)
     assert [r["LastName"] for r in env.rows("Lead").values()
             if r.get("Front_Handle__c") == "new@example.com"] == ["Renamed"]
+
+
+def test_a_flush_of_new_leads_and_their_tasks_is_one_api_call_and_a_bad_record_dead_letters_alone(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
+    """Issue: with a fifth of the messages from unknown senders the sink spent 0.015 calls a
+    message, because a flush wrote its Leads in one sObject Collections call and its Tasks
+    in another. Now the flush's collections requests are the subrequests of one /composite
+    call (one API call, in order: the Leads, then the Tasks naming them by external id).
+    What the org shows: one API call for the flush, every Lead made, every Task on its
+    Lead; a Task Salesforce refuses inside the Tasks' subrequest is dead-lettered alone,
+    with Salesforce's reason, and its Lead and the other Tasks are written."""
+    env = env_factory()
+    tag = uuid.uuid4().hex[:6]
+    handles = [f"new{i}-{tag}@example.com" for i in range(3)]
+
+    def lead(handle: str) -> dict[str, Any]:
+        return env.op_command(f"l-{handle}", "UpsertLead", {
+            "external_id_field": "Front_Handle__c", "external_id": handle, "first_name": None,
+            "last_name": handle.split("@")[0], "company": "[not provided]", "email": handle,
+            "phone": None, "lead_source": "Other", "owner_id": None})
+
+    def task(mid: str, handle: str, **op: Any) -> dict[str, Any]:
+        cmd = env.command(mid, who_ref={"sobject": "Lead", "field": "Front_Handle__c",
+                                        "value": handle}, what_ref=None, **op)
+        cmd["command_id"] = f"t-{mid}"
+        return cmd
+
+    mids = [f"m-{tag}-{i}" for i in range(3)]
+    bad = f"m-{tag}-bad"
+    cmds = [*(lead(h) for h in handles), *(task(m, h) for m, h in zip(mids, handles, strict=True)),
+            task(bad, handles[0], status="Not a status")]
+    env.send_commands(cmds)
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=30), repr(run.error)
+    by = _audit_by_command(env, {c["command_id"] for c in cmds})
+
+    # One API call for the whole flush, counted by the org (describes and /limits at start).
+    by_kind = env.sf.get("/__admin/stats").json()["by_kind"]
+    assert {k: n for k, n in by_kind.items() if k not in ("describe", "limits")} == {"composite": 1}, by_kind
+    assert run.sink.stats["api_calls"] == START_CALLS + 1, run.sink.stats
+
+    leads = {r["Front_Handle__c"]: r["Id"] for r in env.rows("Lead").values() if r.get("Front_Handle__c")}
+    assert set(leads) == set(handles)
+    tasks = {t[EXT]: t for t in env.tasks([*mids, bad])}
+    assert set(tasks) == set(mids)
+    assert {m: tasks[m]["WhoId"] for m in mids} == {m: leads[h] for m, h in zip(mids, handles, strict=True)}
+
+    dead = env.deadletters()
+    assert len(dead) == 1, dead
+    original = env.serde.decode(env.topics.commands_salesforce, dead[0]["original_value"])
+    assert original["command_id"] == f"t-{bad}"
+    assert "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in dead[0]["error_message"]
+    assert {k: [a["outcome"] for a in v] for k, v in by.items()} == {
+        **{f"l-{h}": ["CREATED"] for h in handles}, **{f"t-{m}": ["CREATED"] for m in mids},
+        f"t-{bad}": ["DEAD_LETTERED"]}
+    assert "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in (by[f"t-{bad}"][0]["error"] or "")
+    # The one call is shared by the seven records it carried.
+    assert sum(v[0]["api_calls"]["salesforce.rest"] for v in by.values()) == pytest.approx(1.0)
 
 
 def test_one_invalid_record_in_a_batch_of_200_is_dead_lettered_the_199_written_after_a_new_login(

@@ -14,8 +14,9 @@ Each executable command becomes one ``Write``:
     the Case once it is closed). FeedItem has no external id: the sink's ledger
     (``salesforce.ledger``) makes the create happen once (see ``_ledger.py``).
 
-The sink batches writes of the same kind, sObject and key field into one call of at most
-200 records. ``UpdateRecord`` values travel as the strings the schema carries: Salesforce's
+The sink batches writes of the same kind, sObject and key field into one sObject
+Collections request of at most 200 records, and sends a flush's requests (up to five) as
+one /composite call, one API call. ``UpdateRecord`` values travel as the strings the schema carries: Salesforce's
 JSON reader takes numbers and checkboxes given as strings ("12.5", "true"), and a value it
 cannot read is refused for that record alone (dead-lettered with Salesforce's error).
 
@@ -23,7 +24,8 @@ Parents by external id: an ``UpsertTask`` may name its Who or What by an externa
 (``who_ref`` / ``what_ref``, e.g. the Lead an ``UpsertLead`` of the same batch creates):
 the Task carries ``"Who": {"attributes": {"type": "Lead"}, "Front_Handle__c": "..."}`` and
 Salesforce resolves it inside the create, so an unknown sender's Lead and its first Task
-cost no query. The sink writes Leads and records before Tasks in every batch.
+cost no query. The sink writes Leads before Tasks in every flush (in order, inside one
+/composite call).
 """
 
 from __future__ import annotations

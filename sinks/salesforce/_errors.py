@@ -18,6 +18,7 @@ from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
     SalesforceGeneralError,
     SalesforceMalformedRequest,
+    SalesforceMoreThanOneRecord,
     SalesforceRefusedRequest,
     SalesforceResourceNotFound,
 )
@@ -45,6 +46,15 @@ CONFIG_CALL_CODES = frozenset({"INVALID_FIELD", "NOT_FOUND"})
 # "ConcurrentPerOrgLongTxn Limit exceeded." clears when the org's long requests finish,
 # within seconds; only the daily allocation needs a re-read of /limits.
 CONCURRENCY_BACKOFF_S = 5.0
+
+# simple-salesforce's exception for an HTTP status (``util.exception_handler``).
+_STATUS_EXCEPTIONS: dict[int, type[SalesforceError]] = {
+    300: SalesforceMoreThanOneRecord,
+    400: SalesforceMalformedRequest,
+    401: SalesforceExpiredSession,
+    403: SalesforceRefusedRequest,
+    404: SalesforceResourceNotFound,
+}
 
 _DUPLICATE_ID = re.compile(r"with id:\s*([A-Za-z0-9]{15,18})")
 
@@ -157,3 +167,17 @@ def classify_call_error(exc: BaseException, external_id_field: str | None = None
     if isinstance(exc, requests.RequestException):
         return RetriableError(f"salesforce unreachable: {type(exc).__name__}: {exc}")
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+def subrequest_error(status: int, content: Any, url: str,
+                     external_id_field: str | None = None) -> Exception:
+    """A /composite subrequest answered ``status`` with ``content``: the error the same
+    request made alone would have raised, classified as ``classify_call_error`` does, so a
+    flush sent as one composite call is handled as its requests sent one by one.
+    ``PROCESSING_HALTED`` (collateral of another subrequest) is retriable."""
+    if "PROCESSING_HALTED" in _codes(content):
+        return RetriableError(f"salesforce halted a subrequest (HTTP {status}): {_text(content)}")
+    exc = _STATUS_EXCEPTIONS.get(status, SalesforceGeneralError)(url, status, "composite", content)
+    mapped = classify_call_error(exc, external_id_field)
+    mapped.__cause__ = exc
+    return mapped

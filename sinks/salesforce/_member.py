@@ -81,6 +81,8 @@ class GroupMember:
         self._epochs: dict[tuple[str, int], int] = {}
         self._next_epoch = 0
         self._paused = False
+        # Partitions assigned since the last batch began: resumed before the next one.
+        self._assigned: list[TopicPartition] = []
         self._backlog: list[Received] = []
         self.last_poll = time.monotonic()
         self.max_gap_s = 0.0
@@ -96,6 +98,10 @@ class GroupMember:
         for tp in partitions:
             self._next_epoch += 1
             self._epochs[(tp.topic, tp.partition)] = self._next_epoch
+        # librdkafka keeps a partition's pause across a revoke and a new assignment of it to
+        # the same member: paused mid-batch, revoked, and handed back after the batch ended
+        # (its ``resume`` found nothing assigned), it would never deliver again.
+        self._assigned += partitions
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -131,6 +137,12 @@ class GroupMember:
         if self._backlog:
             batch, self._backlog = self._backlog[:max_records], self._backlog[max_records:]
             return batch
+        if self._assigned:
+            owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+            fresh = [tp for tp in self._assigned if (tp.topic, tp.partition) in owned]
+            self._assigned = []
+            if fresh:
+                self.consumer.resume(fresh)
         msgs = self.consumer.consume(max_records, timeout=timeout_s)
         self._polled()
         return [self._received(m) for m in msgs if usable(m)]

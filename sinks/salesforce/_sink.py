@@ -8,9 +8,11 @@ One commit path, in this order (STYLE habit 2):
   1. take up to ``batch_size`` commands (or what arrived within ``batch_wait_ms``);
   2. decode them; a registry that does not answer is retried in place, only a record that
      can never decode is dead-lettered;
-  3. write them with one sObject Collections create per external-id field (200 records,
-     one API call), retrying retriable records with backoff, unrolling a rejected batch,
-     dead-lettering only records that are permanently wrong;
+  3. write them: sObject Collections requests (up to 200 records each: Leads, then Tasks,
+     then updates, then FeedItems), several of them sent as the subrequests of one
+     /composite call (up to five, one API call: ``_send``); retrying retriable records with
+     backoff, unrolling a rejected request, dead-lettering only records that are
+     permanently wrong;
   4. wait until the broker acknowledged every audit and dead-letter record, producing again
      the ones it refused;
   5. commit the consumed offsets of the partitions this member still owns.
@@ -36,9 +38,10 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import structlog
 from confluent_kafka import Consumer
@@ -51,7 +54,13 @@ from simple_salesforce.exceptions import (
 )
 
 from frontforce.config import Settings
-from frontforce.errors import BackPressure, FatalError, InvalidRecordError, RetriableError
+from frontforce.errors import (
+    BackPressure,
+    FatalError,
+    FrontforceError,
+    InvalidRecordError,
+    RetriableError,
+)
 from frontforce.kafka import consumer_config
 from frontforce.logs import coords
 from frontforce.salesforce import SalesforceConnection, connect
@@ -77,13 +86,14 @@ from sinks.salesforce._errors import (
     duplicate_record_id,
     duplicates_detected,
     external_id_duplicate,
+    subrequest_error,
     unknown_field_item_error,
 )
 from sinks.salesforce._ledger import APPLIED, INTENT, Ledger
 from sinks.salesforce._mapping import mapping_problems, objects_to_describe
 from sinks.salesforce._member import GroupMember, Received
 from sinks.salesforce._retry import RetryPolicy
-from sinks.salesforce._task import task_record
+from sinks.salesforce._task import parent_refs, task_record
 
 log = structlog.get_logger("sinks.salesforce")
 MAPPING_PROBLEMS = Counter("frontforce_mapping_problems",
@@ -101,6 +111,9 @@ _KEY_PREFIX = {"Lead": "00Q", "Contact": "003", "Account": "001"}
 
 # Records per sObject Collections call (Salesforce's limit).
 COLLECTION_SIZE = 200
+# sObject Collections subrequests one /composite call may carry (of its 25 subrequests at
+# most 5 may be collections or queries; fact sheet §4.1).
+COMPOSITE_COLLECTIONS = 5
 
 
 def _chunks(groups: OrderedDict[str, list[_Item]]) -> list[OrderedDict[str, list[_Item]]]:
@@ -115,7 +128,7 @@ class _Stopping(Exception):
 
 class _Item:
     __slots__ = ("rec", "command", "op_name", "op", "attempts", "done", "last_error", "write",
-                 "read_calls", "record_id", "calls")
+                 "read_calls", "record_id", "calls", "again")
 
     def __init__(self, rec: Received, command: dict[str, Any]) -> None:
         self.rec = rec
@@ -131,12 +144,29 @@ class _Item:
         self.read_calls = 0.0  # its share of the reads made for it (only_if_blank)
         self.record_id: str | None = None  # a CloseCase's Case, once closed (then its note)
         self.calls = 0.0  # its share of the writes made before its last step
+        self.again = False  # to be written in the next round of this attempt
 
     @property
     def ledger_key(self) -> str:
         key = str(self.command["idempotency_key"] or self.command["command_id"])
         return f"{key}:note" if self.op_name == "CloseCase" else key
 
+
+@dataclass(frozen=True)
+class _Op:
+    """One sObject Collections request of a flush, and what to do with its answer. A flush
+    sends its requests alone or as the subrequests of /composite calls; either way each
+    answer reaches the same handlers."""
+
+    method: str
+    path: str  # under services/data/vXX.X/
+    body: dict[str, Any]
+    size: int  # records it carries
+    # The per-record results, and the API-call share of one record.
+    answered: Callable[[Any, float], None]
+    # The whole request refused as malformed (BatchRejected), and that share.
+    rejected: Callable[[BatchRejected, float], None]
+    external_id_field: str | None = None  # named when the call is refused for that field
 
 
 class SalesforceSink:
@@ -261,39 +291,170 @@ class SalesforceSink:
     def _attempt(self, items: list[_Item]) -> None:
         """One attempt at every item not yet done; ``RetriableError`` while some remain.
 
-        In this order, so a Task can name, by external id, a Lead created in the same batch,
-        and a CloseCase's note goes on a Case that is closed: Leads and record updates, then
-        Tasks, then FeedItems."""
+        A round writes what its items need in one flush (``_plan``, ``_send``): records
+        created on an external id (Leads) first, then the Tasks, which may name such a
+        record of the same flush by its external id, then record updates, then FeedItems;
+        as one /composite call when they are several requests. A second round, in the same
+        attempt, writes what the first one made possible: a closed Case's note, a Task whose
+        Lead was attached to a duplicate rule's match, a FeedItem's twin."""
         def live() -> list[_Item]:
             return [i for i in items if not i.done and self.member.owns(i.rec)]
 
-        self._resolve([i for i in live() if i.write is not None and i.write.kind != "feed"])
-        self._read_blanks(live())
-        by_group: OrderedDict[tuple[str, str, str | None], OrderedDict[str, list[_Item]]] = OrderedDict()
-        for it in live():
-            if it.write is not None and it.write.kind != "feed":
-                by_group.setdefault(it.write.group, OrderedDict()).setdefault(
-                    it.write.key, []).append(it)
-        for group, records in by_group.items():
-            for chunk in _chunks(records):
-                if group[0] == "create":
-                    self._create_once(group[1], group[2] or "", chunk)
-                else:
-                    self._write_records(group, chunk)
-        by_field: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
-        for it in live():
-            if it.write is None:
-                by_field.setdefault(it.op["external_id_field"], OrderedDict()).setdefault(
-                    it.op["external_id"], []).append(it)
-        for field, groups in by_field.items():
-            for chunk in _chunks(groups):
-                self._create_once("Task", field, chunk)
-        feed = [i for i in live() if i.write is not None and i.write.kind == "feed"]
-        if feed:
-            self._post_feed(feed)
+        parents = self._parents(items)
+        todo = live()
+        while todo:
+            for it in todo:
+                it.again = False
+            self._resolve(todo)
+            self._read_blanks([i for i in todo if not i.done and self.member.owns(i.rec)])
+            self._send(self._plan([i for i in todo if not i.done and self.member.owns(i.rec)],
+                                  parents))
+            todo = [i for i in live() if i.again]
         left = live()
         if left:
             raise RetriableError(f"{len(left)} record(s) not written yet: {left[0].last_error}")
+
+    @staticmethod
+    def _parents(items: list[_Item]) -> dict[tuple[str, str, str], list[_Item]]:
+        """The records these commands write on an external id, by (sObject, field, value):
+        the parents a Task of the same flush may name."""
+        out: dict[tuple[str, str, str], list[_Item]] = {}
+        for it in items:
+            w = it.write
+            if w is not None and w.kind in ("create", "upsert") and w.key_field:
+                out.setdefault((w.sobject, w.key_field, w.key), []).append(it)
+        return out
+
+    def _plan(self, todo: list[_Item],
+              parents: dict[tuple[str, str, str], list[_Item]]) -> list[_Op]:
+        """The sObject Collections requests that write ``todo``, in the order they must run.
+        A Task whose parent (by external id) is still to be written but not in this round
+        waits for it."""
+        in_round = {id(i) for i in todo}
+        # The parents written in this round: a Task refused while one of them was not
+        # written is tried again in the next round (``_created``), at most once.
+        written_now = {ref: now for ref, its in parents.items()
+                       if (now := [p for p in its if id(p) in in_round])}
+        records: OrderedDict[tuple[str, str, str | None], OrderedDict[str, list[_Item]]] = OrderedDict()
+        tasks: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
+        feed: list[_Item] = []
+        for it in todo:
+            if it.write is None:
+                waiting = self._waiting_parent(it, parents, in_round)
+                if waiting is not None:
+                    it.last_error = f"waiting for its {waiting}"
+                    continue
+                tasks.setdefault(it.op["external_id_field"], OrderedDict()).setdefault(
+                    it.op["external_id"], []).append(it)
+            elif it.write.kind == "feed":
+                feed.append(it)
+            else:
+                records.setdefault(it.write.group, OrderedDict()).setdefault(
+                    it.write.key, []).append(it)
+        keyed = [g for g in records if g[0] in ("create", "upsert")]
+        ops: list[_Op | None] = []
+        for group in keyed:
+            ops += [self._records_op(group, chunk, written_now) for chunk in _chunks(records[group])]
+        for field, groups in tasks.items():
+            ops += [self._create_op("Task", field, chunk, written_now)
+                    for chunk in _chunks(groups)]
+        for group in records:
+            if group not in keyed:
+                ops += [self._write_op(group, chunk) for chunk in _chunks(records[group])]
+        fresh = self._feed_ready(feed)
+        ops += [self._feed_op(fresh[n:n + COLLECTION_SIZE])
+                for n in range(0, len(fresh), COLLECTION_SIZE)]
+        return [op for op in ops if op is not None]
+
+    def _waiting_parent(self, item: _Item, parents: dict[tuple[str, str, str], list[_Item]],
+                        in_round: set[int]) -> str | None:
+        """A parent the Task names by external id that a command of this flush is still to
+        write, in a later round or attempt (its write failed and is retried)."""
+        for ref in parent_refs(item.op).values():
+            if ref not in self._attached and any(
+                    not p.done and self.member.owns(p.rec) and id(p) not in in_round
+                    for p in parents.get(ref, [])):
+                return f"{ref[0]} {ref[2]!r}"
+        return None
+
+    def _send(self, ops: list[_Op]) -> None:
+        """Send ``ops`` in order: one alone as it is; several as /composite calls of at most
+        ``COMPOSITE_COLLECTIONS`` subrequests, each one API call. Each request's answer goes
+        to its handlers, whichever way it went."""
+        for n in range(0, len(ops), COMPOSITE_COLLECTIONS):
+            pack = ops[n:n + COMPOSITE_COLLECTIONS]
+            if len(pack) == 1:
+                self._send_alone(pack[0])
+            else:
+                self._send_composite(pack)
+
+    def _send_alone(self, op: _Op) -> None:
+        share = 1.0 / op.size
+        try:
+            results = self._call(lambda c: c.restful(op.path, method=op.method, json=op.body,
+                                                     timeout=self.timeout_s),
+                                 external_id_field=op.external_id_field)
+        except BatchRejected as exc:
+            op.rejected(exc, share)
+            return
+        op.answered(results, share)
+
+    def _send_composite(self, pack: list[_Op]) -> None:
+        """One /composite call (fact sheet §4.1) whose subrequests are the collections
+        requests of ``pack``: run in order (``collateSubrequests`` false), each committed on
+        its own (outer ``allOrNone`` false, so each collection keeps its own
+        ``allOrNone: false``: per-record results as when sent alone). Every subrequest
+        carries our ``Sforce-Call-Options`` as well as the call: whether Salesforce hands
+        the outer one on to subrequests is not documented, and the worker's loop guard tells
+        our writes by the ``client=`` it puts in changeOrigin. Each record's share of the
+        call is one over the records of the call."""
+        share = 1.0 / sum(op.size for op in pack)
+
+        def call(c: Salesforce) -> Any:
+            base = urlsplit(c.base_url).path  # /services/data/vXX.X/
+            options = c.headers.get("Sforce-Call-Options")
+            return c.restful("composite", method="POST", timeout=self.timeout_s, json={
+                "allOrNone": False, "collateSubrequests": False,
+                "compositeRequest": [
+                    {"method": op.method, "url": base + op.path, "referenceId": f"op{n}",
+                     "body": op.body,
+                     **({"httpHeaders": {"Sforce-Call-Options": options}} if options else {})}
+                    for n, op in enumerate(pack)]})
+
+        try:
+            answer = self._call(call)
+        except BatchRejected as exc:
+            # The envelope refused (it should not be): the requests go alone, each with its
+            # own handling of a refusal.
+            log.warning("composite call rejected; sending its requests one by one",
+                        requests=len(pack), error=str(exc))
+            for op in pack:
+                self._send_alone(op)
+            return
+        subs = answer.get("compositeResponse") if isinstance(answer, dict) else None
+        if not isinstance(subs, list):
+            raise RetriableError(f"salesforce answered a composite call with {str(answer)[:200]}")
+        by_ref = {s.get("referenceId"): s for s in subs if isinstance(s, dict)}
+        failure: FrontforceError | None = None
+        for n, op in enumerate(pack):
+            # A subrequest's failure is that request's alone: the others' records were
+            # written and are handled before it is raised.
+            try:
+                sub = by_ref.get(f"op{n}")
+                if sub is None:
+                    raise RetriableError(f"salesforce's composite answer has no op{n}: {str(answer)[:200]}")
+                status = int(sub.get("httpStatusCode") or 0)
+                if 200 <= status < 300:
+                    op.answered(sub.get("body"), share)
+                    continue
+                error = subrequest_error(status, sub.get("body"), op.path, op.external_id_field)
+                if not isinstance(error, BatchRejected):
+                    raise error
+                op.rejected(error, share)
+            except FrontforceError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def _validate(self, item: _Item) -> bool:
         if item.op_name != "UpsertTask":
@@ -337,41 +498,43 @@ class SalesforceSink:
         self.budget.observe_header(client.api_usage)
         return result
 
-    def _create_once(self, sobject: str, field: str, groups: OrderedDict[str, list[_Item]]) -> None:
-        """Create one sObject's records, keyed by one Unique external id field, in one sObject
-        Collections create call; mark what is done. A record whose external id exists (a
-        re-delivery, a replay, a second writer, a retry after a call that committed but timed
-        out) answers DUPLICATE_VALUE on the external id and is audited SKIPPED with that
-        record's Id, never written again: a logged message is a fact, and a Lead made for an
-        unknown sender keeps what a user edited on it since. For Task this relies on the field
-        being Unique, which ``preflight`` checks; for Lead on ``Front_Handle__c`` being Unique
-        (README: the fields a user must create). A Lead that a duplicate rule refuses is
-        attached to the record the rule names (``_attach_to_duplicate``)."""
+    def _records_op(self, group: tuple[str, str, str | None], groups: OrderedDict[str, list[_Item]],
+                    parents: dict[tuple[str, str, str], list[_Item]]) -> _Op | None:
+        if group[0] == "create":
+            return self._create_op(group[1], group[2] or "", groups, parents)
+        return self._write_op(group, groups)
+
+    def _create_op(self, sobject: str, field: str, groups: OrderedDict[str, list[_Item]],
+                   parents: dict[tuple[str, str, str], list[_Item]]) -> _Op | None:
+        """One sObject's records, keyed by one Unique external id field, as one sObject
+        Collections create (``_created`` reads the answer). The same external id twice in
+        one batch is created once (the first command: the fact as first logged), and the
+        outcome reported to every command that asked for it."""
         groups = OrderedDict((k, live) for k, its in groups.items()
                              if (live := [i for i in its if not i.done and self.member.owns(i.rec)]))
         if not groups:
-            return
-        # Same external id twice in one batch: create it once (the first command: the fact
-        # as first logged), report the outcome to every command that asked for it.
+            return None
+        body = {"allOrNone": False, "records": [self._create_record(its[0]) for its in groups.values()]}
+        return _Op("POST", "composite/sobjects", body, len(groups),
+                   lambda results, share: self._created(sobject, field, groups, results, share, parents),
+                   lambda exc, share: self._unroll(groups, exc, share, lambda one: self._create_op(
+                       sobject, field, one, parents)),
+                   field)
+
+    def _created(self, sobject: str, field: str, groups: OrderedDict[str, list[_Item]],
+                 results: Any, share: float,
+                 parents: dict[tuple[str, str, str], list[_Item]]) -> None:
+        """Mark what a create did. A record whose external id exists (a re-delivery, a
+        replay, a second writer, a retry after a call that committed but timed out) answers
+        DUPLICATE_VALUE on the external id and is audited SKIPPED with that record's Id,
+        never written again: a logged message is a fact, and a Lead made for an unknown
+        sender keeps what a user edited on it since. For Task this relies on the field being
+        Unique, which ``preflight`` checks; for Lead on ``Front_Handle__c`` being Unique
+        (README: the fields a user must create). A Lead that a duplicate rule refuses is
+        attached to the record the rule names (``_attach_to_duplicate``). A Task refused
+        while the parent it names, written in the same call, was not (attached elsewhere, or
+        to be retried) is written again once its parent is settled."""
         keys = list(groups)
-        records = [self._create_record(groups[k][0]) for k in keys]
-        body = {"allOrNone": False, "records": records}
-        try:
-            results = self._call(
-                lambda c: c.restful("composite/sobjects", method="POST", json=body,
-                                    timeout=self.timeout_s),
-                external_id_field=field)
-        except BatchRejected as exc:
-            if len(keys) == 1:
-                for it in groups[keys[0]]:
-                    it.attempts += 1
-                    self._fail(it, str(exc), 1.0)
-                return
-            # Unroll: find the bad record(s) one by one; the rest go through.
-            log.warning("batch rejected, unrolling", size=len(keys), error=str(exc))
-            for k in keys:
-                self._create_once(sobject, field, OrderedDict([(k, groups[k])]))
-            return
         if not isinstance(results, list) or len(results) != len(keys):
             raise RetriableError(f"salesforce answered {len(keys)} records with {str(results)[:200]}")
         for res in results:
@@ -380,17 +543,23 @@ class SalesforceSink:
                 raise FatalError(f"salesforce refused the {sobject} external id field {field!r}: "
                                  f"{classify_item_error(res['errors'])[1]}; it must be a field of "
                                  f"{sobject} marked External ID and Unique")
-        share = 1.0 / len(keys)
         for k, res in zip(keys, results, strict=True):
             errors = res.get("errors") or []
-            if not res.get("success") and duplicates_detected(errors):
+            exists = bool(res.get("success")) or external_id_duplicate(errors, field)
+            if not exists and duplicates_detected(errors):
                 self._attach_to_duplicate(groups[k][0].write or Write(
                     "create", sobject, field, k, {}), groups[k], share)
                 continue
-            if res.get("success") or external_id_duplicate(errors, field):
+            if exists:
                 # The record with this external id exists now: Tasks naming it land on it,
                 # not on what a duplicate rule matched before.
                 self._attached.pop((sobject, field, k), None)
+            elif (parent := self._unsettled_parent(groups[k][0], parents)) is not None:
+                for it in groups[k]:
+                    it.again = True
+                    it.last_error = (f"its {parent} was not written in the same call: "
+                                     f"{classify_item_error(errors)[1]}")
+                continue
             for n, it in enumerate(groups[k]):
                 it.attempts += 1
                 if res.get("success"):
@@ -398,7 +567,7 @@ class SalesforceSink:
                     self.stats[outcome.lower()] += 1
                     self._audit(it, outcome, res.get("id"), None, share)
                     it.done = True
-                elif external_id_duplicate(errors, field):
+                elif exists:
                     # The record exists: made before (or by another writer just now).
                     existing = duplicate_record_id(errors)
                     log.info("already created; not written again", sobject=sobject,
@@ -414,20 +583,45 @@ class SalesforceSink:
                     else:
                         self._fail(it, reason, share)
 
+    def _unsettled_parent(self, item: _Item, parents: dict[tuple[str, str, str], list[_Item]]
+                          ) -> str | None:
+        """For a Task that names by external id a parent written in the same round
+        (``parents``): that parent, when it does not exist under that external id after the
+        round's call (a duplicate rule attached its command elsewhere, or its write is to be
+        retried)."""
+        if item.write is not None:
+            return None
+        for ref in parent_refs(item.op).values():
+            its = parents.get(ref, [])
+            if its and (ref in self._attached or any(not p.done for p in its)):
+                return f"{ref[0]} {ref[2]!r}"
+        return None
+
+    def _unroll(self, groups: OrderedDict[str, list[_Item]], exc: BatchRejected, share: float,
+                again: Callable[[OrderedDict[str, list[_Item]]], _Op | None]) -> None:
+        """A request refused as a whole (malformed): alone, its record is dead-lettered with
+        the reason; with others, each is sent again alone, so only the bad one is."""
+        if len(groups) == 1:
+            for it in next(iter(groups.values())):
+                it.attempts += 1
+                self._fail(it, str(exc), share)
+            return
+        log.warning("batch rejected, unrolling", size=len(groups), error=str(exc))
+        for k, its in groups.items():
+            op = again(OrderedDict([(k, its)]))
+            if op is not None:
+                self._send_alone(op)
+
     def _create_record(self, item: _Item) -> dict[str, Any]:
         if item.write is not None:
             return item.write.record()
         rec = task_record(item.op)
         # A parent a duplicate rule attached to an existing record: point at that record.
-        for rel, id_field in (("Who", "WhoId"), ("What", "WhatId")):
-            ref = rec.get(rel)
-            if isinstance(ref, dict):
-                attached = self._attached.get((ref["attributes"]["type"],
-                                               *[(f, str(v)) for f, v in ref.items()
-                                                 if f != "attributes"][0]))
-                if attached is not None:
-                    del rec[rel]
-                    rec[id_field] = attached
+        for relationship, ref in parent_refs(item.op).items():
+            attached = self._attached.get(ref)
+            if attached is not None:
+                del rec[relationship]
+                rec[f"{relationship}Id"] = attached
         return rec
 
     def _resolve(self, items: list[_Item]) -> None:
@@ -505,38 +699,34 @@ class SalesforceSink:
                 self._audit(it, "SKIPPED", it.write.key, None, 0.0)
                 it.done = True
 
-    def _write_records(self, group: tuple[str, str, str | None],
-                       groups: OrderedDict[str, list[_Item]]) -> None:
+    def _write_op(self, group: tuple[str, str, str | None],
+                  groups: OrderedDict[str, list[_Item]]) -> _Op | None:
         """One sObject Collections update (by Id) or upsert (by external id) of one sObject's
-        records; mark what is done. Several commands for one record in the batch are merged
-        into one record (later fields win) and each is audited."""
+        records (``_written`` reads the answer). Several commands for one record in the
+        batch are merged into one record (later fields win) and each is audited."""
         kind, sobject, key_field = group
         groups = OrderedDict((k, live) for k, its in groups.items()
                              if (live := [i for i in its if not i.done and self.member.owns(i.rec)]))
         if not groups:
-            return
+            return None
         writes = {k: merged([i.write for i in its if i.write is not None]) for k, its in groups.items()}
         # One sObject after the other: Salesforce processes a mixed call in runs of one type
         # (at most 10 runs a call).
-        keys = sorted(groups, key=lambda k: writes[k].sobject)
-        body = {"allOrNone": False, "records": [writes[k].record() for k in keys]}
+        groups = OrderedDict(sorted(groups.items(), key=lambda kv: writes[kv[0]].sobject))
+        body = {"allOrNone": False, "records": [writes[k].record() for k in groups]}
         path = "composite/sobjects" if kind == "update" else f"composite/sobjects/{sobject}/{key_field}"
-        try:
-            results = self._call(lambda c: c.restful(path, method="PATCH", json=body,
-                                                     timeout=self.timeout_s))
-        except BatchRejected as exc:
-            if len(keys) == 1:
-                for it in groups[keys[0]]:
-                    it.attempts += 1
-                    self._fail(it, str(exc), 1.0)
-                return
-            log.warning("batch rejected, unrolling", size=len(keys), error=str(exc))
-            for k in keys:
-                self._write_records(group, OrderedDict([(k, groups[k])]))
-            return
+        return _Op("PATCH", path, body, len(groups),
+                   lambda results, share: self._written(group, groups, writes, results, share),
+                   lambda exc, share: self._unroll(groups, exc, share,
+                                                   lambda one: self._write_op(group, one)))
+
+    def _written(self, group: tuple[str, str, str | None], groups: OrderedDict[str, list[_Item]],
+                 writes: dict[str, Write], results: Any, share: float) -> None:
+        """Mark what an update or upsert did."""
+        kind = group[0]
+        keys = list(groups)
         if not isinstance(results, list) or len(results) != len(keys):
             raise RetriableError(f"salesforce answered {len(keys)} records with {str(results)[:200]}")
-        share = 1.0 / len(keys)
         for k, res in zip(keys, results, strict=True):
             errors = res.get("errors") or []
             if not res.get("success") and kind == "upsert" and duplicates_detected(errors):
@@ -546,18 +736,20 @@ class SalesforceSink:
                 # Merged commands refused together: one of them may be wrong. Write each alone,
                 # in order, so the others are applied and only the wrong one dead-lettered.
                 for it in groups[k]:
-                    self._write_records(group, OrderedDict([(k, [it])]))
+                    if (op := self._write_op(group, OrderedDict([(k, [it])]))) is not None:
+                        self._send_alone(op)
                 continue
             for n, it in enumerate(groups[k]):
                 it.attempts += 1
                 if res.get("success") and it.op_name == "CloseCase" and (
                         it.op.get("resolution_note") or "").strip():
-                    # Closed; its resolution note goes on the Case next (the feed step of
+                    # Closed; its resolution note goes on the Case next (the next round of
                     # this attempt), and the command is audited once both are done.
                     it.record_id = res.get("id") or writes[k].key
                     it.calls += share
                     it.write = Write("feed", "FeedItem", None, it.record_id,
                                      {"Body": it.op["resolution_note"].strip()[:FEED_BODY_MAX]})
+                    it.again = True
                     continue
                 if res.get("success"):
                     created = kind == "upsert" and bool(res.get("created")) and n == 0
@@ -631,9 +823,13 @@ class SalesforceSink:
             it.done = True
 
     # -- FeedItems, once, through the ledger --------------------------------------------
-    def _post_feed(self, items: list[_Item]) -> None:
-        """Post FeedItems (``PostFeedItem``, a closed Case's note) once each; see
-        ``_ledger.py`` for the protocol and its window."""
+    def _feed_ready(self, items: list[_Item]) -> list[_Item]:
+        """Of ``items`` (``PostFeedItem``, a closed Case's note), the FeedItems to post now,
+        their INTENT acknowledged by the broker; see ``_ledger.py`` for the protocol and its
+        window. A key the ledger shows APPLIED is audited SKIPPED, no call; a key left at
+        INTENT is looked for first (``_recover_feed``). The same key twice (a re-delivery
+        next to its original) is posted once; the other follows its outcome in the next
+        round."""
         fresh: list[_Item] = []
         unsure: list[_Item] = []
         for it in items:
@@ -647,63 +843,52 @@ class SalesforceSink:
                 fresh.append(it)
         if unsure:
             fresh += self._recover_feed(unsure)
-        # The same key twice in one batch (a re-delivery next to its original): post it
-        # once; the others follow its outcome below.
         firsts: dict[str, _Item] = {}
-        later: list[_Item] = []
         for it in fresh:
             if it.ledger_key in firsts:
-                later.append(it)
+                it.again = True
             else:
                 firsts[it.ledger_key] = it
         fresh = list(firsts.values())
-        self._post_fresh_feed(fresh)
-        for it in later:
-            entry = self.ledger.get(it.ledger_key)
-            if entry is not None and entry.state == APPLIED:
-                self.stats["skipped"] += 1
-                self._finish_feed(it, "SKIPPED", entry.result_id, 0.0)
-            # else: its twin failed; it is tried again with the rest of the batch
-
-    def _post_fresh_feed(self, fresh: list[_Item]) -> None:
-        if not fresh:
-            return
         for it in fresh:
             self._produce_ledger(it, INTENT, None)
-        self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge ledger intents")
-        for chunk in [fresh[n:n + COLLECTION_SIZE] for n in range(0, len(fresh), COLLECTION_SIZE)]:
+        if fresh:
+            self.retry.run(self.out.await_acks,
+                           what="waiting for the broker to acknowledge ledger intents")
+        return fresh
+
+    def _feed_op(self, chunk: list[_Item]) -> _Op:
+        """FeedItems whose INTENT is acknowledged, as one sObject Collections create
+        (``_fed`` reads the answer)."""
+        for it in chunk:
+            self.ledger.known_absent.discard(it.ledger_key)  # outcome unknown until answered
+        groups = OrderedDict((it.ledger_key, [it]) for it in chunk)
+        body = {"allOrNone": False, "records": [it.write.record() for it in chunk if it.write]}
+
+        def rejected(exc: BatchRejected, share: float) -> None:
             for it in chunk:
-                self.ledger.known_absent.discard(it.ledger_key)  # outcome unknown until answered
-            body = {"allOrNone": False, "records": [it.write.record() for it in chunk if it.write]}
-            try:
-                results = self._call(lambda c, b=body: c.restful(  # type: ignore[misc]
-                    "composite/sobjects", method="POST", json=b, timeout=self.timeout_s))
-            except BatchRejected as exc:
-                for it in chunk:
-                    self.ledger.known_absent.add(it.ledger_key)
-                if len(chunk) == 1:
-                    chunk[0].attempts += 1
-                    self._fail(chunk[0], str(exc), 1.0)
-                else:
-                    for it in chunk:
-                        self._post_feed([it])
-                continue
-            if not isinstance(results, list) or len(results) != len(chunk):
-                raise RetriableError(f"salesforce answered {len(chunk)} FeedItems with {str(results)[:200]}")
-            share = 1.0 / len(chunk)
-            for it, res in zip(chunk, results, strict=True):
-                it.attempts += 1
-                if res.get("success"):
-                    self._produce_ledger(it, APPLIED, res.get("id"))
-                    self.stats["created"] += 1
-                    self._finish_feed(it, "CREATED", res.get("id"), share)
-                    continue
                 self.ledger.known_absent.add(it.ledger_key)
-                retriable, reason = classify_item_error(res.get("errors") or [])
-                if retriable:
-                    it.last_error = reason
-                else:
-                    self._fail(it, reason, share)
+            self._unroll(groups, exc, share, lambda one: self._feed_op([its[0] for its in one.values()]))
+
+        return _Op("POST", "composite/sobjects", body, len(chunk),
+                   lambda results, share: self._fed(chunk, results, share), rejected)
+
+    def _fed(self, chunk: list[_Item], results: Any, share: float) -> None:
+        if not isinstance(results, list) or len(results) != len(chunk):
+            raise RetriableError(f"salesforce answered {len(chunk)} FeedItems with {str(results)[:200]}")
+        for it, res in zip(chunk, results, strict=True):
+            it.attempts += 1
+            if res.get("success"):
+                self._produce_ledger(it, APPLIED, res.get("id"))
+                self.stats["created"] += 1
+                self._finish_feed(it, "CREATED", res.get("id"), share)
+                continue
+            self.ledger.known_absent.add(it.ledger_key)
+            retriable, reason = classify_item_error(res.get("errors") or [])
+            if retriable:
+                it.last_error = reason
+            else:
+                self._fail(it, reason, share)
 
     def _recover_feed(self, items: list[_Item]) -> list[_Item]:
         """Keys left at INTENT by a crash (or a call whose answer was lost): find the

@@ -30,18 +30,27 @@ def task_record(op: dict[str, Any]) -> dict[str, Any]:
     # A parent known only by its external id: Salesforce resolves it inside this create
     # (relationship name + the external id; "attributes" names the type of a polymorphic
     # field). An id, when the command has one, wins.
-    for ref_key, id_key, relationship in (("who_ref", "who_id", "Who"), ("what_ref", "what_id", "What")):
-        ref = op.get(ref_key)
-        if isinstance(ref, tuple):  # read with return_record_name: (record name, fields)
-            ref = ref[1]
-        if ref and op.get(id_key) is None:
-            rec[relationship] = {"attributes": {"type": ref["sobject"]}, ref["field"]: ref["value"]}
+    for relationship, (sobject, field, value) in parent_refs(op).items():
+        rec[relationship] = {"attributes": {"type": sobject}, field: value}
     for name, value in (op.get("fields") or {}).items():  # worker.task_fields_from_front
         if value not in (None, ""):
             rec[name] = value
     activity = op["activity_date"]
     rec["ActivityDate"] = activity.isoformat() if isinstance(activity, date) else str(activity)
     return rec
+
+
+def parent_refs(op: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    """The Task's parents named by external id and not by Id, by relationship ("Who",
+    "What"): (sObject, external id field, value)."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for ref_key, id_key, relationship in (("who_ref", "who_id", "Who"), ("what_ref", "what_id", "What")):
+        ref = op.get(ref_key)
+        if isinstance(ref, tuple):  # read with return_record_name: (record name, fields)
+            ref = ref[1]
+        if ref and op.get(id_key) is None:
+            out[relationship] = (str(ref["sobject"]), str(ref["field"]), str(ref["value"]))
+    return out
 
 
 def check_external_id_field(describe: dict[str, Any], field: str) -> None:
