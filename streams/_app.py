@@ -555,7 +555,8 @@ def create_app(settings: Settings) -> faust.App:
             if version != sent_version:
                 await out.send(front_commands, account_id.encode(), serde.encode(
                     topics.commands_front,
-                    account_command(account_id, ctx, shown, domain, str(source), version)))
+                    account_command(account_id, ctx, shown, domain, str(source),
+                                    f"{sent_version or '-'}->{version}")))
             contact_fields = {"Salesforce account": fields.get("Name"), **shown}
             for cid, contact in ctx["contacts"].items():
                 email = contact["fields"].get("Email")
@@ -566,7 +567,7 @@ def create_app(settings: Settings) -> faust.App:
                 await out.send(front_commands, str(email).lower().encode(), serde.encode(
                     topics.commands_front,
                     contact_command(str(email).lower(), contact_fields, links, str(source),
-                                    digest(shared, email, links))))
+                                    f"{sent_shared or '-'}->{digest(shared, email, links)}")))
             ctx = {**ctx, "sent": f"{version}/{shared}"}
             # What was sent is stored before the table says so (a worker killed in between
             # sends it again rather than never).
@@ -859,6 +860,8 @@ def create_app(settings: Settings) -> faust.App:
         now = int(time.time() * 1000)
         held = pending(key) or {"events": [], "since": now, "deadline": now + wait_ms,
                                 "released_by": None, "released_at": None}
+        if raw in held["events"]:
+            return  # the same record again (a worker replaying after a kill): held once
         waiting[key] = {**held, "events": [*held["events"], raw]}
         out.changelog(waiting)
 

@@ -113,8 +113,10 @@ def _origin(source_event_id: str) -> dict[str, str]:
 
 def account_command(account_id: str, ctx: dict[str, Any], fields: dict[str, str | None],
                     domain: str | None, source_event_id: str, version: str) -> dict[str, Any]:
-    """UpsertAccount for the Front sink. Keyed by the context's digest: the same context is
-    the same command (the sink's ledger applies it once); a new one is a new command."""
+    """UpsertAccount for the Front sink. ``version`` is the transition, ``<digest sent
+    before>-><digest now>``: the same change handled again (a replay) is the same command,
+    which the sink's ledger applies once; a context going back to an earlier one (A, B, A:
+    an Opportunity's stage moved and reverted) is a new command, not the first one again."""
     account = (ctx.get("account") or {}).get("fields") or {}
     return {
         "command_id": digest("UpsertAccount", account_id, version),
@@ -134,7 +136,8 @@ def account_command(account_id: str, ctx: dict[str, Any], fields: dict[str, str 
 
 def contact_command(email: str, fields: dict[str, str | None], links: list[str],
                     source_event_id: str, version: str) -> dict[str, Any]:
-    """UpdateContactFields: the Account's context on one of its Contacts in Front."""
+    """UpdateContactFields: the Account's context on one of its Contacts in Front; keyed by
+    the transition like ``account_command``."""
     return {
         "command_id": digest("UpdateContactFields", email, version),
         "idempotency_key": f"UpdateContactFields/{email}/{version}",
