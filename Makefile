@@ -3,11 +3,14 @@
 #   make demo ONCE=1   same, prints the summary, stops everything, exits
 #   make test          lint, types, and the test suite on a real broker and registry
 PYTHON ?= python3
+# bash with pipefail: a bench piped into tee still fails the target when it fails.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test lint tools stack-start stack-stop stack-status clean
+.PHONY: venv demo test lint tools bench drills stack-start stack-stop stack-status clean
 
 # Salesforce's Pub/Sub API stubs are generated, not committed: they must match the pinned
 # grpcio/protobuf, and the proto (eventbus/pubsub_api.proto) is the only source of truth.
@@ -43,6 +46,28 @@ tools:
 test: lint tools
 	bash deploy/stack.sh fetch
 	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# Measurements for BENCHMARKS.md (each prints its figures with the command that made them;
+# the outputs are kept in .run/bench/). Minutes each; not part of `make test`.
+BENCH_OUT := .run/bench
+bench: venv
+	bash deploy/stack.sh fetch
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python bench/worker_throughput.py --events 20000 --contacts 1000 | tee $(BENCH_OUT)/worker_throughput.txt
+	$(BIN)/python bench/salesforce_calls.py --messages 10000 --rate 200 --naive 0 --concurrency 16 \
+	  --unknown-share 0.2 | tee $(BENCH_OUT)/salesforce_calls.txt
+	$(BIN)/python bench/front_sink_coalescing.py --commands 1000 --conversations 50 --contacts 50 \
+	  | tee $(BENCH_OUT)/front_sink_coalescing.txt
+	$(BIN)/python bench/front_backfill.py --rpm 50 --rpm 100 --windows 3 | tee $(BENCH_OUT)/front_backfill.txt
+	$(BIN)/python bench/webhook_to_task.py --messages 1000 --senders 200 --known 160 \
+	  | tee $(BENCH_OUT)/webhook_to_task.txt
+
+# Fault drills at full size (each starts and stops what it needs, prints what it counted and
+# fails on a loss, a double write or an echo). Too long for `make test`, which runs them small.
+drills: venv tools
+	bash deploy/stack.sh fetch
+	$(BIN)/python -m drills.echo_run --changes 1000
+	FRONTFORCE_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q tests/test_receiver.py -k fuzz
 
 stack-start:
 	bash deploy/stack.sh start
