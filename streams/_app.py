@@ -305,6 +305,7 @@ def create_app(settings: Settings) -> faust.App:
     wait_ms = int(w.unmatched_wait_s * 1000)
     # A released entry is kept this long (a replay of its release record finds it), then purged.
     purge_ms = int(w.waiting_purge_s * 1000)
+    releasing: dict[str, float] = {}  # key -> when this process last asked to release it
 
     exclude = {o: frozenset(f) for o, f in settings.privacy.exclude_fields.items()}
     context_fields = context_fields_shown(w.context_fields, exclude)
@@ -858,8 +859,13 @@ def create_app(settings: Settings) -> faust.App:
     def park(key: str, raw: bytes, out: Outbox) -> None:
         """Keep a message for its key until a record with it is indexed or the wait is over."""
         now = int(time.time() * 1000)
-        held = pending(key) or {"events": [], "since": now, "deadline": now + wait_ms,
-                                "released_by": None, "released_at": None}
+        held = pending(key)
+        if held is None:
+            # A new wait (the last one for this key may have been released a moment ago):
+            # its own deadline, not the timer's pause after asking for the last one.
+            releasing.pop(key, None)
+            held = {"events": [], "since": now, "deadline": now + wait_ms,
+                    "released_by": None, "released_at": None}
         if raw in held["events"]:
             return  # the same record again (a worker replaying after a kill): held once
         waiting[key] = {**held, "events": [*held["events"], raw]}
@@ -917,8 +923,6 @@ def create_app(settings: Settings) -> faust.App:
                 await matched(event, serde.decode(topics.front_events, raw), key, out, None)
 
         await consume("release-waiting", stream, internal["release"], body)
-
-    releasing: dict[str, float] = {}  # key -> when this process last asked to release it
 
     @app.timer(interval=1.0)
     async def expire_waiting() -> None:

@@ -92,7 +92,7 @@ class World:
 
     def quiesce(self, timeout_s: float = 240) -> float:
         return quiesce(self.emulators, self.stack.bootstrap, self.groups(), timeout_s,
-                       quiet_s=self.stack.settings().worker.unmatched_wait_s + 3)
+                       quiet_s=self.stack.settings().worker.unmatched_wait_s + 6)
 
     def replace_worker(self, module: str, kill: bool = False, fresh_state: bool = False) -> None:
         """Stop the worker (SIGTERM: it leaves the group at once; ``kill``: SIGKILL) and
