@@ -141,6 +141,11 @@ class SalesforceConfig(_Model):
         "Front_Message_Id__c", description="External id field on Task holding the Front message id."
     )
     timeout_s: float = Field(30.0, gt=0, description="HTTP timeout for one Salesforce call.")
+    integration_user_id: str | None = Field(
+        None, description="Id of the Salesforce user frontforce logs in as, when no other tool uses"
+        " it: a change whose commitUser is that user is frontforce's own (loop guard), besides the"
+        " changes whose changeOrigin carries frontforce's client id. Unset: changeOrigin only.",
+    )
 
     @field_validator("api_version")
     @classmethod

@@ -592,7 +592,8 @@ def create_app(settings: Settings) -> faust.App:
         if not (w.case_status_comments and conversation and change["change_type"] == "UPDATE"
                 and "Status" in (change.get("changed_fields") or [])):
             return
-        if is_our_change(change.get("change_origin")):
+        if is_our_change(change.get("change_origin"), change.get("commit_user"),
+                         settings.salesforce.integration_user_id):
             log.info("case status change is our own write; no comment", case=rid)
             return
         await out.send(front_commands, str(conversation).encode(), serde.encode(

@@ -160,6 +160,11 @@ def test_case_commands_are_keyed_by_the_fact_and_our_own_writes_are_recognised()
     assert is_our_change("com/salesforce/api/rest/59.0;client=frontforce")
     assert not is_our_change("com/salesforce/api/rest/59.0;client=zapier")
     assert not is_our_change(None) and not is_our_change("")
+    # salesforce.integration_user_id set: its commits are ours whatever changeOrigin says
+    # (15- and 18-character Ids alike); unset, commitUser alone proves nothing.
+    assert is_our_change("com/salesforce/api/rest/59.0", "005Fe00000000AbCDE", "005Fe00000000Ab")
+    assert not is_our_change("com/salesforce/api/rest/59.0", "005Fe00000000XyZAB", "005Fe00000000Ab")
+    assert not is_our_change("com/salesforce/api/rest/59.0", "005Fe00000000AbCDE", None)
 
 
 def test_record_keys_converge_whatever_the_change_events_carry() -> None:
