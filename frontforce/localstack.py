@@ -210,7 +210,7 @@ worker:
   data_dir: "{self.state_dir / 'worker'}"
   salesforce_web_url: "{self.salesforce_url}"
   unmatched_wait_s: 8
-  waiting_purge_s: 20
+  waiting_purge_s: 10
   all_participants: true
   # The conversation's Front custom field "Priority" (High/Normal/Low) on each Task.
   task_fields_from_front:

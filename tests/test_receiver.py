@@ -179,8 +179,8 @@ def test_oversized_body_without_content_length_is_refused_as_it_arrives(receiver
 
 
 FUZZ_SEED = envelope(payload("evt_fuzz", emitted_at=1796000000.0))
-# 300 in the suite; `make drills` runs 10,000.
-FUZZ_EXAMPLES = int(os.environ.get("FRONTFORCE_FUZZ_EXAMPLES", "300"))
+# 200 in the suite; `make drills` runs 10,000.
+FUZZ_EXAMPLES = int(os.environ.get("FRONTFORCE_FUZZ_EXAMPLES", "200"))
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
