@@ -302,6 +302,7 @@ def create_app(settings: Settings) -> faust.App:
     # Front contact id -> the record this process last told that table (noted once delivered):
     # a note per new pairing, not per message.
     noted: OrderedDict[str, str] = OrderedDict()
+    rank = {kind: i for i, kind in enumerate(w.match_priority)}  # a Front contact's record
     wait_ms = int(w.unmatched_wait_s * 1000)
     # A released entry is kept this long (a replay of its release record finds it), then purged.
     purge_ms = int(w.waiting_purge_s * 1000)
@@ -1026,7 +1027,6 @@ def create_app(settings: Settings) -> faust.App:
             worker.match_priority); among equals the newest note wins."""
             crd = _key(event)
             held = front_contacts.get(crd)
-            rank = {k: i for i, k in enumerate(w.match_priority)}
             if held is not None and held["record_id"] != note["record_id"] and (
                     rank.get(held["kind"], 9) < rank.get(note["kind"], 9)):
                 return

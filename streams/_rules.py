@@ -228,7 +228,7 @@ def handle_command(event_id: str, sobject: str, record_id: str, field: str,
         "command_id": _command_id("UpdateRecord", record_id, "handle", value),
         "idempotency_key": f"UpdateRecord/{sobject}/{record_id}/handle/{value}",
         "created_at": int(time.time() * 1000),
-        "origin": {"system": "frontforce", "source_event_id": event_id, "correlation_id": event_id},
+        "origin": _origin({"event_id": event_id}),
         "operation": ("frontforce.commands.UpdateRecord", {
             "sobject": sobject, "record_id": record_id, "fields": {field: value},
             "only_if_blank": [field]}),

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
+from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from frontforce.demo import read_topic
 from frontforce.serialization import avro_deserializer, registry_client
+from tests.chaos._probes import Tail
 
 T = TypeVar("T")
 
@@ -34,21 +34,15 @@ def poll(what: str, probe: Callable[[], T | None], timeout: float, every: float 
         time.sleep(every)
 
 
-class CommandTail:
-    """Commands produced from now on, decoded (assigned partitions, no group)."""
+class CommandTail(Tail):
+    """Commands produced from now on, decoded (the chaos test's tail: assigned partitions,
+    no group)."""
 
     def __init__(self, bootstrap: str, registry_url: str, topic: str) -> None:
+        super().__init__(bootstrap, topic)
         self.topic = topic
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
-                                  "group.id": f"kill-tail-{uuid.uuid4()}", "fetch.wait.max.ms": 10})
         self.decode = avro_deserializer(registry_client(registry_url))
         self.ctx = SerializationContext(topic, MessageField.VALUE)
-        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
-        ends = []
-        for p in meta.partitions:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            ends.append(TopicPartition(topic, p, high))
-        self.consumer.assign(ends)
 
     def next_matching(self, want: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
         def one() -> dict[str, Any] | None:
@@ -59,9 +53,6 @@ class CommandTail:
             return cmd if want(cmd) else None
 
         return poll(f"a matching command on {self.topic}", one, timeout, every=0.0)
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 def is_feed_item(cmd: dict[str, Any]) -> bool:

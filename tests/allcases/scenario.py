@@ -108,10 +108,33 @@ def claim_upsell_account(world: World) -> Account:
     return account
 
 
-class _Front:
+class _Side:
+    """One side's people: ``n`` changes in ``pattern``'s order, ``pace_s`` apart, on a thread."""
+
+    name = ""
+    pattern: list[str] = []
+
     def __init__(self, world: World, run: Run, n: int, pace_s: float) -> None:
         self.world, self.run, self.n, self.pace_s = world, run, n, pace_s
         self.cur = _cursor(world)
+
+    def step(self, kind: str) -> None:
+        raise NotImplementedError
+
+    def __call__(self) -> None:
+        try:
+            for i in range(self.n):
+                self.step(self.pattern[i % len(self.pattern)])
+                time.sleep(self.pace_s)
+        except Exception as exc:  # noqa: BLE001 - reported by the run
+            self.run.errors.append(f"{self.name}: {type(exc).__name__}: {exc}")
+
+
+class _Front(_Side):
+    name, pattern = "front", FRONT_PATTERN
+
+    def __init__(self, world: World, run: Run, n: int, pace_s: float) -> None:
+        super().__init__(world, run, n, pace_s)
         # Round robin over the Contacts, an Account Pat edits and an Upsell one in turn.
         half = len(world.accounts) // 2
         pairs = zip(world.human_accounts, world.upsell_accounts, strict=False)
@@ -193,19 +216,12 @@ class _Front:
             return
         run.front_changes[kind] += 1
 
-    def __call__(self) -> None:
-        try:
-            for i in range(self.n):
-                self.step(FRONT_PATTERN[i % len(FRONT_PATTERN)])
-                time.sleep(self.pace_s)
-        except Exception as exc:  # noqa: BLE001 - reported by the run
-            self.run.errors.append(f"front: {type(exc).__name__}: {exc}")
 
+class _Salesforce(_Side):
+    name, pattern = "salesforce", SF_PATTERN
 
-class _Salesforce:
     def __init__(self, world: World, run: Run, n: int, pace_s: float) -> None:
-        self.world, self.run, self.n, self.pace_s = world, run, n, pace_s
-        self.cur = _cursor(world)
+        super().__init__(world, run, n, pace_s)
         self.i = 0
 
     def step(self, kind: str) -> None:
@@ -238,14 +254,6 @@ class _Salesforce:
             contact = list(account.contacts.values())[self.i % 2]
             pat.update("Contact", contact, Title=f"Title {run.label} {self.i}")
         run.sf_changes[kind] += 1
-
-    def __call__(self) -> None:
-        try:
-            for i in range(self.n):
-                self.step(SF_PATTERN[i % len(SF_PATTERN)])
-                time.sleep(self.pace_s)
-        except Exception as exc:  # noqa: BLE001 - reported by the run
-            self.run.errors.append(f"salesforce: {type(exc).__name__}: {exc}")
 
 
 class Driver:
