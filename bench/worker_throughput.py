@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +96,57 @@ def raw_ceiling(bootstrap: str, source: str, n: int) -> float:
     return n / elapsed
 
 
+STATS_WAIT_S = 11.0
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lane_stats(log_path: Path) -> dict[str, Any]:
+    """The worker's last "fast lane" stats line (structlog key=value or JSON)."""
+    found: dict[str, Any] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "fast lane" not in line or "cpu_us_per_event" not in line:
+            continue
+        try:
+            found = json.loads(line[line.index("{"):])
+        except ValueError:
+            found = {k: float(v) for k, v in (kv.split("=", 1) for kv in line.split()
+                                                if "=" in kv and kv.split("=")[0] in
+                                                ("events", "cpu_s", "cpu_us_per_event"))}
+    return found
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    """Self and total samples per function from py-spy's raw (collapsed stacks) output."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
+                  for f in stack.split(";")]
+        count = int(n)
+        samples += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            total[f] += count
+    print(f"profile: {samples} samples", file=sys.stderr)
+    for name, n in own.most_common(top):
+        print(f"  self {100 * n / samples:5.1f}%  total {100 * total[name] / samples:5.1f}%  {name}",
+              file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--contacts", type=int, default=2000)
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="py-spy raw profile of the worker during the drain (py-spy on PATH or "
+                         "PY_SPY); the functions with the most samples are printed")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="ff-bench-worker-"))
     stack = LocalStack(state_dir=state, ports=Ports(kafka=free_port(), controller=free_port(),
@@ -137,18 +188,41 @@ worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
                             "recipients": [{"handle": email, "role": "from", "name": None}]},
             }
             events.append((f"cnv_b{i}".encode(), serde.encode(s.topics.front_events, ev)))
+        spy = None
+        if args.profile:
+            exe = os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy"
+            spy = subprocess.Popen([exe, "record", "-p", str(worker.pid), "--format", "raw",
+                                    "-r", "100", "--nonblocking", "-o", str(args.profile)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+        cpu_before = proc_cpu_s(worker.pid)
         start = time.monotonic()
         produce(stack.bootstrap, s.topics.front_events, events)
         produced = time.monotonic()
         done = wait_for(stack.bootstrap, s.topics.commands_salesforce, args.events, 1800)
         worker_rate = args.events / (done - start)
+        worker_cpu_us = 1e6 * (proc_cpu_s(worker.pid) - cpu_before) / args.events
+        time.sleep(STATS_WAIT_S)  # the lane's next stats line
+        lane = lane_stats(state / "worker.log")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+            print_profile(args.profile)
+        cpu0 = time.process_time()
         ceiling = raw_ceiling(stack.bootstrap, s.topics.front_events, args.events)
+        raw_cpu_us = 1e6 * (time.process_time() - cpu0) / args.events
         print(json.dumps({
             "events": args.events, "contacts": args.contacts,
             "produce_s": round(produced - start, 1),
             "worker_events_per_s": round(worker_rate, 1),
             "raw_client_events_per_s": round(ceiling, 1),
             "worker_share_of_ceiling": round(worker_rate / ceiling, 3),
+            # CPU time per event, which the machine's other load does not change (much): the
+            # fast lane's thread, and the raw client's whole process in the same run.
+            "worker_process_cpu_us_per_event": round(worker_cpu_us, 1),
+            "lane_cpu_us_per_event": lane.get("cpu_us_per_event"),
+            "raw_client_cpu_us_per_event": round(raw_cpu_us, 1),
+            "lane_events_per_cpu_s": round(1e6 / lane["cpu_us_per_event"]) if lane.get("cpu_us_per_event") else None,
         }), flush=True)
     finally:
         if worker is not None:

@@ -291,8 +291,9 @@ class WorkerConfig(_Model):
         3600.0, gt=0,
         description="Loop guard: a Front event whose id was seen within this window (by Kafka"
         " record time; the window it fell in or the one before) is a repeat and dropped: Front's"
-        " retries, gap-fill and backfill overlaps, a captured rule webhook replayed. A windowed"
-        " table holds the ids; older windows expire.",
+        " retries, gap-fill and backfill overlaps, a captured rule webhook replayed. The stream"
+        " worker's fast lane holds the ids per partition, logged to a topic of its own; older ones"
+        " expire.",
     )
     unmatched_wait_s: float = Field(
         60.0, ge=0,
@@ -507,6 +508,11 @@ class Settings(_Model):
         return Topics.with_prefix(self.kafka.topic_prefix)
 
     @property
+    def fast_lane_group(self) -> str:
+        """The consumer group in which the stream workers' fast lanes read front.events."""
+        return f"{self.worker.app_id}-front-events"
+
+    @property
     def worker_topics(self) -> dict[str, str]:
         """Repartition topics of the stream worker, named after its app id. ``setup``
         creates them up front: a Faust worker that subscribes before a topic exists ignores
@@ -518,7 +524,11 @@ class Settings(_Model):
                 "release": f"{a}-release-waiting",
                 "contact_notes": f"{a}-front-contact-notes",
                 "by_contact": f"{a}-front-by-contact",
-                "new_handles": f"{a}-new-handles"}
+                "new_handles": f"{a}-new-handles",
+                # Archive/reopen events by conversation, for the case-status agent.
+                "case_events": f"{a}-front-case-events",
+                # The fast lane's dedupe log (partition = front.events partition).
+                "seen": f"{a}-front-events-seen"}
 
     @property
     def worker_table_topics(self) -> dict[str, str]:
@@ -530,7 +540,6 @@ class Settings(_Model):
                 "record_table": f"{self.worker.app_id}-record-keys-changelog",
                 "reference_table": f"{self.worker.app_id}-reference-changelog",
                 "context_table": f"{self.worker.app_id}-account-context-changelog",
-                "seen_table": f"{self.worker.app_id}-seen-events-changelog",
                 "waiting_table": f"{self.worker.app_id}-waiting-events-changelog",
                 "front_contact_table": f"{self.worker.app_id}-front-contacts-changelog"}
 

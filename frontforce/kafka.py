@@ -56,18 +56,27 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> lis
     # The global table's changelog too: a Faust worker subscribes to it at start (every
     # partition, to recover and follow it) and ignores it for good if it does not exist yet.
     reference = settings.worker_table_topics["reference_table"]
+    match_table = settings.worker_table_topics["match_table"]
+    seen = settings.worker_topics["seen"]
     wanted = (list(names) if names is not None
-              else [*topics.model_dump().values(), *settings.worker_topics.values(), reference])
+              else [*topics.model_dump().values(), *settings.worker_topics.values(), reference,
+                    match_table])
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     existing = set(admin.list_topics(timeout=10).topics)
     # Cursors and sink ledgers are state, not history: compacted, keyed. Cursors are a
     # handful of keys (one partition); a ledger grows with the commands it records.
-    compacted = {topics.source_cursors, topics.front_ledger, topics.salesforce_ledger, reference}
+    compacted = {topics.source_cursors, topics.front_ledger, topics.salesforce_ledger, reference,
+                 match_table}
+    # The stream worker's dedupe log: one record per batch, deleted after twice the dedupe
+    # window (the fast lane restores what is younger).
+    keep_ms = int(2 * settings.worker.dedupe_window_s * 1000) + 3_600_000
+    configs = {seen: {"cleanup.policy": "delete", "retention.ms": str(keep_ms)},
+               **{n: {"cleanup.policy": "compact"} for n in compacted}}
     single = {topics.source_cursors}
     new = [
         NewTopic(n, num_partitions=1 if n in single else settings.kafka.partitions,
                  replication_factor=settings.kafka.replication_factor,
-                 config={"cleanup.policy": "compact"} if n in compacted else {})
+                 config=configs.get(n, {}))
         for n in wanted
         if n not in existing
     ]

@@ -304,8 +304,10 @@ front_sink:
     def worker_groups(self) -> dict[str, list[str]]:
         p, a = self.topic_prefix, self.app_id
         return {
-            a: [f"{p}salesforce.changes", f"{a}-match-keys", f"{p}front.events",
-                f"{a}-front-by-handle"],
+            a: [f"{p}salesforce.changes", f"{a}-match-keys", f"{a}-front-by-handle",
+                f"{a}-front-case-events"],
+            # The worker's fast lane reads front.events in a group of its own.
+            f"{a}-front-events": [f"{p}front.events"],
             f"{a}-sink-salesforce": [f"{p}commands.salesforce"],
             **({f"{a}-sink-front": [f"{p}commands.front"]} if "front-emulator" in self.procs else {}),
         }

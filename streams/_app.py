@@ -1,17 +1,25 @@
-"""The Faust app, built from configuration.
+"""The stream worker, built from configuration: Faust agents with their RocksDB tables, and
+the fast lane (``streams/_fastlane.py``), a confluent-kafka consumer in a thread of the same
+process that reads ``front.events``.
 
 Flow (every arrow is a Kafka topic, so every step is replayable and any worker can take
 over any partition):
 
     salesforce.changes ──route_changes──► <app>-match-keys ──index──► record-match table
-    front.events ──route_front──► <app>-front-by-handle ──match──► commands.salesforce
-                                                                   └► audit (unmatched)
+                                                                      (global, like reference)
+    front.events ──fast lane──► commands.salesforce, commands.front, audit (matched messages)
+                   │  dedupe by event id (<app>-front-events-seen), privacy, masking, loop guard
+                   ├──► <app>-front-by-handle ──match──► (a handle nobody matches yet: the wait,
+                   │                                     the Front contact's other handles, Lead)
+                   └──► <app>-front-case-events ──case-status──► CloseCase / reopen
 
-Both sides of the join are re-keyed by the match key (``email:<address>``) onto topics with
-the same partition count, because a Faust table partition lives where its source partition
-is consumed: looking up a key that hashes elsewhere would miss on a multi-worker group.
-Values stay Confluent wire-format Avro end to end; topics here use the raw codec and
-``frontforce.serialization.Serde`` does the Avro.
+The record-match table (email and phone keys -> Contacts and Leads) and the reference table
+(Users, Accounts by domain) are global: every worker holds all of them, written only by the
+index agent from the key's match-keys partition, so the fast lane matches a message from
+any partition without a repartition hop. What needs a partitioned table (the messages
+waiting for a key, the conversation's case state) goes on re-keyed by it, to the agent that
+holds that partition. Values stay Confluent wire-format Avro end to end; topics here use
+the raw codec and ``frontforce.serialization.Serde`` does the Avro.
 
 Delivery (STYLE habits 2, 3, 17). Faust acks an event when the body of ``async for``
 finishes *or raises* (the stream generator acks in a ``finally``), and it commits acked
@@ -33,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -40,6 +49,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
+import mode
 import structlog
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faust.serializers.codecs import Codec
@@ -49,9 +59,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
+from frontforce.kafka import ensure_topics
 from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
 from streams._context import account_command, apply_change, contact_command, contact_emails, digest, render
+from streams._fastlane import FastLane, Item, Src
 from streams._matching import (
     FREE_MAIL,
     PEOPLE,
@@ -141,6 +153,53 @@ class ChangelogTable(faust.Table):
         return sent
 
 
+class TableView:
+    """Reads of a global table from any thread (the fast lane's, the agents'): straight from
+    its RocksDB stores, every partition of which this worker holds, without Faust's key index
+    (not safe across threads); each distinct stored value decoded once. Faust writes the
+    store as it applies a change (the index agent here, the changelog for other workers'
+    writes), so a read sees what the table holds. Values are shared: never mutate one."""
+
+    __slots__ = ("table", "decoded", "keys", "where")
+
+    LIMIT = 100_000
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+        self.decoded: dict[bytes, Any] = {}
+        self.keys: dict[str, bytes] = {}  # key -> its stored bytes (Faust's JSON key encoding)
+        self.where: dict[bytes, int] = {}  # stored key -> the partition it was last found in
+
+    def get(self, key: str) -> Any:
+        store: Any = self.table.data
+        kb = self.keys.get(key)
+        if kb is None:
+            if len(self.keys) >= self.LIMIT:
+                self.keys.clear()
+            kb = self.keys[key] = store._encode_key(key)
+        dbs = store._dbs
+        hint = self.where.get(kb)
+        raw = None
+        if hint is not None and (db := dbs.get(hint)) is not None:
+            raw = db.get(kb)
+        if raw is None:
+            for partition, db in list(dbs.items()):
+                raw = db.get(kb)
+                if raw is not None:
+                    if len(self.where) >= self.LIMIT:
+                        self.where.clear()
+                    self.where[kb] = partition
+                    break
+        if raw is None:
+            return None
+        hit = self.decoded.get(raw)
+        if hit is None:
+            if len(self.decoded) >= self.LIMIT:
+                self.decoded.clear()
+            hit = self.decoded[raw] = store._decode_value(raw)
+        return hit
+
+
 def _send_failure(where: str, exc: BaseException) -> Exception:
     if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
         # The broker will never take it: the event that produced it is poison.
@@ -162,11 +221,22 @@ class Outbox:
         self.then: list[Callable[[], None]] = []  # run once all of it is delivered
 
     async def send(self, topic: TopicT, key: bytes | None, value: bytes) -> None:
-        where = topic.get_topic_name()
+        await self.send_to(topic.app.producer, topic.get_topic_name(), key, value)
+
+    async def put(self, producer: Any, items: list[Item]) -> None:
+        """Records (and callbacks for once they are stored) built by the routing functions
+        that the fast lane shares with the agents."""
+        for item in items:
+            if callable(item):
+                self.then.append(item)
+            else:
+                await self.send_to(producer, item[0], item[1], item[2])
+
+    async def send_to(self, producer: Any, where: str, key: bytes | None, value: bytes) -> None:
         try:
             # Straight to the producer (not deferred to Faust's attachments, which would
             # publish after the ack; no FutureMessage wrapping): the same partitioner.
-            fut = await topic.app.producer.send(where, key, value, None, None, None)
+            fut = await producer.send(where, key, value, None, None, None)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified: too large, or transient
@@ -221,11 +291,8 @@ def create_app(settings: Settings) -> faust.App:
     free_mail = FREE_MAIL | {d.strip().lower() for d in w.free_mail_domains}
     region = w.phone_region.upper()
 
-    front_events = app.topic(topics.front_events, **_RAW)
     changes = app.topic(topics.salesforce_changes, **_RAW)
-    commands = app.topic(topics.commands_salesforce, **_RAW)
     front_commands = app.topic(topics.commands_front, **_RAW)
-    audit = app.topic(topics.audit, **_RAW)
     deadletter = app.topic(topics.deadletter, **_RAW)
     internal = settings.worker_topics
     match_keys = app.topic(internal["match_keys"], partitions=n, internal=True, **_RAW)
@@ -236,6 +303,7 @@ def create_app(settings: Settings) -> faust.App:
     contact_notes = app.topic(internal["contact_notes"], partitions=n, internal=True, **_RAW)
     by_contact = app.topic(internal["by_contact"], partitions=n, internal=True, **_RAW)
     new_handles = app.topic(internal["new_handles"], partitions=n, internal=True, **_RAW)
+    case_events = app.topic(internal["case_events"], partitions=n, internal=True, **_RAW)
     def add_table(name: str, logical: str, **kw: Any) -> ChangelogTable:
         """A table whose values are stored (RocksDB) and logged (changelog topic) through an
         Avro codec over the same serializers as every topic. The codec is set before the
@@ -248,10 +316,14 @@ def create_app(settings: Settings) -> faust.App:
         app.tables.add(t)
         return t
 
-    # Match key -> {"candidates": {record id: MatchCandidate}} (Contacts and Leads).
-    table = add_table("record-match", "match_table")
-    # Conversation id -> the newest archive/reopen acted on (front.events is keyed by
-    # conversation: co-partitioned with route-front-events, the only agent that uses it).
+    # Match key -> {"candidates": {record id: MatchCandidate}} (Contacts and Leads). Global
+    # like the reference table below (and written the same way: by index-match-keys only,
+    # from the key's match-keys partition): the fast lane matches a message from any
+    # partition of front.events without a repartition hop.
+    table = add_table("record-match", "match_table", is_global=True,
+                      standby_buffer_size=1, recovery_buffer_size=1)
+    # Conversation id -> the newest archive/reopen acted on (keyed like the case-events topic,
+    # which the fast lane fills by conversation; the case-status agent is its only user).
     conversations = add_table("conversation-state", "conversation_table")
     # Record id -> the match keys it holds and its newest state (salesforce.changes is keyed
     # by record id: co-partitioned with route-changes).
@@ -268,30 +340,9 @@ def create_app(settings: Settings) -> faust.App:
     # warning about multi-instance recovery loops).
     reference = add_table("reference", "reference_table", is_global=True,
                           standby_buffer_size=1, recovery_buffer_size=1)
+    match_view, ref_view = TableView(table), TableView(reference)
     # Account Id -> what Front shows of it (use case 3), keyed like the by-account topic.
     contexts = add_table("account-context", "context_table")
-    # Loop guard: Front event ids seen, in tumbling windows of worker.dedupe_window_s by
-    # record time (front.events is keyed by conversation, so a repeat lands on the partition
-    # of the first). Windowed before it is added: windowing remakes the changelog topic.
-    # Keys are (event id, window) pairs: JSON keys (key_type None), Avro values.
-    seen_table = ChangelogTable(app, name="seen-events", default=None, partitions=n)
-    seen_table.value_serializer = AvroCodec(  # type: ignore[attr-defined]
-        serde, settings.worker_table_topics["seen_table"])
-    seen = seen_table.tumbling(w.dedupe_window_s, expires=2 * w.dedupe_window_s)
-    app.tables.add(seen_table)
-    def seen_before(event_id: str) -> dict[str, Any] | None:
-        """The event id's entry in the window of the current record's time or the one
-        before (a repeat just across a window boundary is still a repeat)."""
-        window = seen[event_id]
-        for look in (window.current, lambda: window.delta(w.dedupe_window_s)):
-            try:
-                found = look()
-            except KeyError:  # not in that window
-                continue
-            if found:
-                return cast("dict[str, Any]", found)
-        return None
-
     # Match key -> the messages waiting for a record with that key (keyed like by-handle,
     # match-keys and release-waiting: co-partitioned, so every agent that touches a key
     # finds it in its own partition).
@@ -302,6 +353,7 @@ def create_app(settings: Settings) -> faust.App:
     # Front contact id -> the record this process last told that table (noted once delivered):
     # a note per new pairing, not per message.
     noted: OrderedDict[str, str] = OrderedDict()
+    noted_lock = threading.Lock()
     rank = {kind: i for i, kind in enumerate(w.match_priority)}  # a Front contact's record
     wait_ms = int(w.unmatched_wait_s * 1000)
     # A released entry is kept this long (a replay of its release record finds it), then purged.
@@ -311,11 +363,19 @@ def create_app(settings: Settings) -> faust.App:
     exclude = {o: frozenset(f) for o, f in settings.privacy.exclude_fields.items()}
     context_fields = context_fields_shown(w.context_fields, exclude)
 
-    async def send_sf(out: Outbox, key: str, cmd: dict[str, Any]) -> None:
+    def sf_items(key: str, cmd: dict[str, Any]) -> list[Item]:
         """A command to the Salesforce sink, without what privacy.exclude_fields keeps out."""
         kept = without_excluded(cmd, exclude)
-        if kept is not None:
-            await out.send(commands, key.encode(), serde.encode(topics.commands_salesforce, kept))
+        if kept is None:
+            return []
+        return [(topics.commands_salesforce, key.encode(), serde.encode(topics.commands_salesforce, kept))]
+
+    async def send_sf(out: Outbox, key: str, cmd: dict[str, Any]) -> None:
+        await out.put(app.producer, sf_items(key, cmd))
+
+    def src_of(event: EventT) -> Src:
+        msg = event.message
+        return (msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
 
     def with_front_fields(cmd: dict[str, Any], fe: dict[str, Any]) -> dict[str, Any]:
         """A message's Task with the Task fields the conversation's Front custom fields map
@@ -638,63 +698,56 @@ def create_app(settings: Settings) -> faust.App:
 
         await consume("index-match-keys", stream, internal["match_keys"], body)
 
-    @app.agent(front_events, name="route-front-events")
-    async def route_front(stream: StreamT) -> None:
-        async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
-            eid = fe["event_id"]
-            first = seen_before(eid)
-            # The record it came in, so a replay of that very record (a worker killed after
-            # the table's changelog was stored, before the event was acked) is handled again:
-            # only another record with the same event id is a repeat.
-            here = f"{event.message.partition}@{event.message.offset}"
-            if first is not None and first["value"] != here:
-                await emit_audit(out, event, fe, "SKIPPED", f"repeat of event {eid} (first seen "
-                                 f"{first['at']} at {first['value']}, within worker.dedupe_window_s)")
-                return
-            if first is None:
-                seen[eid] = {"value": here, "at": int(event.message.timestamp * 1000), "event_id": eid}
-                out.changelog(seen_table)
-            why = excluded(settings.privacy, fe)
-            if why is not None:
-                await emit_audit(out, event, fe, "SKIPPED", why)
-                return
-            if fe["event_type"] in OUR_WRITES and fe.get("source_kind") in ("api", "oauth_client"):
-                return  # loop guard: the echo of a tag, comment or assignment made by an API call
-            before = fe
-            fe = masked(fe, mask)
-            # Nothing masked: the record goes on as it came (one encode less per message).
-            unchanged = fe == before
-            if fe["event_type"] in ("ARCHIVE", "REOPEN") and w.close_cases and fe.get("conversation_id"):
-                await case_status(event, fe, out)
-                return
-            if fe["event_type"] in ("TAG", "UNTAG") and fe.get("conversation_id"):
-                rule = tag_rules.get(str(fe.get("tag_name") or "").lower())
-                person = normalize_email(fe.get("conversation_recipient"))
-                if rule is not None and person and (
-                        fe["event_type"] == "TAG" or rule.opportunity_stage):
-                    # To the match step, keyed like a message from that person.
-                    await out.send(by_handle, f"email:{person}".encode(),
-                                   serde.encode(topics.front_events, fe))
-                return
-            if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
-                return  # other event kinds get their rules in later steps
-            handles = counterpart_handles(fe, region)
-            # One Task per message on the first customer-side handle (Front's own rule), or
-            # one per external participant (worker.all_participants). What goes on is the
-            # masked event: nothing masked reaches a topic after front.events.
-            if not handles:
-                await emit_audit(out, event, fe, "SKIPPED", "message has no customer email or phone handle")
-                return
-            value = bytes(event.value) if unchanged else serde.encode(topics.front_events, fe)
-            for handle in handles if w.all_participants else handles[:1]:
-                await out.send(by_handle, handle.encode(), value)
+    def route(fe: dict[str, Any], raw: bytes, src: Src, first: dict[str, Any] | None) -> list[Item]:
+        """A Front event, in the fast lane (streams/_fastlane.py, which decoded it and looked
+        its id up in the dedupe state): the loop guard, privacy, masking; a message whose
+        handle matches a record lands on it here (its Task, audit, routing, tag); what needs
+        a partitioned table goes on to the agent that holds it: a handle nobody matches (the
+        wait, the Front contact's other handles, the unknown sender's Lead) and a tag to the
+        match step by handle, an archive or reopen to case-status by conversation."""
+        eid = fe["event_id"]
+        if first is not None:
+            return [audit_item(src, fe, "SKIPPED", f"repeat of event {eid} (first seen "
+                               f"{first['at']} at {first['value']}, within worker.dedupe_window_s)")]
+        why = excluded(settings.privacy, fe)
+        if why is not None:
+            return [audit_item(src, fe, "SKIPPED", why)]
+        if fe["event_type"] in OUR_WRITES and fe.get("source_kind") in ("api", "oauth_client"):
+            return []  # loop guard: the echo of a tag, comment or assignment made by an API call
+        before = fe
+        fe = masked(fe, mask)
+        # Nothing masked: the record goes on as it came (one encode less per message).
+        value = raw if fe == before else serde.encode(topics.front_events, fe)
+        if fe["event_type"] in ("ARCHIVE", "REOPEN") and w.close_cases and fe.get("conversation_id"):
+            return [(internal["case_events"], fe["conversation_id"].encode(), value)]
+        if fe["event_type"] in ("TAG", "UNTAG") and fe.get("conversation_id"):
+            rule = tag_rules.get(str(fe.get("tag_name") or "").lower())
+            person = normalize_email(fe.get("conversation_recipient"))
+            if rule is not None and person and (fe["event_type"] == "TAG" or rule.opportunity_stage):
+                # To the match step, keyed like a message from that person.
+                return [(internal["by_handle"], f"email:{person}".encode(), value)]
+            return []
+        if fe["event_type"] not in ("INBOUND_MESSAGE", "OUTBOUND_MESSAGE"):
+            return []  # other event kinds have no rule
+        handles = counterpart_handles(fe, region)
+        # One Task per message on the first customer-side handle (Front's own rule), or one
+        # per external participant (worker.all_participants). What goes on is the masked
+        # event: nothing masked reaches a topic after front.events.
+        if not handles:
+            return [audit_item(src, fe, "SKIPPED", "message has no customer email or phone handle")]
+        items: list[Item] = []
+        for handle in handles if w.all_participants else handles[:1]:
+            found, why = find_record(handle)
+            if found is None:
+                # The match step, in the handle's partition, holds the waits.
+                items.append((internal["by_handle"], handle.encode(), value))
+                continue
+            items.extend(land_items(src, fe, handle, found, why))
+            items.extend(note_items(fe, handle, found))
+        return items
 
-        await consume("route-front-events", stream, topics.front_events, body)
-
-    async def emit_audit(out: Outbox, event: EventT, fe: dict[str, Any], outcome: str,
-                         error: str | None, record_id: str | None = None,
-                         reason: str | None = None) -> None:
-        msg = event.message
+    def audit_item(src: Src, fe: dict[str, Any], outcome: str, error: str | None,
+                   record_id: str | None = None, reason: str | None = None) -> Item:
         msg_id = (fe.get("message") or {}).get("id") or fe["event_id"]
         record = {
             "command_id": f"match:{msg_id}",
@@ -706,12 +759,24 @@ def create_app(settings: Settings) -> faust.App:
             "api_calls": {},
             "error": error,
             "reason": reason,
-            "source_topic": msg.topic,
-            "source_partition": msg.partition,
-            "source_offset": msg.offset,
+            "source_topic": src[0],
+            "source_partition": src[1],
+            "source_offset": src[2],
             "at": int(time.time() * 1000),
         }
-        await out.send(audit, record["command_id"].encode(), serde.encode(topics.audit, record))
+        return (topics.audit, record["command_id"].encode(), serde.encode(topics.audit, record))
+
+    async def emit_audit(out: Outbox, event: EventT, fe: dict[str, Any], outcome: str,
+                         error: str | None, record_id: str | None = None,
+                         reason: str | None = None) -> None:
+        await out.put(app.producer, [audit_item(src_of(event), fe, outcome, error, record_id, reason)])
+
+    @app.agent(case_events, name="case-status")
+    async def case_events_agent(stream: StreamT) -> None:
+        async def body(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
+            await case_status(event, fe, out)
+
+        await consume("case-status", stream, topics.front_events, body)
 
     async def unknown_sender(out: Outbox, fe: dict[str, Any], email: str) -> None:
         """Use case 2: the sender's Lead (once per email), the message's Task on it by
@@ -801,7 +866,7 @@ def create_app(settings: Settings) -> faust.App:
         """The record a handle lands on, by ``worker.match_priority``, and why (the audit's
         reason): Contact and Lead by the handle in the record-match table, Account by the
         email's domain in the reference table (never a free-mail domain)."""
-        held = table.get(key)
+        held = match_view.get(key)
         candidates = (held and held["candidates"]) or {}
         for kind in w.match_priority:
             if kind in PEOPLE:
@@ -816,7 +881,7 @@ def create_app(settings: Settings) -> faust.App:
                 domain = email_domain(key.removeprefix("email:"))
                 if domain in free_mail:
                     continue
-                ref = reference.get(f"domain:{domain}")
+                ref = ref_view.get(f"domain:{domain}")
                 account = choose_account(ref and ref["candidates"])
                 if account is not None:
                     n = len(ref["candidates"]) if ref else 1
@@ -827,7 +892,7 @@ def create_app(settings: Settings) -> faust.App:
     def reference_record(record_id: str | None) -> dict[str, Any] | None:
         if not record_id:
             return None
-        held = reference.get(f"id:{record_id}")
+        held = ref_view.get(f"id:{record_id}")
         return (held and held["candidates"].get(record_id)) or None
 
     def task_owner(fe: dict[str, Any]) -> str | None:
@@ -839,24 +904,24 @@ def create_app(settings: Settings) -> faust.App:
         email = normalize_email(fe.get("assignee_email") if msg["is_inbound"] else msg.get("author_email"))
         if email is None:
             return None
-        held = reference.get(f"user:{email}")
+        held = ref_view.get(f"user:{email}")
         user = choose_user(held and held["candidates"])
         return user["id"] if user else None
 
-    async def route_to_owner(fe: dict[str, Any], found: dict[str, Any], out: Outbox) -> None:
+    def owner_items(fe: dict[str, Any], found: dict[str, Any]) -> list[Item]:
         """Use case 5: a conversation nobody is assigned to, from a person whose Account (or
         Lead) has an owner in Salesforce, goes to the Front teammate with that User's email."""
         if not (w.route_to_account_owner and fe["event_type"] == "INBOUND_MESSAGE"
                 and fe.get("conversation_id") and not fe.get("assignee_email")):
-            return
+            return []
         account = reference_record(found.get("account_id"))
         owner_id = account["owner_id"] if account else (
             found.get("owner_id") if found["kind"] == "Lead" else None)
         user = reference_record(owner_id)
         if user is None or not user.get("active", True) or not user.get("email"):
-            return
-        await out.send(front_commands, fe["conversation_id"].encode(),
-                       serde.encode(topics.commands_front, assign_command(fe, user["email"])))
+            return []
+        return [(topics.commands_front, fe["conversation_id"].encode(),
+                 serde.encode(topics.commands_front, assign_command(fe, user["email"])))]
 
     def park(key: str, raw: bytes, out: Outbox) -> None:
         """Keep a message for its key until a record with it is indexed or the wait is over."""
@@ -967,20 +1032,27 @@ def create_app(settings: Settings) -> faust.App:
             await unmatched(event, fe, key, why, out)
             return
         await land(event, fe, key, found, why, out)
+        await out.put(app.producer, note_items(fe, key, found))
+
+    def note_items(fe: dict[str, Any], key: str, found: dict[str, Any]) -> list[Item]:
+        """Use case 2, known people: which record this Front contact's handle matched, told
+        to its Front contact's partition once per pairing (remembered once stored)."""
         crd = w.add_new_handles and found["kind"] in PEOPLE and front_contact_of(fe, key)
-        if crd and noted.get(crd) != found["id"]:
-            note = {"record_id": found["id"], "kind": found["kind"],
-                    "account_id": found.get("account_id"), "owner_id": found.get("owner_id"),
-                    "handle": key, "at": int(time.time() * 1000)}
-            await out.send(contact_notes, crd.encode(),
-                           serde.encode(internal["contact_notes"], note))
-            out.then.append(lambda: remember(crd, found["id"]))
+        if not crd or noted.get(crd) == found["id"]:
+            return []
+        note = {"record_id": found["id"], "kind": found["kind"],
+                "account_id": found.get("account_id"), "owner_id": found.get("owner_id"),
+                "handle": key, "at": int(time.time() * 1000)}
+        record_id = found["id"]
+        return [(internal["contact_notes"], crd.encode(), serde.encode(internal["contact_notes"], note)),
+                lambda: remember(crd, record_id)]
 
     def remember(crd: str, record_id: str) -> None:
-        noted[crd] = record_id
-        noted.move_to_end(crd)
-        while len(noted) > NOTED_MAX:
-            noted.popitem(last=False)
+        with noted_lock:  # the fast lane's thread and the agents' loop both remember
+            noted[crd] = record_id
+            noted.move_to_end(crd)
+            while len(noted) > NOTED_MAX:
+                noted.popitem(last=False)
 
     def front_contact_of(fe: dict[str, Any], key: str) -> str | None:
         """The Front contact (crd_…) that the customer-side handle ``key`` belongs to."""
@@ -1001,24 +1073,29 @@ def create_app(settings: Settings) -> faust.App:
 
     async def land(event: EventT, fe: dict[str, Any], key: str, found: dict[str, Any], why: str,
                    out: Outbox) -> None:
+        await out.put(app.producer, land_items(src_of(event), fe, key, found, why))
+
+    def land_items(src: Src, fe: dict[str, Any], key: str, found: dict[str, Any],
+                   why: str) -> list[Item]:
         """The message's Task on ``found`` (use case 1), its audit, the conversation's routing
         (use case 5) and, for a Lead, the New Lead tag (use case 2)."""
         first = counterpart_handles(fe, region)[:1] == [key]
         msg_id = fe["message"]["id"]
         cmd = task_command(fe, found, settings.salesforce.task_external_id_field, task_owner(fe),
                            None if first else f"{msg_id}/{key}")
-        await send_sf(out, msg_id, with_front_fields(cmd, fe))
-        await emit_audit(out, event, fe, "MATCHED", None, found["id"], why)
+        items = sf_items(msg_id, with_front_fields(cmd, fe))
+        items.append(audit_item(src, fe, "MATCHED", None, found["id"], why))
         if first:
-            await route_to_owner(fe, found, out)
+            items.extend(owner_items(fe, found))
         if (found["kind"] == "Lead" and w.unknown_sender_leads
                 and fe["event_type"] == "INBOUND_MESSAGE" and fe.get("conversation_id")):
             # The sender is a Lead (the one made for them a moment ago, or one that was
             # there): every conversation of theirs is tagged, whether the Lead's change
             # event reached the table before this message or not. Once per conversation
             # (the Front sink's ledger); a tag a person removes stays removed.
-            await out.send(front_commands, fe["conversation_id"].encode(),
-                           serde.encode(topics.commands_front, new_lead_tag_command(fe)))
+            items.append((topics.commands_front, fe["conversation_id"].encode(),
+                          serde.encode(topics.commands_front, new_lead_tag_command(fe))))
+        return items
 
     @app.agent(contact_notes, name="front-contact-notes")
     async def front_contact_notes(stream: StreamT) -> None:
@@ -1097,10 +1174,29 @@ def create_app(settings: Settings) -> faust.App:
 
         await consume("add-new-handles", stream, internal["new_handles"], body)
 
+    lane = FastLane(settings, serde, route,
+                    ready=lambda: bool(app.tables.recovery.completed.is_set()))  # type: ignore[attr-defined]
+
+    @app.service
+    class FastLaneService(mode.Service):
+        """front.events in the fast lane's thread, from the first table recovery on (a
+        global table that is still loading would send every message the slow way)."""
+
+        async def on_start(self) -> None:
+            lane.start()
+
+        async def on_stop(self) -> None:
+            lane.stop()
+            await asyncio.get_running_loop().run_in_executor(None, lane.join, 60.0)
+
+    app.fast_lane = lane  # type: ignore[attr-defined]  # for tests and benches
     return app
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    # The topics the worker subscribes to must exist first: a Faust worker ignores one that
+    # does not until the next rebalance, and never reads a missing global table's changelog.
+    ensure_topics(settings)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

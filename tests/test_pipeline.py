@@ -704,7 +704,7 @@ def test_card_numbers_are_masked_before_any_topic_and_private_conversations_neve
     assert "[masked]" in task["Subject"] and task["Priority"] == "High"
     assert not [t for t in pipeline.tasks() if t.get("Front_Message_Id__c") == f"msg_{tag}1"]
     stack = pipeline.stack
-    after = [stack.worker_groups[stack.app_id][3], f"{stack.topic_prefix}commands.salesforce",
+    after = [f"{stack.app_id}-front-by-handle", f"{stack.topic_prefix}commands.salesforce",
              f"{stack.topic_prefix}audit", f"{stack.topic_prefix}deadletter"]
     for topic in after:
         raw = [m.value() or b"" for m in read_to_end(stack.bootstrap, topic)]

@@ -63,7 +63,7 @@ def run_with_kills(world: World, label: str, module: str = "frontforce") -> tupl
     replaced (no local state) until the replacement has handled events again (3 tries)."""
     stack = world.stack
     s = stack.settings()
-    group = Group(stack.bootstrap, s.worker.app_id)
+    group = Group(stack.bootstrap, s.fast_lane_group)
     kills = Kills()
     killed_ms = 0
     tail = CommandTail(stack.bootstrap, stack.registry_url, s.topics.commands_salesforce)
@@ -129,7 +129,7 @@ def test_two_workers_in_one_group_share_the_partitions_and_give_the_same_result(
     front_events = s.topics.front_events
     world.start_second_worker()
     try:
-        owners = Group(world.stack.bootstrap, s.worker.app_id).wait(
+        owners = Group(world.stack.bootstrap, s.fast_lane_group).wait(
             "two workers each owning partitions of front.events", lambda m: len(m) == 2 and all(
                 owned.get(front_events) for owned in m.values()), timeout=120)
         print("\nfront.events partitions per worker:",

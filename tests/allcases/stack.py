@@ -86,7 +86,9 @@ class World:
         """Every consumer group of the pipeline and every topic it reads."""
         s = self.stack.settings()
         t = s.topics
-        return {s.worker.app_id: [t.front_events, t.salesforce_changes, *s.worker_topics.values()],
+        lane = {s.worker_topics["seen"]}  # the fast lane's dedupe log: written, not read
+        return {s.worker.app_id: [t.salesforce_changes, *(v for v in s.worker_topics.values() if v not in lane)],
+                s.fast_lane_group: [t.front_events],
                 s.sink.group_id: [t.commands_salesforce],
                 s.front_sink.group_id: [t.commands_front]}
 
