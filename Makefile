@@ -42,6 +42,14 @@ tools:
 	@command -v kcat >/dev/null || { echo "installing kcat (apt)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat) >/dev/null \
 	  || { echo "kcat is required: apt-get install kcat" >&2; exit 1; }; }
+	@# Headless Chromium and its WebDriver for the status page's browser test
+	@# (tests/test_status_page.py). One Debian source package builds both, so apt always
+	@# installs a driver of the browser's exact version; the test speaks W3C WebDriver to it
+	@# over HTTP (no Python client to keep in step, no browser download).
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { \
+	  echo "installing chromium + chromium-driver (apt)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	  >/dev/null || { echo "chromium is required: apt-get install chromium chromium-driver" >&2; exit 1; }; }
 
 test: lint tools
 	bash deploy/stack.sh fetch

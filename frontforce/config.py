@@ -48,6 +48,7 @@ class Topics(_Model):
     commands_front: str
     audit: str
     deadletter: str
+    deadletter_redriven: str
     source_cursors: str
     front_ledger: str
     salesforce_ledger: str
@@ -61,6 +62,7 @@ class Topics(_Model):
             commands_front=f"{prefix}commands.front",
             audit=f"{prefix}audit",
             deadletter=f"{prefix}deadletter",
+            deadletter_redriven=f"{prefix}deadletter.redriven",
             source_cursors=f"{prefix}source.cursors",
             front_ledger=f"{prefix}front.ledger",
             salesforce_ledger=f"{prefix}salesforce.ledger",
@@ -108,6 +110,11 @@ class ReceiverConfig(_Model):
     )
     read_timeout_s: float = Field(
         10.0, gt=0, description="Time a sender has to deliver the whole body (408 beyond)."
+    )
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="Receiver processes sharing the port (one per core is a start; each has its"
+        " own Kafka producer, and /healthz and /metrics count the process that answers).",
     )
 
 
@@ -492,6 +499,22 @@ class FrontSinkConfig(_Model):
     )
 
 
+class MetricsConfig(_Model):
+    """Prometheus metrics (``frontforce/metrics.py``): each process serves its own at
+    ``http://host:port/metrics``. The receiver serves them on its own port (``/metrics``),
+    the status page on its port. A port set to null serves nothing; 0 takes any free port
+    (logged). A port already in use is logged and the process runs on without metrics."""
+
+    host: str = Field("127.0.0.1", description="Address the metrics endpoints bind (0.0.0.0 for a remote Prometheus).")
+    sink_salesforce_port: int | None = Field(9471, ge=0, le=65535, description="Port of `sink salesforce`'s metrics.")
+    sink_front_port: int | None = Field(9472, ge=0, le=65535, description="Port of `sink front`'s metrics.")
+    source_salesforce_port: int | None = Field(
+        9473, ge=0, le=65535, description="Port of `source salesforce`'s metrics.")
+    worker_port: int | None = Field(
+        9474, ge=0, le=65535, description="Port of a stream worker's metrics (a second worker on the"
+        " same host finds it taken and runs without).")
+
+
 class Settings(_Model):
     kafka: KafkaConfig = KafkaConfig()  # type: ignore[call-arg]
     front: FrontConfig
@@ -502,6 +525,7 @@ class Settings(_Model):
     sink: SinkConfig = SinkConfig()  # type: ignore[call-arg]
     privacy: PrivacyConfig = PrivacyConfig()  # type: ignore[call-arg]
     front_sink: FrontSinkConfig = FrontSinkConfig()  # type: ignore[call-arg]
+    metrics: MetricsConfig = MetricsConfig()  # type: ignore[call-arg]
 
     @property
     def topics(self) -> Topics:

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import structlog
 
+from frontforce import metrics
 from frontforce.config import FrontConfig
 from frontforce.errors import FatalError, InvalidRecordError, RetriableError
 
@@ -75,10 +76,13 @@ class FrontPacer:
         with self._lock:
             self.calls += 1
             self.limit, self.remaining, self.reset_at = limit, remaining, reset
+        metrics.FRONT_RATELIMIT_REMAINING.set(remaining)
+        metrics.FRONT_RATELIMIT_LIMIT.set(limit)
 
     def wait_after_429(self, resp: httpx.Response, attempt: int) -> float:
         with self._lock:
             self.throttled += 1
+        metrics.THROTTLED.labels("front").inc()
         now = time.time()
         try:
             if "retry-after" in resp.headers:
@@ -170,6 +174,7 @@ class FrontClient:
             attempt += 1
             self.pacer.before_call(self.sleep)
             self.calls += 1
+            metrics.API_CALLS.labels("front").inc()
             try:
                 resp = self.http.request(method, url, params=params, json=json)
             except httpx.TransportError as exc:

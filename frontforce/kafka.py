@@ -65,14 +65,15 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> lis
     existing = set(admin.list_topics(timeout=10).topics)
     # Cursors and sink ledgers are state, not history: compacted, keyed. Cursors are a
     # handful of keys (one partition); a ledger grows with the commands it records.
+    # What `dlq redrive` re-drove: one key per dead letter (frontforce/ops/dlq.py).
     compacted = {topics.source_cursors, topics.front_ledger, topics.salesforce_ledger, reference,
-                 match_table}
+                 match_table, topics.deadletter_redriven}
     # The stream worker's dedupe log: one record per batch, deleted after twice the dedupe
     # window (the fast lane restores what is younger).
     keep_ms = int(2 * settings.worker.dedupe_window_s * 1000) + 3_600_000
     configs = {seen: {"cleanup.policy": "delete", "retention.ms": str(keep_ms)},
                **{n: {"cleanup.policy": "compact"} for n in compacted}}
-    single = {topics.source_cursors}
+    single = {topics.source_cursors, topics.deadletter_redriven}
     new = [
         NewTopic(n, num_partitions=1 if n in single else settings.kafka.partitions,
                  replication_factor=settings.kafka.replication_factor,

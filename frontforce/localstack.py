@@ -69,10 +69,14 @@ class LocalStack:
     # Where deploy/stack.sh keeps broker/registry data; several pipelines (tests) may share
     # one infrastructure while each has its own state_dir.
     stack_state: Path | None = None
+    # More Kafka nodes (a KRaft cluster on loopback, deploy/stack.sh KAFKA_NODES): each
+    # one's listener and controller port, beside ``ports.kafka`` and ``ports.controller``.
+    kafka_extra: tuple[int, ...] = ()
+    controller_extra: tuple[int, ...] = ()
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.ports.kafka}"
+        return ",".join(f"127.0.0.1:{p}" for p in (self.ports.kafka, *self.kafka_extra))
 
     @property
     def registry_url(self) -> str:
@@ -108,6 +112,14 @@ class LocalStack:
             "FRONTFORCE_SF_CLIENT_SECRET": self.sf_client_secret,
             "FRONTFORCE_FRONT_API_TOKEN": self.front_token,
         })
+        if self.kafka_extra:
+            assert len(self.kafka_extra) == len(self.controller_extra)
+            env.update({
+                "KAFKA_NODES": str(1 + len(self.kafka_extra)),
+                "KAFKA_PORTS": ",".join(map(str, (self.ports.kafka, *self.kafka_extra))),
+                "KAFKA_CONTROLLER_PORTS": ",".join(
+                    map(str, (self.ports.controller, *self.controller_extra))),
+            })
         return env
 
     # -- infrastructure --------------------------------------------------------------
@@ -180,6 +192,11 @@ class LocalStack:
         raise RuntimeError(f"{name} did not start; see {self.logs}")
 
     # -- pipeline ----------------------------------------------------------------------
+    def _replication_line(self) -> str:
+        """A cluster's topics get 3 replicas (deploy/stack.sh: min.insync.replicas=2)."""
+        nodes = 1 + len(self.kafka_extra)
+        return f"\n  replication_factor: {min(3, nodes)}" if nodes > 1 else ""
+
     def write_config(self) -> Path:
         assert self.ca_file is not None, "start the Salesforce emulator first"
         path = self.state_dir / "frontforce.yaml"
@@ -192,7 +209,7 @@ kafka:
   bootstrap_servers: "{self.bootstrap}"
   schema_registry_url: "{self.registry_url}"
   topic_prefix: "{self.topic_prefix}"
-  partitions: 3
+  partitions: 3{self._replication_line()}
 front:
   app_secret: "${{FRONTFORCE_FRONT_APP_SECRET}}"
   rule_secret: "${{FRONTFORCE_FRONT_RULE_SECRET}}"{front_api}

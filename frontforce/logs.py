@@ -1,30 +1,205 @@
-"""Logging: structlog key=value lines on stderr. Never log a secret; log Kafka coordinates
-as ``topic[partition]@offset`` and one correlation id per fact."""
+"""Logging: structlog, one JSON object per line on stderr (``FRONTFORCE_LOG_FORMAT=console``
+for key=value lines a person reads). Libraries' own log lines (stdlib ``logging``) go
+through the same renderer and the same redaction.
+
+What every line may rely on:
+
+- Kafka coordinates as ``topic[partition]@offset`` (``coords``);
+- one correlation id per fact: ``correlation_id`` is the Front event id, from the receiver's
+  ``event stored`` line to the Salesforce sink's ``command applied`` line that names the
+  Salesforce ``record_id`` (``bind_correlation`` puts it on every line of a block);
+- never a secret, never what privacy masks (``redact``): a value under a key that names a
+  secret (token, secret, password, authorization, signature, cookie, private key...) is
+  replaced, a pydantic ``SecretStr`` too; the free text of a Front message (text, subject,
+  body, comment, custom field values) is never logged, whatever the key's nesting; any
+  other text is passed through the built-in masks (card numbers that pass the Luhn check,
+  US social security numbers, the same rules as ``streams/_privacy.py``) and the
+  deployment's ``privacy.mask_patterns`` (``use_privacy``), so an error message that quotes
+  a record cannot carry one either; ``Bearer`` tokens and ``access_token=`` in URLs are cut.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
 
 import structlog
+from pydantic import SecretStr
+
+REDACTED = "[redacted]"
+NOT_LOGGED = "[not logged]"
+
+# Keys whose value is a secret (matched as a part of the key, case-insensitively).
+_SECRET_KEY = re.compile(
+    r"secret|token|passw|authorization|signature|api_?key|private_?key|cookie|session_?id|"
+    r"credential|assertion|client_secret", re.I)
+# Keys whose value is a Front message's free text (what privacy masks): never logged.
+_FREE_TEXT_KEYS = frozenset({
+    "text", "body", "subject", "conversation_subject", "comment_body", "description",
+    "blurb", "html", "conversation_custom_fields", "custom_fields"})
+# The same built-in rules as streams/_privacy.py (kept here: logging must not import the
+# stream worker).
+_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_US_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=!-]+")
+_URL_SECRET = re.compile(r"(?i)\b(access_token|client_secret|password|token|sig|signature)=[^&\s\"']+")
+_MASK_WITH = "[masked]"
+_extra_patterns: list[re.Pattern[str]] = []
+_mask_with = _MASK_WITH
 
 
-def setup(level: str = "INFO") -> None:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(message)s")
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card(m: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", m.group(0))
+    return _mask_with if 13 <= len(digits) <= 19 and _luhn(digits) else m.group(0)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with card numbers, US SSNs, configured patterns and bearer tokens masked."""
+    if not text:
+        return text
+    if any(ch.isdigit() for ch in text):
+        text = _CARD.sub(_card, text)
+        text = _US_SSN.sub(_mask_with, text)
+    for pattern in _extra_patterns:
+        text = pattern.sub(_mask_with, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return _URL_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def use_privacy(privacy: Any) -> None:
+    """Also mask the deployment's ``privacy.mask_patterns`` (a ``PrivacyConfig``) in logs."""
+    global _mask_with
+    _extra_patterns[:] = [re.compile(p) for p in getattr(privacy, "mask_patterns", [])]
+    _mask_with = str(getattr(privacy, "mask_with", _MASK_WITH))
+
+
+def _clean(key: str, value: Any, depth: int = 0) -> Any:
+    if isinstance(value, SecretStr):
+        return REDACTED
+    if key and _SECRET_KEY.search(key) and value not in (None, "", False):
+        return REDACTED
+    if key.lower() in _FREE_TEXT_KEYS and value not in (None, "", {}, []):
+        return NOT_LOGGED
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if depth > 5:
+        return value if isinstance(value, int | float | bool) or value is None else "[nested]"
+    if isinstance(value, Mapping):
+        return {str(k): _clean(str(k), v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean("", v, depth + 1) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return mask_text(str(value))
+
+
+def redact(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    """structlog processor: see the module docstring. ``event`` (the message) is masked,
+    not dropped."""
+    out: dict[str, Any] = {}
+    for key, value in event_dict.items():
+        if key == "exc_info" or key.startswith("_"):
+            out[key] = value
+        elif key == "event":
+            out[key] = mask_text(str(value))
+        else:
+            out[key] = _clean(key, value)
+    return out
+
+
+class _Formatter(logging.Formatter):
+    """Lines structlog rendered pass as they are; a library's own record (stdlib logging) is
+    rendered the same way: its message, level, logger and time, redacted."""
+
+    def __init__(self, render: Any) -> None:
+        super().__init__()
+        self.render = render
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "_frontforce", False):
+            return record.getMessage()
+        event: dict[str, Any] = {
+            "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        out = redact(None, record.levelname.lower(), event)
+        if isinstance(out.get("exception"), str):
+            out["exception"] = mask_text(out["exception"])
+        return str(self.render(None, record.levelname.lower(), out))
+
+
+_Formatter.converter = time.gmtime  # type: ignore[assignment]
+
+
+def setup(level: str = "INFO", fmt: str | None = None) -> None:
+    """Log to stderr at ``level``, JSON lines (``fmt`` or ``FRONTFORCE_LOG_FORMAT``:
+    ``json``, the default, or ``console`` for key=value lines)."""
+    fmt = (fmt or os.environ.get("FRONTFORCE_LOG_FORMAT", "json")).lower()
+    render: Any = (structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"])
+                   if fmt in ("console", "kv", "text") else structlog.processors.JSONRenderer(default=str))
+
+    def to_stdlib(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        # Rendered here, so a handler installed by someone else (Faust's) prints the line as
+        # it is; ours recognizes it by the mark and adds nothing.
+        if isinstance(event_dict.get("exception"), str):
+            event_dict["exception"] = mask_text(event_dict["exception"])
+        head = {k: event_dict.pop(k) for k in ("timestamp", "level", "logger", "event") if k in event_dict}
+        return (render(logger, method, {**head, **event_dict}),), {"extra": {"_frontforce": True}}
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(render))
+    handler._frontforce = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_frontforce", False):
+            root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for noisy in ("aiokafka", "faust", "mode", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
+            structlog.processors.format_exc_info,
+            redact,
+            to_stdlib,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+@contextmanager
+def bind_correlation(correlation_id: str | None) -> Iterator[None]:
+    """Every log line inside the block carries ``correlation_id`` (the Front event id)."""
+    if not correlation_id:
+        yield
+        return
+    with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+        yield
 
 
 def coords(topic: str, partition: int, offset: int) -> str:

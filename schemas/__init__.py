@@ -19,6 +19,7 @@ SCHEMA_FILES: dict[str, str] = {
     "commands.front": "front_command.avsc",
     "audit": "audit.avsc",
     "deadletter": "deadletter.avsc",
+    "deadletter.redriven": "deadletter_redrive.avsc",
     "source.cursors": "source_cursor.avsc",
     "front.ledger": "sink_ledger.avsc",
     "salesforce.ledger": "sink_ledger.avsc",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import FatalError, InvalidRecordError, RetriableError
 from frontforce.kafka import producer_config
@@ -60,6 +61,8 @@ class AckedProducer:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 self._failed.append((out, err))
+            else:
+                metrics.RECORDS_OUT.labels(out.topic).inc()
 
         while True:
             try:

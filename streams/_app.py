@@ -57,6 +57,7 @@ from faust.streams import _current_event
 from faust.types import EventT, FutureMessage, StreamT, TopicT
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
+from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.kafka import ensure_topics
@@ -404,6 +405,7 @@ def create_app(settings: Settings) -> faust.App:
         }
         # Waited for here (dead letters are rare): raises RetriableError if the dead letter is
         # not stored; then the event is not acked either, and the whole event is tried again.
+        metrics.DEAD_LETTERS.labels(stage).inc()
         out = Outbox()
         await out.send(deadletter, msg.key, serde.encode(topics.deadletter, record))
         await out.delivered()
@@ -411,6 +413,7 @@ def create_app(settings: Settings) -> faust.App:
                     at=f"{msg.topic}[{msg.partition}]@{msg.offset}")
 
     def before_retry(state: RetryCallState) -> None:
+        metrics.RETRIES.labels(state.args[0]).inc()
         event = state.args[1]
         msg = event.message
         log.warning("transient failure, retrying in place (not acknowledged)",
@@ -516,6 +519,8 @@ def create_app(settings: Settings) -> faust.App:
         task = asyncio.ensure_future(acker_guarded())
         try:
             async for batch in manual.noack_take(w.batch_size, within=w.batch_wait_ms / 1000):
+                if batch:
+                    metrics.RECORDS_IN.labels(batch[0].message.topic).inc(len(batch))
                 items: list[tuple[EventT, Outbox]] = []
                 for event in batch:
                     # A take batch is not stream iteration: make each event the current one,
@@ -1197,6 +1202,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # The topics the worker subscribes to must exist first: a Faust worker ignores one that
     # does not until the next rebalance, and never reads a missing global table's changelog.
     ensure_topics(settings)
+    metrics.serve(settings.metrics.worker_port, settings.metrics.host, "worker")
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -38,6 +38,7 @@ from typing import Any, cast
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.serialization import Serde
@@ -76,7 +77,7 @@ class SeenState:
 class Pending:
     """A batch whose records are on their way to the broker."""
 
-    __slots__ = ("batch", "left", "failed", "thens", "since")
+    __slots__ = ("batch", "left", "failed", "thens", "since", "sent")
 
     def __init__(self, batch: list[Message]) -> None:
         self.batch = batch
@@ -84,6 +85,7 @@ class Pending:
         self.failed: dict[int, KafkaError] = {}  # event index -> first delivery error
         self.thens: list[Callable[[], None]] = []
         self.since = time.monotonic()
+        self.sent: dict[str, int] = {}  # records per topic (counted once acknowledged)
 
 
 class FastLane(threading.Thread):
@@ -185,6 +187,7 @@ class FastLane(threading.Thread):
                 self._pipelined(batch)
                 self.cpu_s += time.thread_time() - cpu
                 self.handled += len(batch)
+                metrics.RECORDS_IN.labels(self.topic).inc(len(batch))
             else:
                 self._settle(0)
             if time.monotonic() - self.stats_at >= STATS_S:
@@ -291,6 +294,7 @@ class FastLane(threading.Thread):
         return items
 
     def _dead_letter(self, m: Message, stage: str, exc: BaseException) -> Item:
+        metrics.DEAD_LETTERS.labels(stage).inc()
         log.warning("dead-lettered", stage=stage, error=str(exc),
                     at=f"{m.topic()}[{m.partition()}]@{m.offset()}")
         topics = self.settings.topics
@@ -356,11 +360,14 @@ class FastLane(threading.Thread):
                     self._process(pend.batch)
                 return
             self.inflight.popleft()
-            self._retire(head.batch, head.thens)
+            self._retire(head.batch, head.thens, head.sent)
 
-    def _retire(self, batch: list[Message], thens: list[Callable[[], None]]) -> None:
+    def _retire(self, batch: list[Message], thens: list[Callable[[], None]],
+                sent: dict[str, int] | None = None) -> None:
         for fn in thens:
             fn()
+        for topic, n in (sent or {}).items():
+            metrics.RECORDS_OUT.labels(topic).inc(n)
         for m in batch:
             p, o = int(m.partition() or 0), int(m.offset() or 0)
             self.done[p] = max(self.done.get(p, -1), o)
@@ -402,6 +409,7 @@ class FastLane(threading.Thread):
             if time.monotonic() >= deadline:
                 self._stalled("batch not acknowledged", transient or KafkaException(
                     next(iter(failed.values()), KafkaError(KafkaError._TIMED_OUT))))
+            metrics.RETRIES.labels("route-front-events").inc()
             log.warning("batch not acknowledged; handling it again", errors=len(failed),
                         unflushed=left, retry_in_s=delay)
             time.sleep(delay)
@@ -424,6 +432,7 @@ class FastLane(threading.Thread):
                 self.producer.produce(topic, value, key, on_delivery=done, **kw)
                 if pend is not None:
                     pend.left += 1
+                    pend.sent[topic] = pend.sent.get(topic, 0) + 1
                 return
             except BufferError:
                 self.producer.poll(0.05)

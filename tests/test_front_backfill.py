@@ -7,6 +7,7 @@ separate process."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
 import subprocess
 import sys
@@ -124,7 +125,8 @@ def test_a_backfill_killed_midway_resumes_from_its_cursor(world: World) -> None:
     deadline = time.monotonic() + 90
     # The backfill logs each page once its events and its cursor are acknowledged.
     while time.monotonic() < deadline and proc.poll() is None:
-        if "event='page stored'" in log_path.read_text() and "page=2 " in log_path.read_text():
+        text = log_path.read_text()  # JSON lines (frontforce/logs.py)
+        if '"event": "page stored"' in text and re.search(r'"page": 2[,}]', text):
             break
         time.sleep(0.1)
     assert proc.poll() is None, "backfill finished before it could be killed; slow it down"

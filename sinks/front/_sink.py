@@ -83,6 +83,7 @@ from urllib.parse import quote
 import structlog
 from confluent_kafka import Consumer
 
+from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import FatalError, InvalidRecordError, RetriableError
 from frontforce.front import FrontClient, FrontRequestError
@@ -155,7 +156,7 @@ class FrontSink:
         self.member = GroupMember(consumer, self.topics.commands_front,
                                   gap_budget_s=self.cfg.max_poll_interval_ms / 1000 * GAP_SHARE)
         self.stop_event = threading.Event()
-        self.retry = RetryPolicy(self.cfg.retry_max_s, self._idle)
+        self.retry = RetryPolicy(self.cfg.retry_max_s, self._idle, stage="sink.front")
         self.out = AckedProducer(settings, self.serde, self.member, self.retry)
         self.front = FrontClient(settings.front, sleep=self._idle, max_transient_s=self.cfg.retry_max_s)
         self.ledger = Ledger(settings, self.serde)
@@ -227,6 +228,7 @@ class FrontSink:
         return batch
 
     def process(self, batch: list[Received]) -> None:
+        metrics.RECORDS_IN.labels(self.topics.commands_front).inc(len(batch))
         self.stats["batches"] += 1
         calls_before = self.stats["front_calls"]
         marks = [("start", time.monotonic())]
@@ -802,6 +804,8 @@ class FrontSink:
         self._ledger_write(it, APPLIED, result_id)
         self._audit(it, outcome, result_id, note)
         self.stats["applied" if outcome != "SKIPPED" else "skipped"] += 1
+        if outcome != "SKIPPED":
+            metrics.observe_write("front", it.command)
         it.outcome = outcome
         it.done = True
 
@@ -838,6 +842,7 @@ class FrontSink:
 
     def _dead_letter(self, r: Received, stage: str, reason: str, attempts: int) -> None:
         m = r.msg
+        metrics.DEAD_LETTERS.labels(stage).inc()
         self.out.produce(self.topics.deadletter, m.key(), {
             "original_topic": r.topic,
             "original_partition": r.partition,
@@ -867,4 +872,5 @@ def run_sink(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    metrics.serve(settings.metrics.sink_front_port, settings.metrics.host, "sink-front")
     sink.run()

@@ -25,6 +25,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from frontforce import metrics
 from frontforce.errors import FatalError, RetriableError
 
 T = TypeVar("T")
@@ -32,8 +33,9 @@ log = structlog.get_logger("sinks.salesforce")
 
 class RetryPolicy:
     def __init__(self, max_s: float, sleep: Callable[[float], None],
-                 max_backoff_s: float = 30.0) -> None:
+                 max_backoff_s: float = 30.0, stage: str = "sink.salesforce") -> None:
         self.max_s = max_s
+        self.stage = stage  # the metrics label of its retries
         self.sleep = sleep
         self.max_backoff_s = max_backoff_s
 
@@ -47,6 +49,7 @@ class RetryPolicy:
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
+            metrics.RETRIES.labels(self.stage).inc()
             log.warning("retrying", what=what, attempt=state.attempt_number,
                         wait_s=round(state.upcoming_sleep, 2), error=str(exc))
 

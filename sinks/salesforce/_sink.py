@@ -53,6 +53,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
+from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import (
     BackPressure,
@@ -186,6 +187,7 @@ class SalesforceSink:
                                   gap_budget_s=sink.max_poll_interval_ms / 1000 * GAP_SHARE)
         self.stop_event = threading.Event()
         self.budget = Budget(sink.salesforce_quota_share)
+        metrics.watch_salesforce_budget(self.budget)
         self.retry = RetryPolicy(sink.retry_max_s, self._idle)
         self.out = AckedProducer(settings, self.serde, self.member, self.retry)
         self._pause: tuple[str, Received, float] | None = None  # (pause id, where, since)
@@ -253,6 +255,7 @@ class SalesforceSink:
             self.member.close()
 
     def process(self, batch: list[Received]) -> None:
+        metrics.RECORDS_IN.labels(self.topics.commands_salesforce).inc(len(batch))
         items: list[_Item] = []
         for r in batch:
             if not self.member.owns(r):
@@ -486,6 +489,7 @@ class SalesforceSink:
             self.member.checkpoint(self.timeout_s)
         client = self._conn.client
         self.stats["api_calls"] += 1
+        metrics.API_CALLS.labels("salesforce").inc()
         try:
             result = fn(client)
         except Exception as exc:  # noqa: BLE001 - classified right below
@@ -990,6 +994,7 @@ class SalesforceSink:
         pause_id = f"pause-{uuid.uuid4().hex[:12]}"
         self._pause = (pause_id, at, time.monotonic())
         self.stats["pauses"] += 1
+        metrics.THROTTLED.labels("salesforce").inc()
         log.warning("sink paused: salesforce refuses or budget spent", reason=reason, pause_id=pause_id,
                     at=coords(at.topic, at.partition, at.offset),
                     recheck_s=self.settings.sink.budget_recheck_s)
@@ -1077,12 +1082,15 @@ class SalesforceSink:
             "source_offset": r.offset,
             "at": int(time.time() * 1000),
         })
+        if outcome in ("CREATED", "UPDATED"):
+            metrics.observe_write("salesforce", cmd, r.msg.headers())
         log.info("command applied" if error is None else "command failed", outcome=outcome,
                  record_id=record_id, correlation_id=cmd["origin"]["correlation_id"],
                  at=coords(r.topic, r.partition, r.offset), error=error)
 
     def _dead_letter(self, r: Received, stage: str, exc: BaseException, attempts: int) -> None:
         m = r.msg
+        metrics.DEAD_LETTERS.labels(stage).inc()
         self.out.produce(self.topics.deadletter, m.key(), {
             "original_topic": r.topic,
             "original_partition": r.partition,
@@ -1107,4 +1115,5 @@ def run_sink(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    metrics.serve(settings.metrics.sink_salesforce_port, settings.metrics.host, "sink-salesforce")
     sink.run()

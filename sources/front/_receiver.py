@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import FrontforceError, InvalidRecordError
 from frontforce.kafka import AsyncProducer
@@ -38,8 +42,9 @@ from sources.front._signature import SignatureError, verify_app_webhook, verify_
 
 log = structlog.get_logger("sources.front")
 
-ACCEPTED = Counter("frontforce_webhooks_accepted", "Front webhooks stored on Kafka (2xx)", ["kind"])
-REFUSED = Counter("frontforce_webhooks_refused", "Front webhooks refused, by reason", ["reason"])
+# Defined with every other metric in frontforce.metrics (one name per fact, all processes).
+ACCEPTED = metrics.WEBHOOKS_ACCEPTED
+REFUSED = metrics.WEBHOOKS_REFUSED
 
 
 class Refused(Exception):
@@ -96,7 +101,8 @@ def _obj(value: Any) -> dict[str, Any]:
 
 
 def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serde,
-                        watermark: WebhookWatermark | None = None) -> Starlette:
+                        watermark: WebhookWatermark | None = None,
+                        on_shutdown: Callable[[], None] | None = None) -> Starlette:
     topic = settings.topics.front_events
     app_secret = settings.front.app_secret.get_secret_value().encode()
     rule_secret = (
@@ -127,9 +133,11 @@ def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serd
             return _error(503, "event not stored, retry later", **{"Retry-After": "5"})
         stats["accepted"] += 1
         ACCEPTED.labels(kind).inc()
+        metrics.RECORDS_OUT.labels(topic).inc()
         if watermark is not None:
             watermark.saw(int(event["occurred_at"]))
-        log.info("event stored", event_id=event["event_id"], type=event["front_type"],
+        log.info("event stored", event_id=event["event_id"], correlation_id=event["event_id"],
+                 type=event["front_type"],
                  at=f"{msg.topic()}[{msg.partition()}]@{msg.offset()}")
         return JSONResponse({"status": "stored", "event_id": event["event_id"]})
 
@@ -203,32 +211,79 @@ def create_receiver_app(settings: Settings, producer: AsyncProducer, serde: Serd
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", **stats})
 
-    async def metrics(request: Request) -> Response:
+    async def metrics_page(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                on_shutdown()
 
     return Starlette(routes=[
         Route("/webhooks/front", app_webhook, methods=["POST"]),
         Route("/webhooks/front/rules", rule_webhook, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ])
+        Route("/metrics", metrics_page, methods=["GET"]),
+    ], lifespan=lifespan)
 
 
-def run_receiver(settings: Settings) -> None:
-    import uvicorn
-
+def worker_app(settings: Settings) -> Starlette:
+    """One receiver process's app: its own producer and watermark, both closed (the
+    watermark flushed) when the process shuts down."""
     from frontforce.kafka import producer_config
+    from frontforce.logs import setup, use_privacy
 
+    # A spawned worker starts bare: the same logging, and the same masks, as the CLI's.
+    setup(os.environ.get("FRONTFORCE_LOG_LEVEL", "INFO"))
+    use_privacy(settings.privacy)
     serde = Serde(settings)
     producer = AsyncProducer(producer_config(settings))
     watermark = WebhookWatermark(settings, serde)
-    app = create_receiver_app(settings, producer, serde, watermark)
-    watermark.start()
-    # What Front emitted while we were down comes back from the Events API, in the background.
-    start_gap_fill(settings, serde)
-    try:
-        uvicorn.run(app, host=settings.receiver.host, port=settings.receiver.port,
-                    log_level="warning")
-    finally:
+
+    def close() -> None:
         producer.close()
         watermark.stop()
+
+    app = create_receiver_app(settings, producer, serde, watermark, on_shutdown=close)
+    watermark.start()
+    return app
+
+
+def serve(settings: Settings, app_factory: Callable[[Settings], Any], workers: int) -> None:
+    """Serve ``app_factory(settings)`` on ``receiver.host:port`` with ``workers`` processes.
+
+    Several processes share one listening socket, bound once by this (supervising) process,
+    which restarts a worker that dies; SIGTERM/SIGINT stop them all, each finishing the
+    requests it holds. ``app_factory`` must be picklable (a module-level function): each
+    worker is a fresh interpreter that builds its own app, producer included.
+    """
+    import functools
+
+    import uvicorn
+
+    config = uvicorn.Config(functools.partial(app_factory, settings), factory=True,
+                            host=settings.receiver.host, port=settings.receiver.port,
+                            workers=workers, log_level="warning")
+    if workers <= 1:
+        uvicorn.Server(config).run()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+
+
+def run_receiver(settings: Settings, workers: int | None = None) -> None:
+    """The receiver with ``workers`` processes (default ``receiver.workers``). Each stores its
+    own watermark; the gap-fill runs once, here. Several writers of the watermark cursor may
+    move it back by the few seconds between them: that only widens the next gap-fill window."""
+    serde = Serde(settings)
+    # What Front emitted while we were down comes back from the Events API, in the background.
+    start_gap_fill(settings, serde)
+    serve(settings, worker_app, workers or settings.receiver.workers)

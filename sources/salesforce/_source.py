@@ -41,6 +41,7 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
+from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import BackPressure, FatalError, RetriableError
 from frontforce.kafka import producer_config
@@ -86,6 +87,8 @@ class _Publisher:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._errors.append(err.str())
+        else:
+            metrics.RECORDS_OUT.labels(self.changes_topic).inc()
 
     def _produce(self, topic: str, key: str, value: bytes) -> None:
         while True:
@@ -146,6 +149,7 @@ class TopicSource:
             if self.stop.is_set():
                 return  # the stop cancelled the call: nothing to report
             exc = state.outcome.exception() if state.outcome else None
+            metrics.RETRIES.labels("source.salesforce").inc()
             log.warning("resubscribing", topic=self.topic, attempt=state.attempt_number,
                         wait_s=round(state.upcoming_sleep, 2), error=str(exc))
 
@@ -200,6 +204,7 @@ class TopicSource:
             self._stale_login = login
             raise
         except BackPressure as exc:
+            metrics.THROTTLED.labels("salesforce.pubsub").inc()
             log.warning("event delivery allocation exceeded; pausing", topic=self.topic,
                         wait_s=self.cfg.limit_wait_s, error=str(exc))
             self.stop.wait(self.cfg.limit_wait_s)
@@ -308,6 +313,7 @@ class TopicSource:
         """Produce the changes of ``events`` (not waiting for acknowledgements); returns the
         newest commit time seen (``covered`` if none is newer)."""
         for consumer_event in events:
+            metrics.RECORDS_IN.labels(self.topic).inc()
             event = self.client.decode(consumer_event)
             header = event.header
             commit_ms = int(header["commitTimestamp"])
@@ -377,6 +383,7 @@ def run_source(settings: Settings) -> None:
             failures.append(exc)
             on_signal(signal.SIGTERM, None)
 
+    metrics.serve(settings.metrics.source_salesforce_port, settings.metrics.host, "source-salesforce")
     log.info("salesforce source starting", topics=[s.topic for s in sources],
              cursors={s.topic: s.cursor_position for s in sources})
     threads = [threading.Thread(target=run, args=(s,), name=f"source-{s.topic}", daemon=True)
