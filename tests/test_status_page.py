@@ -84,10 +84,19 @@ class Browser:
         return str(self.script("const e = document.getElementById(arguments[0]);"
                                " return e ? e.textContent : null;", element_id))
 
-    def click(self, css: str) -> None:
-        found = self._call("POST", "/element", {"using": "css selector", "value": css})
-        element = next(iter(found.values()))
-        self._call("POST", f"/element/{element}/click", {})
+    def click(self, css: str, tries: int = 5) -> None:
+        """Find and click; found again when the page re-rendered the element in between
+        (its figures refresh every few seconds: a "stale element reference")."""
+        for attempt in range(tries):
+            found = self._call("POST", "/element", {"using": "css selector", "value": css})
+            element = next(iter(found.values()))
+            try:
+                self._call("POST", f"/element/{element}/click", {})
+                return
+            except RuntimeError as exc:
+                if "stale element" not in str(exc) or attempt == tries - 1:
+                    raise
+                time.sleep(0.2)
 
     def close(self) -> None:
         try:
