@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test lint tools bench drills stack-start stack-stop stack-status clean
+.PHONY: venv demo test lint tools bench bench-tools drills stack-start stack-stop stack-status clean
 
 # Salesforce's Pub/Sub API stubs are generated, not committed: they must match the pinned
 # grpcio/protobuf, and the proto (eventbus/pubsub_api.proto) is the only source of truth.
@@ -58,7 +58,7 @@ test: lint tools
 # Measurements for BENCHMARKS.md (each prints its figures with the command that made them;
 # the outputs are kept in .run/bench/). Minutes each; not part of `make test`.
 BENCH_OUT := .run/bench
-bench: venv
+bench: venv bench-tools
 	bash deploy/stack.sh fetch
 	mkdir -p $(BENCH_OUT)
 	$(BIN)/python bench/worker_throughput.py --events 20000 --contacts 1000 | tee $(BENCH_OUT)/worker_throughput.txt
@@ -69,12 +69,32 @@ bench: venv
 	$(BIN)/python bench/front_backfill.py --rpm 50 --rpm 100 --windows 3 | tee $(BENCH_OUT)/front_backfill.txt
 	$(BIN)/python bench/webhook_to_task.py --messages 1000 --senders 200 --known 160 \
 	  | tee $(BENCH_OUT)/webhook_to_task.txt
+	$(BIN)/python bench/webhook_ingest.py --processes 1 2 4 --duration 20 \
+	  --out $(BENCH_OUT)/webhook_ingest.json | tee $(BENCH_OUT)/webhook_ingest.txt
+	$(BIN)/python bench/latency.py --rates 200 1000 --duration 60 \
+	  --out $(BENCH_OUT)/latency.json | tee $(BENCH_OUT)/latency.txt
+	$(BIN)/python bench/charts.py --ingest $(BENCH_OUT)/webhook_ingest.json \
+	  --latency $(BENCH_OUT)/latency.json --outdir bench/charts
+
+# wrk (Debian package) loads the receiver in bench/webhook_ingest.py.
+bench-tools:
+	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null \
+	  || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }; }
 
 # Fault drills at full size (each starts and stops what it needs, prints what it counted and
 # fails on a loss, a double write or an echo). Too long for `make test`, which runs them small.
+# Each starts its own broker(s) and registry on free ports; one at a time (2 cores). The
+# outputs are kept in .run/drills/.
+DRILL_OUT := .run/drills
 drills: venv tools
 	bash deploy/stack.sh fetch
-	$(BIN)/python -m drills.echo_run --changes 1000
+	mkdir -p $(DRILL_OUT)
+	$(BIN)/python -m drills.echo_run --changes 1000 | tee $(DRILL_OUT)/echo_run.txt
+	$(BIN)/python -m drills.sigkill_run --size 20000 --kills 5 | tee $(DRILL_OUT)/sigkill_run.txt
+	$(BIN)/python -m drills.broker_restart --size 4000 | tee $(DRILL_OUT)/broker_restart.txt
+	$(BIN)/python -m drills.cluster_run --size 4000 | tee $(DRILL_OUT)/cluster_run.txt
+	$(BIN)/python -m drills.outage_run --size 3000 | tee $(DRILL_OUT)/outage_run.txt
 	FRONTFORCE_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q tests/test_receiver.py -k fuzz
 
 stack-start:

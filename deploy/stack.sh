@@ -7,12 +7,22 @@
 #   deploy/stack.sh start    fetch if needed, start both, wait until they answer (idempotent)
 #   deploy/stack.sh stop     stop registry then Kafka (SIGTERM, bounded wait, SIGKILL)
 #   deploy/stack.sh status   print state; exit 0 only if both are up and answering
+#   deploy/stack.sh stop ROLE...   stop only these: kafka (every broker), kafkaN (broker N
+#                            alone: kafka1 is node 1, the single node), registry. `start` then
+#                            starts again whatever is not running, on the same state (drills)
 #
 # Knobs (environment):
 #   FRONTFORCE_CACHE       download cache (default $HOME/.cache/frontforce)
 #   FRONTFORCE_STATE       data, config, logs, pid files (default <repo>/.run/stack)
 #   KAFKA_PORT             PLAINTEXT listener (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener (default 9093)
+#   KAFKA_NODES            brokers (default 1). 3: a KRaft cluster on loopback, every node
+#                          broker+controller, replication factor 3, min.insync.replicas=2
+#                          (2 nodes: 2 and 1); node 1 is the single node's `kafka` role,
+#                          state, config and log, nodes 2.. are kafka2.. beside it
+#   KAFKA_PORTS / KAFKA_CONTROLLER_PORTS  the nodes' ports, comma-separated (default: from
+#                          KAFKA_PORT / KAFKA_CONTROLLER_PORT in steps of 2: 9092,9094,9096
+#                          and 9093,9095,9097)
 #   REGISTRY_PORT          registry HTTP port (default 8081)
 #   REGISTRY_MGMT_PORT     registry management interface (/health, /metrics); default 0 =
 #                          a free port picked at start (printed in registry.log)
@@ -46,6 +56,10 @@ FRONTFORCE_CACHE="${FRONTFORCE_CACHE:-$HOME/.cache/frontforce}"
 FRONTFORCE_STATE="${FRONTFORCE_STATE:-$REPO_DIR/.run/stack}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_NODES="${KAFKA_NODES:-1}"
+[[ "$KAFKA_NODES" =~ ^[1-9]$ ]] || { echo "[stack] ERROR: KAFKA_NODES must be 1..9" >&2; exit 1; }
+KAFKA_PORTS="${KAFKA_PORTS:-}"
+KAFKA_CONTROLLER_PORTS="${KAFKA_CONTROLLER_PORTS:-}"
 REGISTRY_PORT="${REGISTRY_PORT:-8081}"
 REGISTRY_MGMT_PORT="${REGISTRY_MGMT_PORT:-0}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
@@ -71,7 +85,37 @@ REGISTRY_WORK="$FRONTFORCE_STATE/registry"
 KAFKA_LOG="$LOG_DIR/kafka.log"            # log4j2 output of the broker
 KAFKA_OUT="$LOG_DIR/kafka.out"            # JVM stdout/stderr (crashes before logging starts)
 REGISTRY_LOG="$LOG_DIR/registry.log"      # Quarkus console log (stdout/stderr)
-BOOTSTRAP="$HOST:$KAFKA_PORT"
+
+# ---------------------------------------------------------------- kafka nodes
+# node_port N / node_ctrl_port N: node N's listener ports (node 1: KAFKA_PORT, KAFKA_CONTROLLER_PORT)
+node_port() {
+    if [[ -n "$KAFKA_PORTS" ]]; then cut -d, -f"$1" <<<"$KAFKA_PORTS"; else echo $((KAFKA_PORT + 2 * ($1 - 1))); fi
+}
+node_ctrl_port() {
+    if [[ -n "$KAFKA_CONTROLLER_PORTS" ]]; then cut -d, -f"$1" <<<"$KAFKA_CONTROLLER_PORTS"
+    else echo $((KAFKA_CONTROLLER_PORT + 2 * ($1 - 1))); fi
+}
+if [[ -n "$KAFKA_PORTS" ]]; then KAFKA_PORT="$(node_port 1)"; fi
+if [[ -n "$KAFKA_CONTROLLER_PORTS" ]]; then KAFKA_CONTROLLER_PORT="$(node_ctrl_port 1)"; fi
+# The node the kafka functions act on: select_node N sets its role, ports, data, config and
+# logs. Node 1 has the single node's names (role kafka, kafka/data, server.properties).
+select_node() {
+    NODE="$1"
+    local sfx=""; (( NODE > 1 )) && sfx="$NODE"
+    KAFKA_ROLE="kafka$sfx"
+    NODE_PORT="$(node_port "$NODE")"
+    NODE_CTRL_PORT="$(node_ctrl_port "$NODE")"
+    [[ "$NODE_PORT" =~ ^[0-9]+$ && "$NODE_CTRL_PORT" =~ ^[0-9]+$ ]] || die "no ports for kafka node $NODE (KAFKA_PORTS / KAFKA_CONTROLLER_PORTS)"
+    KAFKA_DATA="$FRONTFORCE_STATE/kafka$sfx/data"
+    KAFKA_LOG="$LOG_DIR/kafka$sfx.log"
+    KAFKA_OUT="$LOG_DIR/kafka$sfx.out"
+    KAFKA_CONF="$CONF_DIR/server${sfx:+-$sfx}.properties"
+    KAFKA_LOG4J="$CONF_DIR/kafka$sfx-log4j2.properties"
+}
+BOOTSTRAP=""
+for ((n = 1; n <= KAFKA_NODES; n++)); do BOOTSTRAP+="${BOOTSTRAP:+,}$HOST:$(node_port "$n")"; done
+unset n
+CLUSTER_ID_FILE="$FRONTFORCE_STATE/kafka/cluster.id"
 REGISTRY_BASE="http://$HOST:$REGISTRY_PORT"
 REGISTRY_URL="$REGISTRY_BASE/apis/ccompat/v7"
 
@@ -265,13 +309,13 @@ python_ok() {
 }
 
 kafka_answers() {
-    port_open "$KAFKA_PORT" || return 1
+    port_open "$NODE_PORT" || return 1
     python_ok || return 0   # TCP only when no python with confluent_kafka is around
-    "$FRONTFORCE_PYTHON" - "$BOOTSTRAP" <<'PY' 2>/dev/null
+    "$FRONTFORCE_PYTHON" - "$HOST:$NODE_PORT" "$NODE" <<'PY' 2>/dev/null
 import sys
 from confluent_kafka.admin import AdminClient
 md = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=5)
-sys.exit(0 if md.brokers and md.controller_id is not None else 1)
+sys.exit(0 if md.brokers and int(sys.argv[2]) in md.brokers and md.controller_id is not None else 1)
 PY
 }
 
@@ -365,29 +409,42 @@ stop_role() {  # role timeout
 }
 
 # ================================================================= kafka
+# Replication of the broker's defaults and internal topics: one replica on a single node;
+# on a cluster of 3 or more, 3 replicas and min.insync.replicas=2 (a write acknowledged with
+# acks=all survives the loss of any one broker, and one broker may be down for writes to go on).
+replication_props() {
+    local rf=1 isr=1
+    if (( KAFKA_NODES >= 3 )); then rf=3; isr=2; elif (( KAFKA_NODES == 2 )); then rf=2; fi
+    if (( KAFKA_NODES == 1 )); then echo "# single node: every internal topic has one replica"
+    else echo "# cluster of $KAFKA_NODES: replication factor $rf, min.insync.replicas $isr"; fi
+    printf '%s\n' \
+        "offsets.topic.replication.factor=$rf" \
+        "offsets.topic.num.partitions=10" \
+        "transaction.state.log.replication.factor=$rf" \
+        "transaction.state.log.min.isr=$isr" \
+        "share.coordinator.state.topic.replication.factor=$rf" \
+        "share.coordinator.state.topic.min.isr=$isr" \
+        "default.replication.factor=$rf" \
+        "min.insync.replicas=$isr"
+}
+
 write_kafka_config() {
     mkdir -p "$CONF_DIR" "$LOG_DIR" "$KAFKA_DATA"
-    cat > "$CONF_DIR/server.properties" <<EOF
+    local voters="" n
+    for ((n = 1; n <= KAFKA_NODES; n++)); do voters+="${voters:+,}$n@$HOST:$(node_ctrl_port "$n")"; done
+    cat > "$KAFKA_CONF" <<EOF
 # generated by deploy/stack.sh at each start; edit the script, not this file
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+node.id=$NODE
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://$HOST:$NODE_PORT,CONTROLLER://$HOST:$NODE_CTRL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$NODE_PORT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$KAFKA_DATA
 
-# single node: every internal topic has one replica
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-default.replication.factor=1
-min.insync.replicas=1
+$(replication_props)
 
 auto.create.topics.enable=true
 num.partitions=3
@@ -399,7 +456,7 @@ num.io.threads=4
 num.recovery.threads.per.data.dir=1
 log.retention.hours=168
 EOF
-    cat > "$CONF_DIR/kafka-log4j2.properties" <<EOF
+    cat > "$KAFKA_LOG4J" <<EOF
 # generated by deploy/stack.sh
 status = warn
 name = frontforce-kafka
@@ -429,14 +486,14 @@ EOF
 
 kafka_java_opts() {
     printf '%s\n' \
-        "$(marker kafka)" \
+        "$(marker "$KAFKA_ROLE")" \
         "-Xms64m" "-Xmx$KAFKA_HEAP" \
         -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
         -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
         -Djava.awt.headless=true \
         -Dlog4j2.shutdownHookEnabled=false \
         "-Dkafka.logs.dir=$LOG_DIR" \
-        "-Dlog4j2.configurationFile=$CONF_DIR/kafka-log4j2.properties"
+        "-Dlog4j2.configurationFile=$KAFKA_LOG4J"
     local extra; read -r -a extra <<<"$KAFKA_JAVA_OPTS"
     (( ${#extra[@]} )) && printf '%s\n' "${extra[@]}"
     return 0
@@ -444,37 +501,81 @@ kafka_java_opts() {
 
 format_kafka_storage() {
     [[ -f "$KAFKA_DATA/meta.properties" ]] && return 0
-    local cid
-    cid="$("$JAVA" -cp "$KAFKA_HOME/libs/*" "-Dlog4j2.configurationFile=$CONF_DIR/kafka-log4j2.properties" \
-        kafka.tools.StorageTool random-uuid 2>>"$KAFKA_OUT" | tail -n1)"
+    local cid=""
+    # the nodes of a cluster share node 1's cluster id (node 1 is formatted first)
+    if (( NODE > 1 )) && [[ -f "$CLUSTER_ID_FILE" ]]; then cid="$(cat "$CLUSTER_ID_FILE")"; fi
+    if [[ -z "$cid" ]]; then
+        cid="$("$JAVA" -cp "$KAFKA_HOME/libs/*" "-Dlog4j2.configurationFile=$KAFKA_LOG4J" \
+            kafka.tools.StorageTool random-uuid 2>>"$KAFKA_OUT" | tail -n1)"
+    fi
     [[ "$cid" =~ ^[A-Za-z0-9_-]{22}$ ]] || die "could not generate a cluster id (got '$cid'); see $KAFKA_OUT"
     log "formatting kafka storage in $KAFKA_DATA (cluster id $cid)"
-    "$JAVA" -cp "$KAFKA_HOME/libs/*" "-Dlog4j2.configurationFile=$CONF_DIR/kafka-log4j2.properties" \
-        kafka.tools.StorageTool format -t "$cid" -c "$CONF_DIR/server.properties" >>"$KAFKA_OUT" 2>&1 \
+    "$JAVA" -cp "$KAFKA_HOME/libs/*" "-Dlog4j2.configurationFile=$KAFKA_LOG4J" \
+        kafka.tools.StorageTool format -t "$cid" -c "$KAFKA_CONF" >>"$KAFKA_OUT" 2>&1 \
         || { tail_log "$KAFKA_OUT"; die "kafka storage format failed; see $KAFKA_OUT"; }
-    echo "$cid" > "$FRONTFORCE_STATE/kafka/cluster.id"
+    if (( NODE == 1 )); then echo "$cid" > "$CLUSTER_ID_FILE"; fi
 }
 
-start_kafka() {
-    local pid
-    pid="$(running_pid kafka)"
-    if [[ -n "$pid" ]]; then
-        if kafka_answers; then log "kafka already running (pid $pid) on $BOOTSTRAP"; return 0; fi
-        log "kafka running (pid $pid) but not answering yet; waiting"
-        wait_ready kafka "$KAFKA_START_TIMEOUT" kafka_answers "$KAFKA_LOG"
-        return 0
-    fi
-    port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is in use by a process that is not this stack's Kafka (FRONTFORCE_STATE=$FRONTFORCE_STATE)"
-    port_open "$KAFKA_CONTROLLER_PORT" && die "port $KAFKA_CONTROLLER_PORT (controller) is in use by another process"
+# Launch the selected node unless it runs: 0 = launched, 1 = it was running already.
+launch_kafka_node() {
+    [[ -n "$(running_pid "$KAFKA_ROLE")" ]] && return 1
+    port_open "$NODE_PORT" && die "port $NODE_PORT is in use by a process that is not this stack's Kafka (FRONTFORCE_STATE=$FRONTFORCE_STATE)"
+    port_open "$NODE_CTRL_PORT" && die "port $NODE_CTRL_PORT (controller) is in use by another process"
     write_kafka_config
     format_kafka_storage
     local opts; mapfile -t opts < <(kafka_java_opts)
-    log "starting kafka $KAFKA_VERSION on $BOOTSTRAP (controller $HOST:$KAFKA_CONTROLLER_PORT, heap $KAFKA_HEAP); log: $KAFKA_LOG"
-    local t0=$SECONDS
+    log "starting $KAFKA_ROLE $KAFKA_VERSION on $HOST:$NODE_PORT (controller $HOST:$NODE_CTRL_PORT, heap $KAFKA_HEAP); log: $KAFKA_LOG"
     echo "=== $(date -u +%FT%TZ) start" >>"$KAFKA_OUT"
-    launch kafka "$KAFKA_OUT" "$JAVA" "${opts[@]}" -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$CONF_DIR/server.properties"
-    wait_ready kafka "$KAFKA_START_TIMEOUT" kafka_answers "$KAFKA_LOG"
-    log "kafka up after $((SECONDS - t0))s (pid $(running_pid kafka))"
+    launch "$KAFKA_ROLE" "$KAFKA_OUT" "$JAVA" "${opts[@]}" -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$KAFKA_CONF"
+    return 0
+}
+
+# Every node first, then the waits: a node of a cluster answers only once a quorum of its
+# controllers runs. A node already up is left alone (start after `stop kafka2` starts kafka2).
+start_kafka() {
+    local n t0=$SECONDS launched=" " pid
+    mkdir -p "$RUN_DIR"
+    # remembered (the largest seen) so that `stop` and `status` find every node later
+    local seen; seen="$(known_nodes)"; echo "$seen" > "$RUN_DIR/kafka.nodes"
+    for ((n = 1; n <= KAFKA_NODES; n++)); do
+        select_node "$n"
+        if launch_kafka_node; then launched+="$n "; fi
+    done
+    for ((n = 1; n <= KAFKA_NODES; n++)); do
+        select_node "$n"
+        if [[ "$launched" != *" $n "* ]]; then
+            pid="$(running_pid "$KAFKA_ROLE")"
+            if kafka_answers; then log "$KAFKA_ROLE already running (pid $pid) on $HOST:$NODE_PORT"; continue; fi
+            log "$KAFKA_ROLE running (pid $pid) but not answering yet; waiting"
+        fi
+        wait_ready "$KAFKA_ROLE" "$KAFKA_START_TIMEOUT" kafka_answers "$KAFKA_LOG"
+        [[ "$launched" == *" $n "* ]] && log "$KAFKA_ROLE up after $((SECONDS - t0))s (pid $(running_pid "$KAFKA_ROLE"))"
+    done
+    select_node 1
+}
+
+# Nodes this state dir may run: KAFKA_NODES, or more if a cluster was started on it.
+known_nodes() {
+    local recorded=1
+    [[ -f "$RUN_DIR/kafka.nodes" ]] && recorded="$(cat "$RUN_DIR/kafka.nodes")"
+    [[ "$recorded" =~ ^[1-9]$ ]] || recorded=1
+    echo $(( recorded > KAFKA_NODES ? recorded : KAFKA_NODES ))
+}
+
+stop_kafka() {  # [node]: one node, else every node (last first)
+    local n
+    if [[ -n "${1:-}" ]]; then select_node "$1"; stop_role "$KAFKA_ROLE" "$KAFKA_STOP_TIMEOUT"; select_node 1; return; fi
+    local nodes; nodes="$(known_nodes)"
+    if (( nodes == 1 )); then stop_role kafka "$KAFKA_STOP_TIMEOUT"; return; fi
+    # A cluster's nodes stop together: one by one, the last ones wait for a quorum of
+    # controllers that is already gone and are killed only after KAFKA_STOP_TIMEOUT.
+    local pids=()
+    for ((n = nodes; n >= 1; n--)); do
+        ( select_node "$n"; stop_role "$KAFKA_ROLE" "$KAFKA_STOP_TIMEOUT" ) & pids+=("$!")
+    done
+    local rc=0 p; for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    select_node 1
+    return "$rc"
 }
 
 # ================================================================= registry
@@ -578,22 +679,39 @@ cmd_start() {
     return 0
 }
 
-cmd_stop() {
+cmd_stop() {  # [role...]: kafka, kafkaN, registry; none: everything
     lock_state
-    stop_role registry "$REGISTRY_STOP_TIMEOUT"
-    stop_role kafka "$KAFKA_STOP_TIMEOUT"
+    if (( $# == 0 )); then
+        stop_role registry "$REGISTRY_STOP_TIMEOUT"
+        stop_kafka
+        return
+    fi
+    local role
+    for role in "$@"; do
+        case "$role" in
+            registry) stop_role registry "$REGISTRY_STOP_TIMEOUT" ;;
+            kafka) stop_kafka ;;
+            kafka[1-9]) stop_kafka "${role#kafka}" ;;
+            *) die "stop: unknown role '$role' (kafka, kafkaN, registry)" ;;
+        esac
+    done
 }
 
 cmd_status() {
-    local ok=0 pid
-    pid="$(running_pid kafka)"
-    if [[ -n "$pid" ]] && kafka_answers; then
-        echo "kafka:    up    pid $pid  bootstrap $BOOTSTRAP"
-    elif [[ -n "$pid" ]]; then
-        echo "kafka:    NOT ANSWERING  pid $pid  (log: $KAFKA_LOG)"; ok=1
-    else
-        echo "kafka:    down"; ok=1
-    fi
+    local ok=0 pid n nodes
+    nodes="$(known_nodes)"
+    for ((n = 1; n <= nodes; n++)); do
+        select_node "$n"
+        pid="$(running_pid "$KAFKA_ROLE")"
+        if [[ -n "$pid" ]] && kafka_answers; then
+            printf '%-9s up    pid %s  bootstrap %s\n' "$KAFKA_ROLE:" "$pid" "$( (( nodes > 1 )) && echo "$HOST:$NODE_PORT" || echo "$BOOTSTRAP")"
+        elif [[ -n "$pid" ]]; then
+            printf '%-9s NOT ANSWERING  pid %s  (log: %s)\n' "$KAFKA_ROLE:" "$pid" "$KAFKA_LOG"; ok=1
+        else
+            printf '%-9s down\n' "$KAFKA_ROLE:"; ok=1
+        fi
+    done
+    select_node 1
     pid="$(running_pid registry)"
     if [[ -n "$pid" ]] && registry_answers; then
         echo "registry: up    pid $pid  url $REGISTRY_URL"
@@ -610,10 +728,11 @@ usage() {
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 }
 
+select_node 1
 case "${1:-}" in
     fetch)  cmd_fetch ;;
     start)  cmd_start ;;
-    stop)   cmd_stop ;;
+    stop)   shift; cmd_stop "$@" ;;
     status) cmd_status ;;
     -h|--help|help) usage ;;
     *) usage >&2; exit 2 ;;

@@ -1,0 +1,347 @@
+"""Latency webhook -> Salesforce Task, per event, at fixed rates, the full pipeline running.
+
+    .venv/bin/python bench/latency.py --rates 200 1000 --duration 60
+
+Starts its own stack (free ports, throw-away state): Kafka, the registry, the Salesforce
+emulator with ``--contacts`` Contacts (the snapshot loaded), its daily API allocation raised
+so that quota is never the limit, and a latency rule on every public request: each call is
+held ``--sf-before-ms`` before it is served (the write lands then) and its answer
+``--sf-after-ms`` after (``/__admin/faults`` "latency", phases before/after). Then the
+receiver (``--receiver-workers`` processes), one stream worker and the Salesforce sink.
+
+For each rate, an open-loop sender (asyncio + aiohttp, ``--connections`` connections at
+most) sends inbound-message webhooks from known Contacts at ``rate``/s for ``--duration``
+seconds, each signed at its send time. Per event the latency is the emulator's stored
+``CreatedDate`` of its Task (milliseconds) minus the moment the webhook was due to be sent
+(the schedule, so that a sender or receiver falling behind counts against the pipeline,
+not hidden by it; how late the sender actually was is printed too). Consumer-group lag of
+the worker (front.events + the re-key topic) and of the sink (commands.salesforce) is
+sampled every second from the first webhook until every Task is written (or ``--timeout``).
+
+A rate the pipeline cannot drain shows as latency growing with the send time and lag
+growing during the run: the figures are then those of this run's length, not a steady
+state (the JSON says so: ``keeps_up``). Prints one JSON line; ``--out`` keeps the samples
+for bench/charts.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import yaml
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from emulators.front import WebhookEmitter, inbound_email_event
+from emulators.scenario import Person, people, seed_salesforce
+from frontforce.lag import describe_lag, wait_settled
+from frontforce.localstack import LocalStack, Ports, free_port
+from sources.front._signature import sign_app_webhook
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, max(0, int(round(q * len(s))) - 1))], 1)
+
+
+class LagSampler:
+    """Lag of some consumer groups every ``interval_s``, with long-lived clients."""
+
+    def __init__(self, bootstrap: str, groups: dict[str, list[str]], interval_s: float = 1.0):
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency-probe",
+                               "enable.auto.commit": False})
+        md = self.admin.list_topics(timeout=10).topics
+        self.groups = {g: [TopicPartition(t, p) for t in ts if t in md for p in md[t].partitions]
+                       for g, ts in groups.items()}
+        self.interval_s = interval_s
+        self.t0 = 0.0
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def lag(self) -> dict[str, int]:
+        out = {}
+        for group, tps in self.groups.items():
+            fut = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in fut[group].result(timeout=10).topic_partitions}
+            total = 0
+            for tp in tps:
+                low, high = self.probe.get_watermark_offsets(tp, timeout=10)
+                pos = committed.get((tp.topic, tp.partition), -1)
+                behind = high - (pos if pos >= 0 else low)
+                total += behind
+                key = f"{group}|{tp.topic}"
+                out[key] = out.get(key, 0) + behind
+            out[group] = total
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append({"t": round(time.time() - self.t0, 2), **self.lag()})
+            except Exception as exc:  # noqa: BLE001 - a missed sample is not worth failing for
+                say(f"lag sample failed: {exc}")
+            self._stop.wait(self.interval_s)
+
+    def start(self, t0: float) -> None:
+        self.t0, self.samples = t0, []
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def close(self) -> None:
+        self.probe.close()
+        del self.admin  # its threads go with it, before the broker does
+
+
+async def send_all(url: str, secret: bytes, bodies: list[bytes], rate: float,
+                   connections: int) -> tuple[float, list[float], list[float], list[int]]:
+    """Open loop: body i is due at t0 + i / rate. Returns t0 (epoch s), how late each send
+    started (s), each answer's time after t0 (s) and each status (0: no answer)."""
+    n = len(bodies)
+    late = [0.0] * n
+    answered = [0.0] * n
+    status = [0] * n
+    conn = aiohttp.TCPConnector(limit=connections)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        loop = asyncio.get_running_loop()
+        mono0 = loop.time() + 0.2
+        epoch0 = time.time() + (mono0 - loop.time())
+
+        async def one(i: int) -> None:
+            late[i] = loop.time() - (mono0 + i / rate)
+            ts = str(int(time.time() * 1000))
+            headers = {"content-type": "application/json", "x-front-request-timestamp": ts,
+                       "x-front-signature": sign_app_webhook(secret, ts, bodies[i])}
+            try:
+                async with session.post(url, data=bodies[i], headers=headers) as resp:
+                    await resp.read()
+                    status[i] = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                status[i] = 0
+            answered[i] = loop.time() - mono0
+
+        tasks = []
+        for i in range(n):
+            wait = mono0 + i / rate - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return epoch0, late, answered, status
+
+
+def start_pipeline(stack: LocalStack, receiver_workers: int) -> None:
+    """Receiver, worker and Salesforce sink: the path webhook -> Task, nothing else."""
+    stack.spawn("worker", "worker")
+    stack.spawn("sink-salesforce", "sink", "salesforce")
+    stack.spawn("receiver", "receiver", "--workers", str(receiver_workers))
+    deadline = time.monotonic() + 300  # a busy machine starts interpreters slowly
+    while time.monotonic() < deadline:
+        for name, proc in stack.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {stack.logs}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{stack.ports.receiver}/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"receiver did not answer; see {stack.logs}")
+
+
+def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known: list[Person],
+             rate: float, args: argparse.Namespace, sink_group: str) -> dict[str, Any]:
+    run = f"lat{int(rate)}x"
+    n = int(rate * args.duration)
+    emitter = WebhookEmitter(stack.receiver_url, stack.app_secret.encode())
+    now = time.time()
+    bodies = [emitter.body_for(inbound_email_event(
+        base_url="https://acme.api.frontapp.com", event_id=f"evt_{run}{i}",
+        conversation_id=f"cnv_{run}{i % 2000}", message_id=f"msg_{run}{i}", inbox_id="inb_1",
+        sender=known[i % len(known)].email, sender_name=None, to="support@acme.example",
+        subject="Benchmark", text="x" * 400, emitted_at=now)) for i in range(n)]
+    emitter.close()
+    say(f"{rate:g}/s for {args.duration:g} s: {n} webhooks")
+    sampler.start(time.time())
+    epoch0, late, answered, status = asyncio.run(send_all(
+        stack.receiver_url, stack.app_secret.encode(), bodies, rate, args.connections))
+    accepted = {f"msg_{run}{i}": epoch0 + i / rate for i in range(n) if 200 <= status[i] < 300}
+    say(f"sent: {len(accepted)} accepted, {n - len(accepted)} refused or failed; "
+        f"last answer {max(answered):.1f} s after the first send; waiting for the Tasks")
+    deadline = time.monotonic() + args.timeout
+    written: dict[str, float] = {}
+    said = time.monotonic()
+    while time.monotonic() < deadline:
+        lag = {k: v for k, v in (sampler.samples[-1] if sampler.samples else {}).items()
+               if k != "t" and "|" not in k}
+        if time.monotonic() - said > 15:
+            say(f"lag {lag}")
+            said = time.monotonic()
+        # Reading every Task is heavy for the emulator: only once the sink has caught up.
+        if lag.get(sink_group, 0) == 0:
+            tasks = admin.get("/__admin/records/Task").json()["records"]
+            written = {t["Front_Message_Id__c"]: datetime.strptime(
+                t["CreatedDate"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+                for t in tasks if str(t.get("Front_Message_Id__c") or "").startswith(f"msg_{run}")}
+            if set(accepted) <= set(written):
+                break
+        time.sleep(2.0)
+    sampler.stop()
+    for name, proc in stack.procs.items():
+        if proc.poll() is not None:
+            say(f"{name} exited with {proc.returncode}")
+    missing = len(set(accepted) - set(written))
+    if missing:
+        say(f"{missing} Tasks not written within {args.timeout:g} s; "
+            f"lag {describe_lag(stack.bootstrap, stack.worker_groups)}")
+    # per event: (due time after t0, latency)
+    per_event = sorted((accepted[m] - epoch0, (written[m] - accepted[m]) * 1000)
+                        for m in accepted if m in written)
+    lat = [ms for _, ms in per_event]
+    # The receiver's answer, from the moment each webhook was due (Front's deadline: ~5 s).
+    answer_ms = [(answered[i] - i / rate) * 1000 for i in range(n) if status[i]]
+    # Keeping up: the last tenth of the sends is not slower than the first tenth by more
+    # than a second (a backlog adds its drain time to every later event).
+    tenth = max(1, len(per_event) // 10)
+    first_p50 = pct([ms for _, ms in per_event[:tenth]], 0.5) or 0.0
+    last_p50 = pct([ms for _, ms in per_event[-tenth:]], 0.5) or 0.0
+    done_at = max(written[m] for m in accepted if m in written) - epoch0 if per_event else None
+    return {
+        "rate": rate, "duration_s": args.duration, "sent": n, "accepted": len(accepted),
+        "refused_or_failed": n - len(accepted), "tasks_written": len(per_event),
+        "missing": missing,
+        "send_late_ms_p99": round(sorted(late)[int(0.99 * (n - 1))] * 1000, 1),
+        "receiver_answer_last_s": round(max(answered), 1),
+        "answer_ms_p50": pct(answer_ms, 0.5), "answer_ms_p99": pct(answer_ms, 0.99),
+        "answers_over_5s": sum(1 for ms in answer_ms if ms > 5000),
+        "no_answer": sum(1 for x in status if x == 0),
+        "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "p999_ms": pct(lat, 0.999),
+        "max_ms": round(max(lat), 1) if lat else None,
+        "first_tenth_p50_ms": first_p50, "last_tenth_p50_ms": last_p50,
+        "keeps_up": bool(per_event) and not missing and last_p50 - first_p50 < 1000,
+        "last_task_after_first_send_s": round(done_at, 1) if done_at is not None else None,
+        "events": [(round(t, 3), round(ms, 1)) for t, ms in per_event],
+        "lag": sampler.samples,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", type=float, nargs="+", default=[200.0, 1000.0])
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of sending per rate")
+    ap.add_argument("--contacts", type=int, default=1000, help="known Contacts seeded")
+    ap.add_argument("--connections", type=int, default=256, help="sender connections at most")
+    ap.add_argument("--receiver-workers", type=int, default=2, help="receiver processes")
+    ap.add_argument("--sf-before-ms", type=float, default=150.0,
+                    help="emulator latency before serving each call (the write lands after it)")
+    ap.add_argument("--sf-after-ms", type=float, default=50.0,
+                    help="emulator latency between the write and its answer")
+    ap.add_argument("--batch-wait-ms", type=int, default=None,
+                    help="sink.batch_wait_ms for this run (default: the config's default)")
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds to wait for every Task after the last webhook")
+    ap.add_argument("--out", type=Path, default=None, help="JSON with the samples (for charts)")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out
+    state = Path(tempfile.mkdtemp(prefix="ff-bench-lat-"))
+    stack = LocalStack(state_dir=state, ports=Ports(
+        kafka=free_port(), controller=free_port(), registry=free_port(),
+        salesforce=free_port(), receiver=free_port()), persist=False)
+    results = []
+    try:
+        say(f"state in {state}; starting Kafka, registry, Salesforce emulator")
+        stack.start_infra()
+        stack.start_salesforce()
+        stack.write_config()
+        path = state / "frontforce.yaml"
+        if args.batch_wait_ms is not None:
+            conf = yaml.safe_load(path.read_text())
+            conf.setdefault("sink", {})["batch_wait_ms"] = args.batch_wait_ms
+            path.write_text(yaml.safe_dump(conf, sort_keys=False))
+        settings = stack.settings()
+        stack.frontforce("setup")
+        known = people(args.contacts, seed=31)
+        assert stack.ca_file is not None
+        seed_salesforce(stack.salesforce_url, str(stack.ca_file), known)
+        admin = httpx.Client(base_url=stack.salesforce_url, timeout=120,
+                             verify=ssl.create_default_context(cafile=str(stack.ca_file)))
+        admin.post("/__admin/config", json={"daily_limit": 100_000_000}).raise_for_status()
+        stack.frontforce("load", "salesforce")
+        rules = []
+        if args.sf_before_ms > 0:
+            rules.append({"match": {"path_regex": "^/services/"}, "fault": "latency",
+                          "ms": args.sf_before_ms})
+        if args.sf_after_ms > 0:
+            rules.append({"match": {"path_regex": "^/services/"}, "fault": "latency",
+                          "ms": args.sf_after_ms, "phase": "after"})
+        if rules:
+            admin.post("/__admin/faults", json={"rules": rules}).raise_for_status()
+        say(f"starting receiver (x{args.receiver_workers}), worker, sink "
+            f"(sink.batch_wait_ms={settings.sink.batch_wait_ms}); "
+            f"Salesforce latency {args.sf_before_ms:g} + {args.sf_after_ms:g} ms")
+        start_pipeline(stack, args.receiver_workers)
+        groups = {stack.app_id: stack.worker_groups[stack.app_id][:2]}
+        assert wait_settled(stack.bootstrap, groups, 120)
+        # Every group of the path, as the local stack knows them (the worker's groups change
+        # with its design: whichever reads front.events, the re-key topics, the sink's).
+        lag_groups = {g: ts for g, ts in stack.worker_groups.items() if g != f"{stack.app_id}-sink-front"}
+        sampler = LagSampler(stack.bootstrap, lag_groups)
+        for rate in args.rates:
+            r = run_rate(stack, admin, sampler, known, rate, args, settings.sink.group_id)
+            say(f"{rate:g}/s: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms,"
+                f" max {r['max_ms']} ms; keeps up: {r['keeps_up']}")
+            results.append(r)
+            wait_settled(stack.bootstrap, stack.worker_groups, args.timeout)
+        sampler.close()
+        stats = admin.get("/__admin/stats").json()
+    finally:
+        stack.stop_all()
+    summary = [{k: v for k, v in r.items() if k not in ("events", "lag")} for r in results]
+    out = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "bench/latency.py " + " ".join(sys.argv[1:]),
+        "cores": os.cpu_count(), "load": os.getloadavg(),
+        "receiver_workers": args.receiver_workers,
+        "salesforce_latency_ms": {"before": args.sf_before_ms, "after": args.sf_after_ms},
+        "sink_batch_wait_ms": settings.sink.batch_wait_ms,
+        "salesforce_api_calls": stats["api_calls"],
+        "groups": {g: ("sink" if g == settings.sink.group_id else "worker") for g in lag_groups},
+        "results": summary,
+    }
+    print(json.dumps(out))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**out, "runs": results}))
+
+
+if __name__ == "__main__":
+    main()
