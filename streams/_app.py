@@ -623,7 +623,7 @@ def create_app(settings: Settings) -> faust.App:
                 await out.send(front_commands, account_id.encode(), serde.encode(
                     topics.commands_front,
                     account_command(account_id, ctx, shown, domain, str(source),
-                                    f"{sent_version or '-'}->{version}")))
+                                    f"{sent_version or '-'}->{version}@{source}")))
             contact_fields = {"Salesforce account": fields.get("Name"), **shown}
             for cid, contact in ctx["contacts"].items():
                 email = contact["fields"].get("Email")
@@ -634,7 +634,7 @@ def create_app(settings: Settings) -> faust.App:
                 await out.send(front_commands, str(email).lower().encode(), serde.encode(
                     topics.commands_front,
                     contact_command(str(email).lower(), contact_fields, links, str(source),
-                                    f"{sent_shared or '-'}->{digest(shared, email, links)}")))
+                                    f"{sent_shared or '-'}->{digest(shared, email, links)}@{source}")))
             ctx = {**ctx, "sent": f"{version}/{shared}"}
             # What was sent is stored before the table says so (a worker killed in between
             # sends it again rather than never).

@@ -113,10 +113,12 @@ def _origin(source_event_id: str) -> dict[str, str]:
 
 def account_command(account_id: str, ctx: dict[str, Any], fields: dict[str, str | None],
                     domain: str | None, source_event_id: str, version: str) -> dict[str, Any]:
-    """UpsertAccount for the Front sink. ``version`` is the transition, ``<digest sent
-    before>-><digest now>``: the same change handled again (a replay) is the same command,
-    which the sink's ledger applies once; a context going back to an earlier one (A, B, A:
-    an Opportunity's stage moved and reverted) is a new command, not the first one again."""
+    """UpsertAccount for the Front sink. ``version`` is the transition and the change that
+    made it, ``<digest sent before>-><digest now>@<change>``: the same change handled again
+    (a replay) is the same command, which the sink's ledger applies once; a context going
+    back to an earlier one (A, B, A: an Opportunity's stage moved and reverted) is a new
+    command, and so is the same transition made again by a later change (A, B, A, B: without
+    the change in the key the second A->B was skipped as applied, drills/outage_run.py)."""
     account = (ctx.get("account") or {}).get("fields") or {}
     return {
         "command_id": digest("UpsertAccount", account_id, version),

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
@@ -78,7 +78,10 @@ class Ledger:
         """Read the ledger up to its end as of now. ``RetriableError`` when the end is not
         reached in ``timeout_s`` (the broker is slow or away: try again, commit nothing)."""
         if not self._partitions:
-            meta = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            try:
+                meta = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            except KafkaException as exc:
+                raise RetriableError(f"ledger topic {self.topic}: no metadata: {exc}") from exc
             if meta is None or meta.error is not None:
                 raise RetriableError(f"ledger topic {self.topic} is not available: "
                                      f"{meta.error if meta is not None else 'missing'}")
@@ -86,7 +89,10 @@ class Ledger:
         ends: dict[int, int] = {}
         new: list[TopicPartition] = []
         for p in self._partitions:
-            low, high = watermarks(self._consumer, TopicPartition(self.topic, p))
+            try:
+                low, high = watermarks(self._consumer, TopicPartition(self.topic, p))
+            except KafkaException as exc:  # the broker away (a restart): try again later
+                raise RetriableError(f"ledger {self.topic}[{p}]: end offsets not known: {exc}") from exc
             ends[p] = high
             if p not in self._next:
                 self._next[p] = low
