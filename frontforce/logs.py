@@ -45,8 +45,8 @@ _FREE_TEXT_KEYS = frozenset({
     "blurb", "html", "conversation_custom_fields", "custom_fields"})
 # The same built-in rules as streams/_privacy.py (kept here: logging must not import the
 # stream worker).
-_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-_US_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
+CARD_NUMBER = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+US_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=!-]+")
 _URL_SECRET = re.compile(r"(?i)\b(access_token|client_secret|password|token|sig|signature)=[^&\s\"']+")
 _MASK_WITH = "[masked]"
@@ -54,7 +54,8 @@ _extra_patterns: list[re.Pattern[str]] = []
 _mask_with = _MASK_WITH
 
 
-def _luhn(digits: str) -> bool:
+def luhn(digits: str) -> bool:
+    """The Luhn check of a card number's digits (shared with streams/_privacy.py)."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = int(ch)
@@ -66,7 +67,7 @@ def _luhn(digits: str) -> bool:
 
 def _card(m: re.Match[str]) -> str:
     digits = re.sub(r"\D", "", m.group(0))
-    return _mask_with if 13 <= len(digits) <= 19 and _luhn(digits) else m.group(0)
+    return _mask_with if 13 <= len(digits) <= 19 and luhn(digits) else m.group(0)
 
 
 def mask_text(text: str) -> str:
@@ -74,8 +75,8 @@ def mask_text(text: str) -> str:
     if not text:
         return text
     if any(ch.isdigit() for ch in text):
-        text = _CARD.sub(_card, text)
-        text = _US_SSN.sub(_mask_with, text)
+        text = CARD_NUMBER.sub(_card, text)
+        text = US_SSN.sub(_mask_with, text)
     for pattern in _extra_patterns:
         text = pattern.sub(_mask_with, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)

@@ -18,19 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from frontforce.config import PrivacyConfig
-
-_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-_US_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+from frontforce.logs import CARD_NUMBER, US_SSN, luhn
 
 
 def masker(cfg: PrivacyConfig) -> Callable[[str | None], str | None]:
@@ -39,15 +27,15 @@ def masker(cfg: PrivacyConfig) -> Callable[[str | None], str | None]:
 
     def card(m: re.Match[str]) -> str:
         digits = re.sub(r"\D", "", m.group(0))
-        return token if 13 <= len(digits) <= 19 and _luhn(digits) else m.group(0)
+        return token if 13 <= len(digits) <= 19 and luhn(digits) else m.group(0)
 
     def mask(text: str | None) -> str | None:
         if not text:
             return text
         if "card_numbers" in cfg.mask_builtin:
-            text = _CARD.sub(card, text)
+            text = CARD_NUMBER.sub(card, text)
         if "us_ssn" in cfg.mask_builtin:
-            text = _US_SSN.sub(token, text)
+            text = US_SSN.sub(token, text)
         for pattern in custom:
             text = pattern.sub(token, text)
         return text
