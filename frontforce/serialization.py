@@ -14,6 +14,7 @@ import struct
 import time
 from typing import Any
 
+import cavro
 import httpx
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
@@ -37,6 +38,11 @@ _SCHEMA_NOT_FOUND = 40403
 # poison: a registry that is still replaying its storage after a restart may not know an id
 # for a moment.
 _CONFIRM_404_S = 1.0
+# The plain decode (the stream worker's hot path, issue 10) goes through cavro, whose
+# types are compiled once per schema: a third of fastavro's time for a Front event, same
+# values (tests/test_serialization.py compares the two). Records as dicts, unions as their
+# values, like fastavro's schemaless_reader; no logical types (the schema is stripped).
+_CAVRO_PLAIN = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True)
 
 
 def registry_client(url: str) -> SchemaRegistryClient:
@@ -100,6 +106,7 @@ class Serde:
         self._fast_enc: dict[str, tuple[bytes, Any]] = {}
         self._fast_dec: dict[tuple[str, int], tuple[Any, Any, bool]] = {}
         self._fast_plain: dict[tuple[str, int], tuple[Any, Any, bool]] = {}
+        self._compiled: dict[tuple[str, int], cavro.Schema] = {}
 
     def logical(self, topic: str) -> str:
         try:
@@ -156,6 +163,17 @@ class Serde:
         schema_id = struct.unpack(">I", data[1:5])[0]
         fast = self._fast_dec.get((topic, schema_id))
         if plain and fast is not None:
+            compiled = self._compiled.get((topic, schema_id))
+            if compiled is not None:
+                try:
+                    decoded: Any = compiled.binary_decode(data[5:])
+                except Exception as exc:  # noqa: BLE001 - truncated body, bad UTF-8...
+                    raise InvalidRecordError(
+                        f"cannot decode with writer schema id {schema_id}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                if not isinstance(decoded, dict):
+                    raise InvalidRecordError(f"decoded to {type(decoded).__name__}, expected a record")
+                return decoded
             fast = self._fast_plain.get((topic, schema_id)) or self._plain(topic, schema_id, fast)
         if fast is not None:
             writer, reader, named = fast
@@ -194,6 +212,8 @@ class Serde:
             parse_schema(writer_json),
             None if writer_json == reader_json else parse_schema(reader_json),
             logical in COMMAND_TOPICS)
+        if plain:  # the same plain values as every later record of this schema id
+            return self.decode(topic, data, plain=True)
         return value
 
     def _plain(self, topic: str, schema_id: int, fast: tuple[Any, Any, bool]) -> tuple[Any, Any, bool]:
@@ -203,6 +223,10 @@ class Serde:
         entry = (parse_schema(writer_json),
                  None if writer_json == reader_json else parse_schema(reader_json), fast[2])
         self._fast_plain[(topic, schema_id)] = entry
+        if writer_json == reader_json and not fast[2]:
+            # Written with our own schema and no record names asked for: the compiled decoder.
+            # (Resolution between two schemas, and unions as (name, value), stay fastavro's.)
+            self._compiled[(topic, schema_id)] = cavro.Schema(json.dumps(writer_json), options=_CAVRO_PLAIN)
         return entry
 
     def _writer_schema(self, schema_id: int) -> None:

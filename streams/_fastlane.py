@@ -87,6 +87,13 @@ class Pending:
         self.since = time.monotonic()
         self.sent: dict[str, int] = {}  # records per topic (counted once acknowledged)
 
+    def acked(self, err: KafkaError | None, _msg: Message) -> None:
+        """The producer's delivery report for one of this batch's records (no closure per
+        record: the pipelined path only needs to know that one failed, not which)."""
+        self.left -= 1
+        if err is not None and not self.failed:
+            self.failed[-1] = err
+
 
 class FastLane(threading.Thread):
     def __init__(self, settings: Settings, serde: Serde, route: Route,
@@ -270,7 +277,9 @@ class FastLane(threading.Thread):
         except InvalidRecordError as exc:
             return [self._dead_letter(m, "decode", exc)]
         eid = str(fe["event_id"])
-        state = self.seen.setdefault(p, SeenState())
+        state = self.seen.get(p)
+        if state is None:
+            state = self.seen[p] = SeenState()
         here = f"{p}@{offset}"
         held = state.ids.get(eid)
         first = None
@@ -318,12 +327,12 @@ class FastLane(threading.Thread):
         pend = Pending(batch)
         self.fresh = {}
         try:
-            for i, m in enumerate(batch):
+            for m in batch:
                 for item in self._handle(m):
                     if callable(item):
                         pend.thens.append(item)
                     else:
-                        self._produce(item, i, pend.failed, pend)
+                        self._send(item, pend)
         except RetriableError as exc:
             # The registry did not answer: the slow path, which retries in place. What this
             # try produced is delivered anyway (the same records again, harmless).
@@ -332,7 +341,7 @@ class FastLane(threading.Thread):
             self._process(batch)
             return
         for item in self._seen_items():
-            self._produce(cast("tuple[Any, ...]", item), 0, pend.failed, pend)
+            self._send(cast("tuple[Any, ...]", item), pend)
         self.inflight.append(pend)
         self.producer.poll(0)
         self._settle(MAX_INFLIGHT_BATCHES - 1)
@@ -415,6 +424,28 @@ class FastLane(threading.Thread):
             time.sleep(delay)
             delay = min(delay * 2, w.retry_max_delay_s)
         self._retire(batch, thens)
+
+    def _send(self, item: tuple[Any, ...], pend: Pending) -> None:
+        """The pipelined path's produce: the batch's own delivery report, counted per topic."""
+        topic = item[0]
+        while True:
+            try:
+                if len(item) > 3:
+                    self.producer.produce(topic, item[2], item[1], item[3], pend.acked)
+                else:
+                    self.producer.produce(topic, item[2], item[1], on_delivery=pend.acked)
+                pend.left += 1
+                pend.sent[topic] = pend.sent.get(topic, 0) + 1
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    # Refused for good: the slow path finds which event and dead-letters it.
+                    pend.failed.setdefault(-1, err)
+                    return
+                raise
 
     def _produce(self, item: tuple[Any, ...], i: int, failed: dict[int, KafkaError],
                  pend: Pending | None) -> None:

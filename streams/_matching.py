@@ -109,6 +109,9 @@ def choose_match(candidates: dict[str, Any] | None,
     record, then the lowest id (deterministic on every worker and every replay)."""
     if not candidates:
         return None
+    if len(candidates) == 1:  # the usual case: one record holds the handle
+        (only,) = candidates.values()
+        return only if only["kind"] in priority else None
     for kind in priority:
         found = _newest(c for c in candidates.values() if c["kind"] == kind)
         if found is not None:
