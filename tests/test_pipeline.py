@@ -847,6 +847,48 @@ def test_worker_internal_topics_are_wire_format_too(pipeline: Pipeline) -> None:
     assert {k["id"] for k in keys} >= set(pipeline.contact_ids.values())
 
 
+def test_changes_written_compressed_with_any_kafka_codec_reach_the_worker(pipeline: Pipeline) -> None:
+    """``salesforce.changes`` may be written by another producer (MirrorMaker, a user's own
+    connector, a broker or topic with ``compression.type`` set) in any of Kafka's codecs.
+    The worker reads each one and goes on. aiokafka reads lz4, snappy and zstd only with
+    their libraries; without them the worker crashed on the first such batch and never
+    matched again."""
+    from confluent_kafka import Producer
+
+    from frontforce.salesforce import connect
+    from frontforce.serialization import Serde
+
+    tag = uuid.uuid4().hex[:6]
+    person = connect(pipeline.stack.settings().salesforce).client
+    person.headers.pop("Sforce-Call-Options", None)
+    codecs = ("gzip", "snappy", "lz4", "zstd")
+    ids = {}
+    for codec in codecs:
+        made = person.restful("sobjects/Contact", method="POST",
+                              json={"LastName": codec, "Email": f"{codec}-was-{tag}@corp.example"})
+        assert made is not None
+        ids[codec] = made["id"]
+    wait_changes(pipeline, set(ids.values()))
+    settings = pipeline.stack.settings()
+    topic = settings.topics.salesforce_changes
+    serde = Serde(settings)
+    later = int(time.time() * 1000) + 1000
+    for codec in codecs:
+        p = Producer({"bootstrap.servers": pipeline.stack.bootstrap, "compression.type": codec,
+                      "partitioner": "murmur2_random", "acks": "all"})
+        p.produce(topic, key=ids[codec].encode(), value=serde.encode(topic, {
+            "record_id": ids[codec], "sobject": "Contact", "change_type": "UPDATE",
+            "commit_timestamp": later, "changed_fields": ["Email"],
+            "email": f"{codec}-{tag}@corp.example"}))
+        assert p.flush(30) == 0
+    pipeline.settle()
+    for i, codec in enumerate(codecs):
+        assert pipeline.emitter.deliver(event(f"{codec}-{tag}@corp.example", tag, i)) == 200
+    tasks = pipeline.tasks_for({f"msg_{tag}{i}" for i in range(len(codecs))}, expect=len(codecs))
+    assert {t["Front_Message_Id__c"]: t["WhoId"] for t in tasks} == {
+        f"msg_{tag}{i}": ids[codec] for i, codec in enumerate(codecs)}
+
+
 def test_a_replacement_worker_with_no_local_state_recovers_its_tables_from_kafka(
         pipeline: Pipeline) -> None:
     """A worker can be killed and replaced by one on another machine: its tables come back
@@ -892,3 +934,4 @@ def test_a_replacement_worker_with_no_local_state_recovers_its_tables_from_kafka
     finally:
         replace_worker("frontforce")
     pipeline.settle()
+
