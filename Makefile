@@ -53,7 +53,7 @@ tools:
 
 test: lint tools
 	bash deploy/stack.sh fetch
-	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -n 3 --dist loadfile $(PYTEST_ARGS)
 
 # Measurements for BENCHMARKS.md (each prints its figures with the command that made them;
 # the outputs are kept in .run/bench/). Minutes each; not part of `make test`.
