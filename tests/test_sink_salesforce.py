@@ -531,6 +531,9 @@ def test_salesforce_down_is_retried_by_one_bounded_policy_then_stops_the_sink(
     assert not run.alive()
     assert isinstance(run.error, FatalError), repr(run.error)
     assert "3 attempts" in str(run.error) and "503" in str(run.error)
+    # The bound it reached, not the time limit it did not (the drills' outage run read
+    # "limit 300s" from a sink that had stopped after 38 s).
+    assert "sink.max_attempts 3" in str(run.error), str(run.error)
     rules = env.sf.get("/__admin/faults").json()["rules"]
     assert rules[0]["applied"] == 3
     assert env.tasks(ids) == [] and env.deadletters() == [] and env.nothing_committed()
@@ -1030,6 +1033,47 @@ def test_feed_items_are_posted_once_across_replays_and_a_crash_inside_the_call(
     # login, describe, limits; the Case query and update again (a Case update is
     # idempotent, its note is not re-posted); the one crash query; one FeedItem create.
     assert env.api_calls() - calls_before <= START_CALLS + 1 + 2 + 1 + 1, env.sf.get("/__admin/stats").json()
+
+
+@pytest.mark.parametrize("ledger", ["kept", "broken"])
+def test_a_replayed_stage_move_does_not_undo_a_change_made_since(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running],
+        ledger: str) -> None:
+    """A tag moved an Opportunity to Negotiation/Review; a person then moved it to Closed Won in
+    Salesforce. Replaying the command topic (a new consumer group, as ``frontforce replay``
+    does after an outage) must not move it back: an applied UpdateRecord is in the ledger,
+    and its replay is audited SKIPPED with no call. ``broken`` replays with a sink that
+    ignores the ledger for updates, and the check must then see the stage moved back."""
+    from frontforce.salesforce import connect
+
+    env = env_factory()
+    opp = env.seed({"Opportunity": [{"Name": "Deal", "StageName": "Prospecting",
+                                     "CloseDate": "2026-12-31"}]})["Opportunity"][0]
+    env.send_commands([env.op_command("stage-evt1", "UpdateRecord", {
+        "sobject": "Opportunity", "record_id": opp, "fields": {"StageName": "Negotiation/Review"},
+        "only_if_blank": []})])
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=30), repr(run.error)
+    assert env.rows("Opportunity")[opp]["StageName"] == "Negotiation/Review"
+    run.stop()
+    person = connect(env.settings.salesforce).client
+    person.headers.pop("Sforce-Call-Options", None)
+    person.restful(f"sobjects/Opportunity/{opp}", method="PATCH", json={"StageName": "Closed Won"})
+    replay = env.settings.model_copy(update={"sink": env.settings.sink.model_copy(
+        update={"group_id": f"{env.group}-replay"})})
+    env.group = replay.sink.group_id
+    sink = SalesforceSink(replay)
+    if ledger == "broken":
+        sink._applied_before = lambda it: False  # type: ignore[method-assign]
+    run = running(sink)
+    assert env.committed_all(timeout=30), repr(run.error)
+    stage = env.rows("Opportunity")[opp]["StageName"]
+    if ledger == "broken":
+        assert stage == "Negotiation/Review"  # the check sees a replay that undoes a person's change
+        return
+    assert stage == "Closed Won"
+    by = _audit_by_command(env, {"stage-evt1"})
+    assert [a["outcome"] for a in by["stage-evt1"]] == ["UPDATED", "SKIPPED"]
 
 
 def test_only_if_blank_fields_are_written_only_where_salesforce_has_no_value(

@@ -1,4 +1,5 @@
-"""The Salesforce sink's ledger of FeedItems: what makes a Chatter note happen once.
+"""The Salesforce sink's ledger: what makes a Chatter note happen once, and a record update
+never happen again on a replay.
 
 A FeedItem has no external id, so Salesforce cannot refuse a second one the way it refuses a
 second Task. The sink keeps, on the compacted ``salesforce.ledger`` topic keyed by the
@@ -20,8 +21,16 @@ that Id, audited SKIPPED. None found: the call never took effect and it is poste
 visible is added to the note for this (no marker in the body): a note posted twice on
 purpose by two commands is two keys, and the claimed-Ids rule keeps them apart.
 
+Record updates (``UpdateRecord``: a tag's stage move, a handle added to a Contact) go in
+the same ledger, APPLIED only, once Salesforce answered: an update is not a duplicate the
+way a second note is (writing the same value twice changes nothing), but a replay that
+writes it again after a person changed the record undoes that person's change. A key at
+APPLIED is skipped like a note's. The window (a crash between the answer and APPLIED)
+re-applies that one update, as before.
+
 Every sink instance reads the whole ledger at start (all partitions): a command may move
-to another member after a rebalance. The ledger holds one small entry per note ever posted.
+to another member after a rebalance. The ledger holds one small entry per note ever posted
+and per record update ever applied.
 """
 
 from __future__ import annotations

@@ -65,8 +65,13 @@ class RetryPolicy:
             return retrying(fn)
         except RetriableError as exc:
             stats = retrying.statistics
+            attempts = stats.get("attempt_number", 0)
+            # Say which bound was reached: the attempts (sink.max_attempts) can end it well
+            # before the time limit.
+            limit = (f"sink.max_attempts {max_attempts}" if max_attempts is not None and attempts >= max_attempts
+                     else f"limit {self.max_s:g}s")
             raise FatalError(
-                f"{what}: still failing after {stats.get('attempt_number', '?')} attempts in "
-                f"{stats.get('delay_since_first_attempt', 0):.0f}s (limit {self.max_s:g}s): {exc}; "
+                f"{what}: still failing after {attempts or '?'} attempts in "
+                f"{stats.get('delay_since_first_attempt', 0):.0f}s ({limit}): {exc}; "
                 "stopping without committing, the records are redelivered on restart"
             ) from exc

@@ -351,6 +351,8 @@ class SalesforceSink:
                     it.op["external_id"], []).append(it)
             elif it.write.kind == "feed":
                 feed.append(it)
+            elif it.op_name == "UpdateRecord" and self._applied_before(it):
+                continue
             else:
                 records.setdefault(it.write.group, OrderedDict()).setdefault(
                     it.write.key, []).append(it)
@@ -756,6 +758,10 @@ class SalesforceSink:
                     it.again = True
                     continue
                 if res.get("success"):
+                    if it.op_name == "UpdateRecord":
+                        # Applied: a replay of this command must not apply it again over
+                        # what people changed since (the ledger, as for FeedItems).
+                        self._produce_ledger(it, APPLIED, res.get("id") or writes[k].key)
                     created = kind == "upsert" and bool(res.get("created")) and n == 0
                     outcome = "CREATED" if created else "UPDATED"
                     self.stats[outcome.lower()] += 1
@@ -934,6 +940,19 @@ class SalesforceSink:
         else:
             self._audit(it, outcome, feed_id, None, share)
         it.done = True
+
+    def _applied_before(self, it: _Item) -> bool:
+        """An ``UpdateRecord`` the ledger shows APPLIED (a replay, a re-delivery after a
+        crash past the answer): audited SKIPPED, no call. A stage move is keyed by the Front
+        event that asked for it, a handle added by the handle: written once each, so a
+        replay never moves an Opportunity back over a person's later change."""
+        entry = self.ledger.get(it.ledger_key)
+        if entry is None or entry.state != APPLIED:
+            return False
+        self.stats["skipped"] += 1
+        self._audit(it, "SKIPPED", entry.result_id, None, 0.0)
+        it.done = True
+        return True
 
     def _produce_ledger(self, it: _Item, state: str, result_id: str | None) -> None:
         assert it.write is not None
