@@ -53,21 +53,22 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
     """Create the pipeline's topics if missing; return the ones created."""
     topics = settings.topics
-    # The global table's changelog too: a Faust worker subscribes to it at start (every
-    # partition, to recover and follow it) and ignores it for good if it does not exist yet.
-    reference = settings.worker_table_topics["reference_table"]
-    match_table = settings.worker_table_topics["match_table"]
+    # The tables' changelogs too. A Faust worker subscribes to a global table's changelog at
+    # start (every partition, to recover and follow it) and ignores it for good if it does
+    # not exist yet; and a table whose changelog Faust has not created yet when its source
+    # topic's first record arrives fails that record ("the changelog topic ... has 0
+    # partitions", which the outage drill saw dead-lettered as 80 poison records).
+    changelogs = list(settings.worker_table_topics.values())
     seen = settings.worker_topics["seen"]
     wanted = (list(names) if names is not None
-              else [*topics.model_dump().values(), *settings.worker_topics.values(), reference,
-                    match_table])
+              else [*topics.model_dump().values(), *settings.worker_topics.values(), *changelogs])
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     existing = set(admin.list_topics(timeout=10).topics)
     # Cursors and sink ledgers are state, not history: compacted, keyed. Cursors are a
     # handful of keys (one partition); a ledger grows with the commands it records.
     # What `dlq redrive` re-drove: one key per dead letter (frontforce/ops/dlq.py).
-    compacted = {topics.source_cursors, topics.front_ledger, topics.salesforce_ledger, reference,
-                 match_table, topics.deadletter_redriven}
+    compacted = {topics.source_cursors, topics.front_ledger, topics.salesforce_ledger,
+                 topics.deadletter_redriven, *changelogs}
     # The stream worker's dedupe log: one record per batch, deleted after twice the dedupe
     # window (the fast lane restores what is younger).
     keep_ms = int(2 * settings.worker.dedupe_window_s * 1000) + 3_600_000
