@@ -171,6 +171,24 @@ class TableView:
         self.keys: dict[str, bytes] = {}  # key -> its stored bytes (Faust's JSON key encoding)
         self.where: dict[bytes, int] = {}  # stored key -> the partition it was last found in
 
+    def scan(self, prefix: str) -> list[Any]:
+        """The values of every key that starts with ``prefix``, in every partition's store
+        (a seek per store; keys are stored as JSON strings, so the prefix is the encoded key
+        without its closing quote)."""
+        store: Any = self.table.data
+        start = bytes(store._encode_key(prefix))[:-1]
+        found = []
+        for db in list(store._dbs.values()):
+            it = db.iter()
+            it.seek(start)
+            while it.valid():
+                kb = it.key()
+                if not kb.startswith(start):
+                    break
+                found.append(store._decode_value(it.value()))
+                it.next()
+        return found
+
     def get(self, key: str) -> Any:
         store: Any = self.table.data
         kb = self.keys.get(key)
@@ -554,8 +572,9 @@ def create_app(settings: Settings) -> faust.App:
     async def owner_changed(user: dict[str, Any], out: Outbox) -> None:
         """A User's name or state changed (or arrived after their Accounts): the context of
         every Account they own is rendered again (a marker change on the by-account topic)."""
-        owned = reference.get(f"owns:{user['id']}")
-        for account_id in sorted((owned or {}).get("candidates") or {}):
+        owned = {rid for held in ref_view.scan(f"owns:{user['id']}:")
+                 for rid in (held or {}).get("candidates") or {}}
+        for account_id in sorted(owned):
             await out.send(by_account, account_id.encode(), serde.encode(internal["by_account"], {
                 "record_id": user["id"], "sobject": "User", "change_type": "UPDATE",
                 "commit_timestamp": user["ts"]}))

@@ -227,9 +227,13 @@ def record_update(held: dict[str, Any] | None, change: dict[str, Any], region: s
             keys = {f"id:{entry['id']}"} | ({f"user:{email}"} if email else set())
             entry.update(email=email, name=name, active=bool(active))
         elif kind == "Account":
-            # owns:<User Id>: the Accounts a User owns, so a User's new name reaches the
-            # context of their Accounts (use case 3) whichever change arrived first.
-            keys = {f"id:{entry['id']}"} | ({f"owns:{entry['owner_id']}"} if entry["owner_id"] else set())
+            # owns:<User Id>:<Account Id>: that a User owns that Account, so a User's new
+            # name reaches the context of their Accounts (use case 3) whichever change
+            # arrived first. One key per Account, found by prefix (TableView.scan): one key
+            # per User holding all their Accounts grew past the broker's record size at about
+            # 7,000 Accounts, and every Account change rewrote all of it.
+            owns = {f"owns:{entry['owner_id']}:{entry['id']}"} if entry["owner_id"] else set()
+            keys = {f"id:{entry['id']}"} | owns
             if domain and domain not in free_mail:
                 keys.add(f"domain:{domain}")
             entry.update(name=name, owner_id=entry["owner_id"])

@@ -75,15 +75,15 @@ def test_accounts_by_domain_never_free_mail_and_the_oldest_wins() -> None:
     assert web_domain("n/a") is None and web_domain("") is None
     state, out = record_update(None, change("001B", None, 1, sobject="Account", website="acme.example",
                                             owner_id="005O", name="Acme"))
-    assert [k for k, _ in out] == ["domain:acme.example", "id:001B", "owns:005O"]
+    assert [k for k, _ in out] == ["domain:acme.example", "id:001B", "owns:005O:001B"]
     assert out[1][1]["owner_id"] == "005O" and out[1][1]["name"] == "Acme"
     # An owner change keeps the domain held (and moves the owns: key); a Website on a
     # free-mail domain is no key.
     state, out = record_update(state, change("001B", None, 2, sobject="Account", kind="UPDATE",
                                              owner_id="005P", changed_fields=["OwnerId"]))
     assert [(k, e["owner_id"], e["deleted"]) for k, e in out] == [
-        ("owns:005O", "005P", True), ("domain:acme.example", "005P", False),
-        ("id:001B", "005P", False), ("owns:005P", "005P", False)]
+        ("owns:005O:001B", "005P", True), ("domain:acme.example", "005P", False),
+        ("id:001B", "005P", False), ("owns:005P:001B", "005P", False)]
     _, out = record_update(None, change("001C", None, 1, sobject="Account", website="gmail.com"))
     assert [k for k, _ in out] == ["id:001C"]
     table = None
