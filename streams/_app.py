@@ -61,6 +61,7 @@ from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.kafka import ensure_topics
+from frontforce.logs import bind_correlation
 from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
 from streams._context import account_command, apply_change, contact_command, contact_emails, digest, render
@@ -448,12 +449,15 @@ def create_app(settings: Settings) -> faust.App:
         except InvalidRecordError as exc:
             await dead_letter(event, "decode", exc)
             return
-        try:
-            await body(event, value, out)
-        except RetriableError:
-            raise  # retried in place
-        except Exception as exc:  # noqa: BLE001 - poison must not stop the agent
-            await dead_letter(event, stage, exc)
+        # A Front event's lines carry its id as the correlation id, from the receiver's
+        # "event stored" to the sink's "command applied" (frontforce/logs.py).
+        with bind_correlation(str(value.get("event_id") or "") if logical_topic == topics.front_events else None):
+            try:
+                await body(event, value, out)
+            except RetriableError:
+                raise  # retried in place
+            except Exception as exc:  # noqa: BLE001 - poison must not stop the agent
+                await dead_letter(event, stage, exc)
 
     async def handle_and_wait(stage: str, event: EventT, logical_topic: str, body: Body) -> None:
         """The slow path, after a send of this event failed: do it again and wait for it."""
@@ -1011,7 +1015,9 @@ def create_app(settings: Settings) -> faust.App:
                 waiting[key] = {**held, "released_by": here, "released_at": int(time.time() * 1000)}
                 out.changelog(waiting)
             for raw in held["events"]:
-                await matched(event, serde.decode(topics.front_events, raw), key, out, None)
+                fe = serde.decode(topics.front_events, raw)
+                with bind_correlation(str(fe.get("event_id") or "")):
+                    await matched(event, fe, key, out, None)
 
         await consume("release-waiting", stream, internal["release"], body)
 

@@ -267,6 +267,13 @@ def test_unknown_sender_gets_one_lead_its_messages_logged_on_it_and_a_new_lead_t
     assert [pipeline.front_state(f"cnv_{tag}{i}")["tags"] for i in range(2)] == [["New Lead"]] * 2
     assert not [d for d in pipeline.topic("deadletter")
                 if d["original_key"] and stranger.encode() in d["original_key"]]
+    # The worker's line for the Lead carries the Front event's id as its correlation id,
+    # like the receiver's and the sinks' lines (one id joins the whole way).
+    lines = [json.loads(line[line.index("{"):])  # after Faust's "[time] [pid] [LEVEL] "
+             for line in (pipeline.stack.logs / "worker.log").read_text().splitlines()
+             if "{" in line and f"evt_{tag}" in line]
+    assert sorted(x["correlation_id"] for x in lines if x.get("event") == "unknown sender: lead") == [
+        f"evt_{tag}0", f"evt_{tag}1"], lines
 
 
 def test_a_message_waits_for_a_contact_created_moments_later_instead_of_making_a_lead(
