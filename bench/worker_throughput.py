@@ -28,7 +28,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from frontforce.config import load_settings
 from frontforce.kafka import ensure_topics
@@ -99,6 +100,22 @@ def raw_ceiling(bootstrap: str, source: str, n: int) -> float:
 STATS_WAIT_S = 11.0
 
 
+def wait_members(bootstrap: str, group: str, n: int, timeout_s: float) -> None:
+    """Until the fast lanes' group is Stable with ``n`` members, each owning partitions."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            owned = [m for m in desc.members if m.assignment and m.assignment.topic_partitions]
+            if str(desc.state).endswith("STABLE") and len(owned) == n:
+                return
+        except KafkaException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"group {group}: not {n} members with partitions after {timeout_s} s")
+
+
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -144,6 +161,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--contacts", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes in one group (scale-out); each its own state dir")
+    ap.add_argument("--partitions", type=int, default=3,
+                    help="partitions of the topics frontforce creates (kafka.partitions)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="py-spy raw profile of the worker during the drain (py-spy on PATH or "
                          "PY_SPY); the functions with the most samples are printed")
@@ -152,16 +173,20 @@ def main() -> None:
     stack = LocalStack(state_dir=state, ports=Ports(kafka=free_port(), controller=free_port(),
                                                     registry=free_port()), persist=False)
     stack.start_infra()
-    worker = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
-        config = state / "frontforce.yaml"
-        config.write_text(f"""
-kafka: {{bootstrap_servers: "{stack.bootstrap}", schema_registry_url: "{stack.registry_url}"}}
+        configs = []
+        for n in range(args.workers):
+            config = state / f"frontforce-{n}.yaml"
+            config.write_text(f"""
+kafka: {{bootstrap_servers: "{stack.bootstrap}", schema_registry_url: "{stack.registry_url}",
+        partitions: {args.partitions}}}
 front: {{app_secret: "unused"}}
 salesforce: {{login_url: "https://127.0.0.1:1", client_id: "unused", client_secret: "unused"}}
-worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
+worker: {{app_id: "bench", data_dir: "{state / f'worker-{n}'}"}}
 """)
-        s = load_settings(config)
+            configs.append(config)
+        s = load_settings(configs[0])
         ensure_topics(s)
         serde = Serde(s)
         now = int(time.time() * 1000)
@@ -171,11 +196,14 @@ worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
                 "record_id": cid, "sobject": "Contact", "change_type": "SNAPSHOT",
                 "commit_timestamp": now, "email": email, "account_id": None}))
             for cid, email in contacts])
-        log = (state / "worker.log").open("ab")
-        worker = subprocess.Popen([sys.executable, "-m", "frontforce", "worker", "--config", str(config)],
-                                  cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=stack.env())
+        for n, config in enumerate(configs):
+            log = (state / f"worker-{n}.log").open("ab")
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "frontforce", "worker", "--config", str(config)],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=stack.env()))
         wait_for(stack.bootstrap, s.worker_topics["match_keys"], args.contacts, 180)
         time.sleep(5)  # the index agent drains match-keys into the table
+        wait_members(stack.bootstrap, s.fast_lane_group, args.workers, 180)
         events: list[tuple[bytes, bytes]] = []
         for i in range(args.events):
             cid, email = contacts[i % len(contacts)]
@@ -191,19 +219,22 @@ worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
         spy = None
         if args.profile:
             exe = os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy"
-            spy = subprocess.Popen([exe, "record", "-p", str(worker.pid), "--format", "raw",
+            spy = subprocess.Popen([exe, "record", "-p", str(workers[0].pid), "--format", "raw",
                                     "-r", "100", "--nonblocking", "-o", str(args.profile)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
-        cpu_before = proc_cpu_s(worker.pid)
+        cpu_before = sum(proc_cpu_s(w.pid) for w in workers)
         start = time.monotonic()
         produce(stack.bootstrap, s.topics.front_events, events)
         produced = time.monotonic()
         done = wait_for(stack.bootstrap, s.topics.commands_salesforce, args.events, 1800)
         worker_rate = args.events / (done - start)
-        worker_cpu_us = 1e6 * (proc_cpu_s(worker.pid) - cpu_before) / args.events
+        worker_cpu_us = 1e6 * (sum(proc_cpu_s(w.pid) for w in workers) - cpu_before) / args.events
         time.sleep(STATS_WAIT_S)  # the lane's next stats line
-        lane = lane_stats(state / "worker.log")
+        lanes = [lane_stats(state / f"worker-{n}.log") for n in range(args.workers)]
+        lane_cpu = sum(x.get("cpu_s", 0.0) for x in lanes)
+        lane_events = sum(x.get("events", 0) for x in lanes)
+        lane = {"cpu_us_per_event": round(1e6 * lane_cpu / lane_events, 1)} if lane_events else {}
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
@@ -212,7 +243,8 @@ worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
         ceiling = raw_ceiling(stack.bootstrap, s.topics.front_events, args.events)
         raw_cpu_us = 1e6 * (time.process_time() - cpu0) / args.events
         print(json.dumps({
-            "events": args.events, "contacts": args.contacts,
+            "events": args.events, "contacts": args.contacts, "workers": args.workers,
+            "partitions": args.partitions,
             "produce_s": round(produced - start, 1),
             "worker_events_per_s": round(worker_rate, 1),
             "raw_client_events_per_s": round(ceiling, 1),
@@ -225,12 +257,13 @@ worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
             "lane_events_per_cpu_s": round(1e6 / lane["cpu_us_per_event"]) if lane.get("cpu_us_per_event") else None,
         }), flush=True)
     finally:
-        if worker is not None:
-            worker.terminate()
+        for w in workers:
+            w.terminate()
+        for w in workers:
             try:
-                worker.wait(30)
+                w.wait(30)
             except subprocess.TimeoutExpired:
-                worker.kill()
+                w.kill()
         stack.stop_all()
 
 
