@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,6 +137,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--contacts", type=int, default=1_000_000)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out
     state = Path(tempfile.mkdtemp(prefix="ff-bench-memory-"))
     stack = LocalStack(state_dir=state, ports=Ports(kafka=free_port(), controller=free_port(),
                                                     registry=free_port()), persist=False)

@@ -169,6 +169,7 @@ def main() -> None:
                     help="py-spy raw profile of the worker during the drain (py-spy on PATH or "
                          "PY_SPY); the functions with the most samples are printed")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out
     state = Path(tempfile.mkdtemp(prefix="ff-bench-worker-"))
     stack = LocalStack(state_dir=state, ports=Ports(kafka=free_port(), controller=free_port(),
                                                     registry=free_port()), persist=False)
