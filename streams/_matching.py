@@ -214,8 +214,19 @@ def record_update(held: dict[str, Any] | None, change: dict[str, Any], region: s
         if full or sf in changed:
             phones[i] = normalize_phone(change.get(field), region) or ""
     domain = web_domain(change.get("website")) if full or "Website" in changed else before.get("domain")
-    name = (_name(change) if full or any(c.startswith(("Name", "FirstName", "LastName"))
-                                          for c in changed) else before.get("name"))
+    # A User's (compound) Name: a change event carries only the part that changed
+    # (changed_fields "Name.LastName"), so each part is kept and the name made from both.
+    parts = {}
+    for field, sf in (("first_name", "FirstName"), ("last_name", "LastName")):
+        parts[field] = (change.get(field) if full or sf in changed or f"Name.{sf}" in changed
+                        else before.get(field))
+    if kind == "User":
+        name = (" ".join(p for p in (parts["first_name"], parts["last_name"]) if p) or None
+                if full or any(c.startswith(("Name", "FirstName", "LastName")) for c in changed)
+                else before.get("name"))
+    else:
+        name = (_name(change) if full or any(c.startswith(("Name", "FirstName", "LastName"))
+                                              for c in changed) else before.get("name"))
     active = (change.get("is_active") is not False) if full or "IsActive" in changed else before.get(
         "active", True)
     gone = ctype == "DELETE" or bool(change.get("is_converted"))
@@ -245,7 +256,8 @@ def record_update(held: dict[str, Any] | None, change: dict[str, Any], region: s
     asked = [a for a in before.get("asked") or [] if a not in keys]
     state = {"keys": sorted(keys), "email": email, "domain": domain, "phones": phones,
              "name": name, "active": bool(active), "ts": ts, "deleted": ctype == "DELETE",
-             "asked": asked,
+             "asked": asked, **({"first_name": parts["first_name"], "last_name": parts["last_name"]}
+                                if kind == "User" else {}),
              "entry": {k: entry[k] for k in ("kind", "id", "account_id", "owner_id", "ts", "deleted")}}
     return state, out
 

@@ -234,3 +234,21 @@ def test_account_context_is_rebuilt_from_change_events_alone() -> None:
     assert shown == {"ARR": "2000000", "Tier": "Enterprise", "Owner": "Pam Beesly",
                      "Open": "1 open, 50,000 (Negotiation)"}
     assert contact_emails(ctx) == ["carla@globex.example"]
+
+
+def test_a_users_name_follows_a_change_of_one_part_of_it() -> None:
+    """A change event carries only the part of a compound Name that changed
+    (changed_fields "Name.LastName"): the other part is the one held, so the owner shown on
+    the Front accounts is the whole new name, not the last name alone."""
+    held, _ = record_update(None, change("005A", "olga@corp.example", 1, sobject="User",
+                                         first_name="Olga", last_name="Owner"))
+    held, out = record_update(held, change("005A", None, 2, sobject="User", kind="UPDATE",
+                                           last_name="Renamed", changed_fields=["Name.LastName"]))
+    assert out[0][1]["name"] == "Olga Renamed" and held is not None and held["name"] == "Olga Renamed"
+    held, out = record_update(held, change("005A", None, 3, sobject="User", kind="UPDATE",
+                                           first_name="Olivia", changed_fields=["Name.FirstName"]))
+    assert out[0][1]["name"] == "Olivia Renamed"
+    # A change that does not touch the name keeps it.
+    _, out = record_update(held, change("005A", None, 4, sobject="User", kind="UPDATE",
+                                        is_active=True, changed_fields=["IsActive"]))
+    assert out[0][1]["name"] == "Olivia Renamed"

@@ -688,12 +688,12 @@ def test_salesforce_context_reaches_front_accounts_and_contacts_within_seconds(
     wait("the new ARR on the contact", lambda: front_contact()["custom_fields"].get("ARR") == 2500000)
     assert time.monotonic() - changed < 30
     # The owner renamed in Salesforce: a User change, which reaches every Account that User
-    # owns (the worker finds them by the owns:<User>:<Account> keys' prefix).
+    # owns (the worker finds them by the owns:<User>:<Account> keys' prefix). Its change
+    # event carries only the last name (Name.LastName): the name shown is still whole.
     [owner] = ids["User"]
-    sf.restful(f"sobjects/User/{owner}", method="PATCH",
-               json={"FirstName": "Olivia", "LastName": f"Renamed{tag}"})
+    sf.restful(f"sobjects/User/{owner}", method="PATCH", json={"LastName": f"Renamed{tag}"})
     wait("the owner's new name in Front", lambda: (front_account() or {}).get("custom_fields", {}).get(
-        "Account owner") == f"Olivia Renamed{tag}")
+        "Account owner") == f"Olga Renamed{tag}")
 
 
 def test_card_numbers_are_masked_before_any_topic_and_private_conversations_never_sync(
