@@ -42,7 +42,7 @@ from frontforce.serialization import Serde
 from streams._matching import FREE_MAIL, is_reference_key, merge_entry, record_update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker_throughput import end_offsets, produce, wait_for  # noqa: E402
+from worker_throughput import end_offsets, produce, stop_workers, wait_for  # noqa: E402
 
 SAMPLE = 50
 
@@ -164,14 +164,6 @@ worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
                                     env=stack.env())
             return proc, log_path
 
-        def stop(proc: subprocess.Popen[bytes]) -> None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
         # 1. The real path for a sample: the worker's own changelog records.
         sample = changes(SAMPLE, now)
         worker, log_path = start("sample")
@@ -189,7 +181,7 @@ worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
                 f"{t}: keys differ from the worker's: {sorted(set(got[t]) ^ set(want))[:6]}")
             for k, v in want.items():
                 assert strip_time(serde, t, got[t][k]) == strip_time(serde, t, v), f"{t}[{k!r}] differs"
-        stop(worker)
+        stop_workers([worker])
         worker = None
         print(f"sample of {SAMPLE}: the bench's table records equal the worker's", file=sys.stderr)
 
@@ -242,11 +234,7 @@ worker: {{app_id: "bench", data_dir: "{state / 'worker'}"}}
         }), flush=True)
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            stop_workers([worker])
         stack.stop_all()
 
 

@@ -100,6 +100,18 @@ def raw_ceiling(bootstrap: str, source: str, n: int) -> float:
 STATS_WAIT_S = 11.0
 
 
+def stop_workers(workers: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    """SIGTERM every worker, then wait for each (SIGKILL one that does not stop in time)."""
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        try:
+            w.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait(10)
+
+
 def wait_members(bootstrap: str, group: str, n: int, timeout_s: float) -> None:
     """Until the fast lanes' group is Stable with ``n`` members, each owning partitions."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -258,13 +270,7 @@ worker: {{app_id: "bench", data_dir: "{state / f'worker-{n}'}"}}
             "lane_events_per_cpu_s": round(1e6 / lane["cpu_us_per_event"]) if lane.get("cpu_us_per_event") else None,
         }), flush=True)
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:
-                w.wait(30)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        stop_workers(workers)
         stack.stop_all()
 
 

@@ -85,6 +85,19 @@ def _no_logical_types(schema: Any) -> Any:
     return schema
 
 
+def _read_record(schema_id: int, read: Any, *args: Any) -> dict[str, Any]:
+    """``read(*args)`` (a fast-path decoder): a record, or ``InvalidRecordError`` when the body
+    does not decode (truncated, bad UTF-8, resolution error) or is not a record."""
+    try:
+        value = read(*args)
+    except Exception as exc:  # noqa: BLE001 - truncated body, resolution error...
+        raise InvalidRecordError(
+            f"cannot decode with writer schema id {schema_id}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidRecordError(f"decoded to {type(value).__name__}, expected a record")
+    return value
+
+
 class Serde:
     """Encode/decode the pipeline's topics. One instance per process; thread-safe enough
     for our use (the registry client caches ids)."""
@@ -165,27 +178,11 @@ class Serde:
         if plain and fast is not None:
             compiled = self._compiled.get((topic, schema_id))
             if compiled is not None:
-                try:
-                    decoded: Any = compiled.binary_decode(data[5:])
-                except Exception as exc:  # noqa: BLE001 - truncated body, bad UTF-8...
-                    raise InvalidRecordError(
-                        f"cannot decode with writer schema id {schema_id}: {type(exc).__name__}: {exc}"
-                    ) from exc
-                if not isinstance(decoded, dict):
-                    raise InvalidRecordError(f"decoded to {type(decoded).__name__}, expected a record")
-                return decoded
+                return _read_record(schema_id, compiled.binary_decode, data[5:])
             fast = self._fast_plain.get((topic, schema_id)) or self._plain(topic, schema_id, fast)
         if fast is not None:
             writer, reader, named = fast
-            try:
-                fast_value: Any = schemaless_reader(io.BytesIO(data[5:]), writer, reader, named)
-            except Exception as exc:  # noqa: BLE001 - truncated body, resolution error...
-                raise InvalidRecordError(
-                    f"cannot decode with writer schema id {schema_id}: {type(exc).__name__}: {exc}"
-                ) from exc
-            if not isinstance(fast_value, dict):
-                raise InvalidRecordError(f"decoded to {type(fast_value).__name__}, expected a record")
-            return fast_value
+            return _read_record(schema_id, schemaless_reader, io.BytesIO(data[5:]), writer, reader, named)
         self._writer_schema(schema_id)  # fills the client's cache; classifies registry faults
         de = self._de.get(topic)
         if de is None:

@@ -401,9 +401,9 @@ class FastLane(threading.Thread):
                         if callable(item):
                             thens.append(item)
                             continue
-                        self._produce(item, i, failed, None)
+                        self._produce(item, i, failed)
                 for item in self._seen_items():
-                    self._produce(cast("tuple[Any, ...]", item), 0, failed, None)
+                    self._produce(cast("tuple[Any, ...]", item), 0, failed)
             except RetriableError as exc:
                 transient = exc
             left = self.producer.flush(max(1.0, deadline - time.monotonic()))
@@ -425,51 +425,41 @@ class FastLane(threading.Thread):
             delay = min(delay * 2, w.retry_max_delay_s)
         self._retire(batch, thens)
 
-    def _send(self, item: tuple[Any, ...], pend: Pending) -> None:
-        """The pipelined path's produce: the batch's own delivery report, counted per topic."""
-        topic = item[0]
+    def _produce_one(self, item: tuple[Any, ...],
+                     on_delivery: Callable[[KafkaError | None, Message], None]) -> KafkaError | None:
+        """Hand one record to the producer, waiting while its queue is full. The error of a
+        record refused for good (too large), else None."""
         while True:
             try:
                 if len(item) > 3:
-                    self.producer.produce(topic, item[2], item[1], item[3], pend.acked)
+                    self.producer.produce(item[0], item[2], item[1], item[3], on_delivery)
                 else:
-                    self.producer.produce(topic, item[2], item[1], on_delivery=pend.acked)
-                pend.left += 1
-                pend.sent[topic] = pend.sent.get(topic, 0) + 1
-                return
+                    self.producer.produce(item[0], item[2], item[1], on_delivery=on_delivery)
+                return None
             except BufferError:
                 self.producer.poll(0.05)
             except KafkaException as exc:
                 err = exc.args[0]
                 if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    # Refused for good: the slow path finds which event and dead-letters it.
-                    pend.failed.setdefault(-1, err)
-                    return
+                    return err
                 raise
 
-    def _produce(self, item: tuple[Any, ...], i: int, failed: dict[int, KafkaError],
-                 pend: Pending | None) -> None:
-        topic, key, value = item[0], item[1], item[2]
+    def _send(self, item: tuple[Any, ...], pend: Pending) -> None:
+        """The pipelined path's produce: the batch's own delivery report, counted per topic."""
+        err = self._produce_one(item, pend.acked)
+        if err is not None:
+            # Refused for good: the slow path finds which event and dead-letters it.
+            pend.failed.setdefault(-1, err)
+            return
+        pend.left += 1
+        pend.sent[item[0]] = pend.sent.get(item[0], 0) + 1
 
+    def _produce(self, item: tuple[Any, ...], i: int, failed: dict[int, KafkaError]) -> None:
+        """The slow path's produce: a failure is remembered against event ``i``."""
         def done(err: KafkaError | None, _msg: Message) -> None:
-            if pend is not None:
-                pend.left -= 1
             if err is not None:
                 failed.setdefault(i, err)
 
-        kw: dict[str, Any] = {"partition": item[3]} if len(item) > 3 else {}
-        while True:
-            try:
-                self.producer.produce(topic, value, key, on_delivery=done, **kw)
-                if pend is not None:
-                    pend.left += 1
-                    pend.sent[topic] = pend.sent.get(topic, 0) + 1
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-            except KafkaException as exc:
-                err = exc.args[0]
-                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    failed.setdefault(i, err)
-                    return
-                raise
+        err = self._produce_one(item, done)
+        if err is not None:
+            failed.setdefault(i, err)

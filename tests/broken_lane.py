@@ -24,9 +24,9 @@ def _fire_and_forget(self: FastLane, batch: list[Message]) -> None:
             if callable(item):
                 thens.append(item)
             else:
-                self._produce(item, 0, {}, None)
+                self._produce(item, 0, {})
     for seen in self._seen_items():
-        self._produce(seen, 0, {}, None)  # type: ignore[arg-type]
+        self._produce(seen, 0, {})  # type: ignore[arg-type]
     self.producer.poll(0)
     self._retire(batch, thens)
 

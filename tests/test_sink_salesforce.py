@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, To
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 from requests.adapters import HTTPAdapter
 
+from frontforce.config import Settings
 from frontforce.contracts import Contracts
 from frontforce.demo import read_topic
 from frontforce.errors import FatalError
@@ -193,6 +194,14 @@ class Env:
                        "correlation_id": f"evt-{command_id}"},
             "operation": (f"frontforce.commands.{name}", fields),
         }
+
+    def replay_settings(self) -> Settings:
+        """Settings of a sink that replays the command topic from the start (a new consumer
+        group, as ``frontforce replay`` does); the env follows that group from now on."""
+        replay = self.settings.model_copy(update={"sink": self.settings.sink.model_copy(
+            update={"group_id": f"{self.group}-replay"})})
+        self.group = replay.sink.group_id
+        return replay
 
     def send_commands(self, commands: list[dict[str, Any]], key: str = "one-partition") -> None:
         for cmd in commands:
@@ -941,9 +950,7 @@ def test_one_invalid_record_in_a_batch_of_200_is_dead_lettered_the_199_written_a
     assert run.sink.stats["api_calls"] == START_CALLS + 2, run.sink.stats
     run.stop()
     # Replaying the command topic from the start (a new group) writes nothing new.
-    replay = env.settings.model_copy(update={"sink": env.settings.sink.model_copy(
-        update={"group_id": f"{env.group}-replay"})})
-    env.group = replay.sink.group_id
+    replay = env.replay_settings()
     again = running(SalesforceSink(replay))
     assert env.committed_all(timeout=30), repr(again.error)
     assert len(env.tasks(ids)) == 199 and env.tasks(bad) == []
@@ -1011,9 +1018,7 @@ def test_feed_items_are_posted_once_across_replays_and_a_crash_inside_the_call(
         env.op_command("f-crash-after", "PostFeedItem", {"parent_id": opp, "body": "Crashed after the call"}),
         env.op_command("f-crash-before", "PostFeedItem", {"parent_id": opp, "body": "Crashed before the call"})])
     # ...and a replay of everything from the start, by a new group.
-    replay = env.settings.model_copy(update={"sink": env.settings.sink.model_copy(
-        update={"group_id": f"{env.group}-replay"})})
-    env.group = replay.sink.group_id
+    replay = env.replay_settings()
     sink = SalesforceSink(replay)
     if recovery == "broken":
         sink._recover_feed = lambda items: items  # type: ignore[method-assign]
@@ -1059,9 +1064,7 @@ def test_a_replayed_stage_move_does_not_undo_a_change_made_since(
     person = connect(env.settings.salesforce).client
     person.headers.pop("Sforce-Call-Options", None)
     person.restful(f"sobjects/Opportunity/{opp}", method="PATCH", json={"StageName": "Closed Won"})
-    replay = env.settings.model_copy(update={"sink": env.settings.sink.model_copy(
-        update={"group_id": f"{env.group}-replay"})})
-    env.group = replay.sink.group_id
+    replay = env.replay_settings()
     sink = SalesforceSink(replay)
     if ledger == "broken":
         sink._applied_before = lambda it: False  # type: ignore[method-assign]
