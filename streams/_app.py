@@ -690,14 +690,23 @@ def create_app(settings: Settings) -> faust.App:
 
     async def case_status(event: EventT, fe: dict[str, Any], out: Outbox) -> None:
         """Use case 6: archive closes, reopen reopens the linked Case. The newest event by
-        Front's time wins: one older than what the conversation-state table holds changes
-        nothing (a late or swapped delivery); the same event again is sent again (the
+        Front's time wins: a reopen older than what the conversation-state table holds
+        changes nothing (a late or swapped delivery), an older archive posts its resolution
+        note and leaves the newer status; the same event again is sent again (the
         command is the same, the sink makes it harmless), so a crash between the table and
         the command loses nothing."""
         conversation, etype = fe["conversation_id"], fe["event_type"]
         at = _ms(fe["occurred_at"])
         held = conversations.get(conversation)
         if held is not None and (held["at"], held["event_id"] or "") > (at, fe["event_id"]):
+            if etype == "ARCHIVE":
+                # Archived, then reopened (or archived again) later, delivered the other way
+                # round (a webhook retried, a batch produced again after a broker outage):
+                # the archive still resolved the conversation once, so its note is posted,
+                # but the Case keeps the status of the newer event.
+                newer = w.case_closed_status if held["value"] == "ARCHIVE" else w.case_reopened_status
+                await send_sf(out, conversation, case_status_command(fe, newer, True))
+                return
             await emit_audit(out, event, fe, "SKIPPED",
                              f"{etype} at {at} is older than {held['value']} at {held['at']}")
             return

@@ -417,8 +417,9 @@ def test_archived_conversation_closes_its_case_with_a_note_and_the_newest_event_
     """Use case 6: archiving a Front conversation closes the Case linked to it
     (Front_Conversation_Id__c) and posts the resolution note on the Case; a reopen that
     happened before the archive but arrives after it changes nothing (Front's event time
-    decides, not the order of delivery); a later reopen reopens the Case. A conversation
-    with no Case is audited SKIPPED, never dead-lettered."""
+    decides, not the order of delivery); a later reopen reopens the Case, and an archive
+    older than that reopen arriving after it still posts its note and leaves the Case
+    reopened. A conversation with no Case is audited SKIPPED, never dead-lettered."""
     tag = uuid.uuid4().hex[:6]
     conversation = f"cnv_{tag}c"
     pipeline.front_conversations(conversation)
@@ -454,6 +455,14 @@ def test_archived_conversation_closes_its_case_with_a_note_and_the_newest_event_
     assert deliver("reopen", conversation, f"evt_{tag}r1", now + 60) == 200
     pipeline.settle()
     assert case_row()["Status"] == "Working"
+    # Archived before that reopen, delivered after it (a retried webhook): the archive's
+    # resolution note is posted, the Case stays reopened.
+    assert deliver("archive", conversation, f"evt_{tag}a1", now + 30) == 200
+    pipeline.settle()
+    r = pipeline.admin.get("/__admin/records/FeedItem")
+    r.raise_for_status()
+    notes = [f for f in r.json()["records"] if f["ParentId"] == case]
+    assert len(notes) == 2 and case_row()["Status"] == "Working", (notes, case_row())
     # Our own Case updates came back through Change Data Capture (both status changes are
     # on salesforce.changes, marked ours by changeOrigin): no comment echoes them into Front.
     deadline = time.monotonic() + 60
