@@ -250,13 +250,17 @@ class Outbox:
             if callable(item):
                 self.then.append(item)
             else:
-                await self.send_to(producer, item[0], item[1], item[2])
+                partition = item[3] if len(item) > 3 and item[3] >= 0 else None
+                await self.send_to(producer, item[0], item[1], item[2], partition,
+                                   item[4] if len(item) > 4 else None)
 
-    async def send_to(self, producer: Any, where: str, key: bytes | None, value: bytes) -> None:
+    async def send_to(self, producer: Any, where: str, key: bytes | None, value: bytes,
+                      partition: int | None = None,
+                      headers: list[tuple[str, bytes]] | None = None) -> None:
         try:
             # Straight to the producer (not deferred to Faust's attachments, which would
             # publish after the ack; no FutureMessage wrapping): the same partitioner.
-            fut = await producer.send(where, key, value, None, None, None)
+            fut = await producer.send(where, key, value, partition, None, headers)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified: too large, or transient
@@ -383,12 +387,18 @@ def create_app(settings: Settings) -> faust.App:
     exclude = {o: frozenset(f) for o, f in settings.privacy.exclude_fields.items()}
     context_fields = context_fields_shown(w.context_fields, exclude)
 
-    def sf_items(key: str, cmd: dict[str, Any]) -> list[Item]:
-        """A command to the Salesforce sink, without what privacy.exclude_fields keeps out."""
+    def sf_items(key: str, cmd: dict[str, Any], received_at: Any = None) -> list[Item]:
+        """A command to the Salesforce sink, without what privacy.exclude_fields keeps out;
+        ``received_at``: when the receiver took the Front webhook that caused it, carried in
+        a header for the sink's webhook-to-write latency."""
         kept = without_excluded(cmd, exclude)
         if kept is None:
             return []
-        return [(topics.commands_salesforce, key.encode(), serde.encode(topics.commands_salesforce, kept))]
+        value = serde.encode(topics.commands_salesforce, kept)
+        if received_at is None:
+            return [(topics.commands_salesforce, key.encode(), value)]
+        return [(topics.commands_salesforce, key.encode(), value, -1,
+                 [(metrics.RECEIVED_AT_HEADER, str(_ms(received_at)).encode())])]
 
     async def send_sf(out: Outbox, key: str, cmd: dict[str, Any]) -> None:
         await out.put(app.producer, sf_items(key, cmd))
@@ -1122,7 +1132,7 @@ def create_app(settings: Settings) -> faust.App:
         msg_id = fe["message"]["id"]
         cmd = task_command(fe, found, settings.salesforce.task_external_id_field, task_owner(fe),
                            None if first else f"{msg_id}/{key}")
-        items = sf_items(msg_id, with_front_fields(cmd, fe))
+        items = sf_items(msg_id, with_front_fields(cmd, fe), fe.get("received_at"))
         items.append(audit_item(src, fe, "MATCHED", None, found["id"], why))
         if first:
             items.extend(owner_items(fe, found))

@@ -47,9 +47,10 @@ log = structlog.get_logger("streams.fastlane")
 
 # (topic, partition, offset, Kafka timestamp in ms) of the record being handled.
 Src = tuple[str, int, int, int]
-# A record to produce (topic, key, value[, partition]), or a callback to run once all of
-# the batch is acknowledged.
-Item = tuple[str, bytes | None, bytes] | tuple[str, bytes | None, bytes, int] | Callable[[], None]
+# A record to produce (topic, key, value[, partition (-1: by key)[, headers]]), or a
+# callback to run once all of the batch is acknowledged.
+Item = (tuple[str, bytes | None, bytes] | tuple[str, bytes | None, bytes, int]
+        | tuple[str, bytes | None, bytes, int, list[tuple[str, bytes]]] | Callable[[], None])
 # route(event, its raw bytes, where it came from, its first sighting if this is a repeat)
 Route = Callable[[dict[str, Any], bytes, Src, dict[str, Any] | None], list[Item]]
 
@@ -431,7 +432,10 @@ class FastLane(threading.Thread):
         record refused for good (too large), else None."""
         while True:
             try:
-                if len(item) > 3:
+                if len(item) > 4:
+                    self.producer.produce(item[0], item[2], item[1], item[3], on_delivery,
+                                          headers=item[4])
+                elif len(item) > 3:
                     self.producer.produce(item[0], item[2], item[1], item[3], on_delivery)
                 else:
                     self.producer.produce(item[0], item[2], item[1], on_delivery=on_delivery)

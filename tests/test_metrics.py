@@ -114,6 +114,10 @@ def test_every_process_serves_its_metrics_and_one_correlation_id_joins_front_to_
     assert value(sink, "frontforce_api_calls_total", api="salesforce") >= 7  # describes, /limits, the write
     assert 0 < value(sink, "frontforce_salesforce_api_used") <= value(sink, "frontforce_salesforce_api_max")
     assert value(sink, "frontforce_command_to_write_seconds_count", target="salesforce") >= 1
+    # ... and since the webhook reached the receiver: the worker carried its received_at on
+    # to the Task command (a header the sink reads).
+    assert value(sink, "frontforce_webhook_to_salesforce_seconds_count") >= 1, sink
+    assert 0 < value(sink, "frontforce_webhook_to_salesforce_seconds_sum") < 60, sink
 
     receiver = scrape(stack.ports.receiver)
     assert value(receiver, "frontforce_webhooks_accepted_total", kind="app") >= 1
