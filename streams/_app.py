@@ -738,6 +738,17 @@ def create_app(settings: Settings) -> faust.App:
             if into is reference and key.startswith("id:") and entry["kind"] == "User" and (
                     w.salesforce_context):
                 await owner_changed(entry, out)
+            if (into is reference and key.startswith("owns:") and w.salesforce_context
+                    and not entry["deleted"] and entry["id"] not in ((held or {}).get("candidates") or {})):
+                # A new owner of this Account: if the User is known already, it may have been
+                # indexed after the Account's context was rendered (another partition) and
+                # before this key, so the scan of its owns: keys missed the Account: render
+                # it again (nothing is sent when Front shows it already).
+                owner = reference_record(key.split(":", 2)[1])
+                if owner is not None:
+                    await out.send(by_account, entry["id"].encode(), serde.encode(internal["by_account"], {
+                        "record_id": owner["id"], "sobject": "User", "change_type": "UPDATE",
+                        "commit_timestamp": owner["ts"]}))
             if into is table and not entry["deleted"] and pending(key) is not None:
                 # Messages are waiting for this very key: match them now.
                 await out.send(release, key.encode(), serde.encode(internal["release"], {
