@@ -247,6 +247,15 @@ class WorkerConfig(_Model):
     retry_max_delay_s: float = Field(
         10.0, gt=0, description="Longest pause between two in-place retries of one event."
     )
+    rocksdb_write_buffer_mb: int = Field(
+        4, ge=1, le=1024,
+        description="RocksDB memtable size of each table store (Faust's default is 64 MB, times 3"
+        " memtables, for every table and partition: most of a restored worker's memory).",
+    )
+    rocksdb_block_cache_mb: int = Field(
+        8, ge=1, le=8192,
+        description="RocksDB block cache of each table store (Faust's default: 2 GB each).",
+    )
     max_in_flight: int = Field(
         1000, ge=1,
         description="Events an agent may have handled but not yet acknowledged (their records"

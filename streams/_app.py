@@ -336,7 +336,12 @@ def create_app(settings: Settings) -> faust.App:
         table is added: adding it creates its changelog topic, whose value serializer is
         what recovery (a worker taking over a partition, a standby) decodes with; a codec
         set afterwards only encodes, and recovery then fails on every record."""
-        t = ChangelogTable(app, name=name, default=None, partitions=n, key_type=str, **kw)
+        # A fresh dict for each table: Faust's store pops keys out of the one it is given.
+        options = {"write_buffer_size": w.rocksdb_write_buffer_mb * 1024 * 1024,
+                   "max_write_buffer_number": 2,
+                   "block_cache_size": w.rocksdb_block_cache_mb * 1024 * 1024}
+        t = ChangelogTable(app, name=name, default=None, partitions=n, key_type=str,
+                           options=options, **kw)
         t.value_serializer = AvroCodec(  # type: ignore[attr-defined]  # read lazily by Faust
             serde, settings.worker_table_topics[logical])
         app.tables.add(t)
