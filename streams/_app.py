@@ -1215,16 +1215,25 @@ def create_app(settings: Settings) -> faust.App:
                 await emit_audit(out, event, fe, "SKIPPED", f"no handle of Front contact {crd}")
                 return
             held = front_contacts.get(crd)
+            now, _ = find_record(held["handle"]) if held is not None else (None, "")
+            if held is not None and (now is None or now["kind"] not in PEOPLE):
+                # The record that handle matched is gone since (deleted, merged away, its
+                # email changed): the note is stale, the sender is not known through it.
+                log.info("front contact's record is gone", front_contact=crd,
+                         record=held["record_id"], handle=held["handle"])
+                held = None
             if held is None:
                 why = f"no {', '.join(w.match_priority)} matches {key}, nor another handle of its Front contact {crd}"
                 await unmatched(event, fe, key, why, out)
                 return
-            found = {"kind": held["kind"], "id": held["record_id"], "account_id": held["account_id"],
-                     "owner_id": held["owner_id"]}
-            why = (f"{key}: no record; its Front contact {crd} is {held['kind']} {held['record_id']} "
+            assert now is not None
+            # The record that handle matches now (the same, or the one it moved to).
+            found = {"kind": now["kind"], "id": now["id"], "account_id": now.get("account_id"),
+                     "owner_id": now.get("owner_id")}
+            why = (f"{key}: no record; its Front contact {crd} is {now['kind']} {now['id']} "
                    f"(by {held['handle']}): the handle is added to it")
             await land(event, fe, key, found, why, out)
-            await out.send(new_handles, held["record_id"].encode(), serde.encode(
+            await out.send(new_handles, now["id"].encode(), serde.encode(
                 internal["new_handles"], {"value": key, "at": int(time.time() * 1000),
                                           "event_id": fe["event_id"]}))
 

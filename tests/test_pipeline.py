@@ -349,7 +349,8 @@ def test_a_known_persons_new_phone_lands_on_their_contact_and_is_added_to_it_onc
     whose email matched a Contact, lands on that Contact (no Lead) and the number is written
     to its blank Phone, once; the next SMS from it matches by phone. A second new number
     finds no blank field it may fill (MobilePhone is in privacy.exclude_fields here): it lands
-    on the Contact and is not written anywhere."""
+    on the Contact and is not written anywhere. Once the Contact is deleted, the Front contact
+    no longer leads to it."""
     tag = uuid.uuid4().hex[:6]
     email = f"dana-{tag}@initech.example"
     r = pipeline.admin.post("/__admin/seed", json={"records": {"Contact": [
@@ -399,6 +400,28 @@ def test_a_known_persons_new_phone_lands_on_their_contact_and_is_added_to_it_onc
     assert f"Front contact crd_{tag} is Contact {dana}" in why[f"evt_{tag}1"]["reason"]
     assert why[f"evt_{tag}2"]["reason"].startswith(f"phone:{new}: Contact")
     assert why[f"evt_{tag}3"]["record_id"] == dana
+
+    # Dana's Contact is deleted in Salesforce. A message from a handle no record has, from
+    # the same Front contact, no longer lands on her through that Front contact (no Task on
+    # a deleted record, no handle written to it): she is an unknown sender now, a Lead.
+    from frontforce.salesforce import connect
+
+    connect(pipeline.stack.settings().salesforce).client.Contact.delete(dana)
+    deadline = time.monotonic() + 60
+    while not [c for c in pipeline.topic("salesforce.changes")
+               if c["record_id"] == dana and c["change_type"] == "DELETE"]:
+        assert time.monotonic() < deadline, "no DELETE change event for the Contact"
+        time.sleep(0.5)
+    pipeline.settle()
+    later = f"dana.new-{tag}@initech.example"
+    assert pipeline.emitter.deliver(message(later, 4)) == 200
+    [task] = pipeline.tasks_for({f"msg_{tag}4"}, expect=1)
+    [lead] = [row for row in pipeline.admin.get("/__admin/records/Lead").json()["records"]
+              if row.get("Email") == later]
+    assert task["WhoId"] == lead["Id"]
+    pipeline.settle()
+    assert [c["operation"]["fields"] for c in pipeline.topic("commands.salesforce")
+            if c["operation"].get("record_id") == dana] == [{"Phone": new}]
 
 
 def status_event(kind: str, conversation: str, event_id: str, at: float) -> dict[str, Any]:
