@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -100,18 +101,38 @@ class AsyncProducer:
     broker acknowledged the record (acks=all), or raises ``RetriableError``.
 
     librdkafka calls delivery callbacks from ``poll()``; a daemon thread polls so the event
-    loop never blocks on it.
+    loop never blocks on it. The reports one ``poll()`` served reach each loop in one
+    wake-up (``call_soon_threadsafe`` per record cost a wake-up of the loop per webhook).
     """
 
     def __init__(self, conf: dict[str, Any]) -> None:
         self._producer = Producer(conf)
         self._stop = threading.Event()
+        # (loop, future, error, message) of the reports not handed to their loop yet
+        # (appended by whichever thread serves callbacks: the poll thread, flush at close).
+        self._reports: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[Message],
+                                   KafkaError | None, Message]] = deque()
         self._thread = threading.Thread(target=self._poll_loop, name="producer-poll", daemon=True)
         self._thread.start()
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.1)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
+        while True:
+            try:
+                loop, fut, err, msg = self._reports.popleft()
+            except IndexError:
+                break
+            by_loop.setdefault(loop, []).append((fut, err, msg))
+        for loop, done in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, done)
+            except RuntimeError:
+                pass  # that loop is closed: nobody waits for these any more
 
     async def produce(self, topic: str, key: bytes | None, value: bytes | None,
                       headers: list[tuple[str, str | bytes | None]] | None = None) -> Message:
@@ -119,10 +140,8 @@ class AsyncProducer:
         fut: asyncio.Future[Message] = loop.create_future()
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                loop.call_soon_threadsafe(_set_exc, fut, RetriableError(f"kafka: {err.str()}"))
-            else:
-                loop.call_soon_threadsafe(_set_result, fut, msg)
+            # Called in the poll thread (inside poll(), or flush() at close).
+            self._reports.append((loop, fut, err, msg))
 
         while True:
             try:
@@ -145,17 +164,18 @@ class AsyncProducer:
         remaining = self._producer.flush(timeout)
         self._stop.set()
         self._thread.join(timeout=2)
+        self._hand_over()
         return int(remaining)
 
 
-def _set_result(fut: asyncio.Future[Message], msg: Message) -> None:
-    if not fut.done():
-        fut.set_result(msg)
-
-
-def _set_exc(fut: asyncio.Future[Message], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+def _settle(done: list[tuple[Any, ...]]) -> None:
+    for fut, err, msg in done:
+        if fut.done():
+            continue
+        if err is not None:
+            fut.set_exception(RetriableError(f"kafka: {err.str()}"))
+        else:
+            fut.set_result(msg)
 
 
 def watermarks(consumer: Any, tp: Any, timeout_s: float = 30.0) -> tuple[int, int]:
