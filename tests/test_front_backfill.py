@@ -215,3 +215,79 @@ def test_a_restarted_receiver_fills_its_downtime_from_the_events_api(world: Worl
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+@pytest.mark.parametrize("recovery", ["kept", "broken"])
+def test_webhooks_refused_while_storage_is_away_are_read_back_once_it_is_back(
+        world: World, recovery: str) -> None:
+    """Guards the receiver's recovery of refused webhooks: while it cannot store (here the
+    schema registry refuses connections; a broker restart is the same 503) it answers 503,
+    and Front gives a webhook up after three retries. Once a webhook is stored again, the
+    receiver reads the refused window back from the Events API by itself: the refused event
+    and the ones Front emitted meanwhile are each on front.events once. ``broken`` runs
+    ``tests.broken_receiver``, which never reads them back: the same check must find them
+    missing."""
+    from urllib.parse import urlsplit
+
+    from emulators.front import WebhookEmitter, inbound_email_event
+    from tests.faultproxy import FaultProxy
+
+    world.set_limits(rpm=100, window_s=60)
+    registry = urlsplit(world.stack.registry_url)
+    assert registry.hostname and registry.port
+    proxy = FaultProxy(registry.hostname, registry.port)
+    proxy.mode = "refuse"
+    prefix = f"r{uuid.uuid4().hex[:8]}."
+    port = free_port()
+    text = re.sub(r'topic_prefix: "[^"]*"', f'topic_prefix: "{prefix}"', world.config.read_text())
+    text = text.replace(world.stack.registry_url,
+                        world.stack.registry_url.replace(f":{registry.port}", f":{proxy.port}"))
+    config = world.config.with_name("refusing.yaml")
+    config.write_text(text + f"receiver: {{port: {port}}}\n")
+    s = load_settings(config)
+    ensure_topics(s, [s.topics.front_events, s.topics.source_cursors])
+    log_path = world.stack.logs / "refusing-receiver.log"
+    with log_path.open("ab") as log:
+        module = "frontforce" if recovery == "kept" else "tests.broken_receiver"
+        proc = subprocess.Popen([sys.executable, "-m", module, "receiver", "--config", str(config)],
+                                cwd=REPO, env=world.stack.env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "receiver did not start"
+                time.sleep(0.2)
+        tag = uuid.uuid4().hex[:6]
+        emitted = world.inbound(3, at=time.time(), tag=f"ref{tag}")
+        first = world.admin.get(f"/events/{emitted[0]}",
+                                headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"})
+        first.raise_for_status()
+        emitter = WebhookEmitter(f"http://127.0.0.1:{port}/webhooks/front", b"unused")
+        assert emitter.deliver(first.json()) == 503 and emitter.failures == 1  # Front gives up
+        proxy.mode = "pass"
+        assert emitter.deliver(inbound_email_event(
+            base_url=world.stack.front_url, event_id=f"evt_ok{tag}", conversation_id=f"cnv_ok{tag}",
+            message_id=f"msg_ok{tag}", inbox_id="inb_1", sender="a@b.example", sender_name=None,
+            to="support@acme.example", subject="s", text="t", emitted_at=time.time())) == 200
+
+        def stored() -> Counter[str]:
+            return Counter(e["event_id"] for e in read_topic(
+                world.stack.bootstrap, world.stack.registry_url, s.topics.front_events))
+
+        deadline = time.monotonic() + (60 if recovery == "kept" else 20)
+        seen = stored()
+        while not all(seen[i] for i in emitted) and time.monotonic() < deadline:
+            time.sleep(1)
+            seen = stored()
+        if recovery == "broken":
+            assert not all(seen[i] for i in emitted), "the check cannot see refused webhooks lost"
+            return
+        assert all(seen[i] == 1 for i in emitted), {i: seen[i] for i in emitted}
+        assert "reading them back from the Events API" in log_path.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        proxy.close()

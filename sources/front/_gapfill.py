@@ -12,6 +12,10 @@ Two cursors on ``source.cursors``:
 On start the window is ``[newest stored − front.gapfill_overlap_s, now]`` (Front documents no
 ordering of events, hence the overlap; the duplicates it brings are dropped downstream by event
 id), read by the same backfill as ``frontforce backfill front``.
+
+While it runs, a receiver that had to refuse webhooks (503: the broker or the registry away)
+reads them back the same way once it stores webhooks again (``RefusalRecovery``): Front drops
+an app webhook after three failed retries, a few seconds, much less than a broker restart.
 """
 
 from __future__ import annotations
@@ -100,7 +104,12 @@ def gap_fill(settings: Settings, serde: Serde, now: float | None = None) -> str 
     if since is None:
         log.info("gap-fill: no webhook stored yet, nothing to fill")
         return None
-    until = time.time() if now is None else now
+    return fill_window(settings, serde, since, time.time() if now is None else now)
+
+
+def fill_window(settings: Settings, serde: Serde, since: float, until: float) -> str:
+    """Read ``[since, until]`` back from the Events API onto ``front.events``, with the
+    ``front.gapfill`` cursor marking the window open, then done."""
     producer = Producer(producer_config(settings))
     write_cursor(settings, serde, producer, JOB, {"since": since, "until": until, "done": False},
                  covered_until_ms=int(since * 1000))
@@ -110,6 +119,53 @@ def gap_fill(settings: Settings, serde: Serde, now: float | None = None) -> str 
                  covered_until_ms=int(until * 1000))
     log.info("gap-fill complete", events=result.events, pages=result.pages)
     return result.name
+
+
+class RefusalRecovery:
+    """Webhooks this receiver answered 503 (the broker or the registry away) are read back
+    from the Events API once it stores webhooks again: Front gives an app webhook up after
+    three retries (fact sheet 7.3), well within an outage of the broker, and the gap-fill at
+    start does not see a receiver that stayed up. The window runs from the oldest refused
+    event's ``emitted_at`` (less ``front.gapfill_overlap_s``) to the first webhook stored
+    after it; one fill at a time, a failed one is tried again after the next stored webhook."""
+
+    def __init__(self, settings: Settings, serde: Serde) -> None:
+        self.settings = settings
+        self.serde = serde
+        self._lock = threading.Lock()
+        self._since: float | None = None  # oldest refused event, epoch seconds
+        self._filling = False
+        self.fills = 0
+
+    def refused(self, occurred_at_ms: int) -> None:
+        with self._lock:
+            at = occurred_at_ms / 1000.0
+            self._since = at if self._since is None else min(self._since, at)
+
+    def stored(self) -> None:
+        """A webhook was stored: start filling what was refused before, if anything."""
+        if self._since is None or self.settings.front.api_token is None:
+            return
+        with self._lock:
+            if self._since is None or self._filling:
+                return
+            since, self._since, self._filling = self._since, None, True
+        threading.Thread(target=self._fill, args=(since,), name="front-refusal-fill",
+                         daemon=True).start()
+
+    def _fill(self, since: float) -> None:
+        start = since - self.settings.front.gapfill_overlap_s
+        try:
+            log.warning("webhooks were refused; reading them back from the Events API",
+                        since=start)
+            fill_window(self.settings, self.serde, start, time.time())
+            self.fills += 1
+        except Exception as exc:  # noqa: BLE001 - tried again after the next stored webhook
+            log.error("refused webhooks not read back yet; will try again", error=str(exc))
+            self.refused(int(since * 1000))
+        finally:
+            with self._lock:
+                self._filling = False
 
 
 def start_gap_fill(settings: Settings, serde: Serde) -> threading.Thread:
