@@ -266,7 +266,9 @@ def test_webhooks_refused_while_storage_is_away_are_read_back_once_it_is_back(
                                 headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"})
         first.raise_for_status()
         emitter = WebhookEmitter(f"http://127.0.0.1:{port}/webhooks/front", b"unused")
-        assert emitter.deliver(first.json()) == 503 and emitter.failures == 1  # Front gives up
+        # 503 (or no answer within Front's 5 s while the registry client retries): Front
+        # gives the webhook up after its retries.
+        assert emitter.deliver(first.json()) in (503, 0) and emitter.failures == 1
         proxy.mode = "pass"
         assert emitter.deliver(inbound_email_event(
             base_url=world.stack.front_url, event_id=f"evt_ok{tag}", conversation_id=f"cnv_ok{tag}",
