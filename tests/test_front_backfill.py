@@ -224,7 +224,8 @@ def test_webhooks_refused_while_storage_is_away_are_read_back_once_it_is_back(
     schema registry refuses connections; a broker restart is the same 503) it answers 503,
     and Front gives a webhook up after three retries. Once a webhook is stored again, the
     receiver reads the refused window back from the Events API by itself: the refused event
-    and the ones Front emitted meanwhile are each on front.events once. ``broken`` runs
+    and the ones Front emitted meanwhile are on front.events (the refused one maybe twice,
+    see below; the others, never delivered, once). ``broken`` runs
     ``tests.broken_receiver``, which never reads them back: the same check must find them
     missing."""
     from urllib.parse import urlsplit
@@ -287,7 +288,11 @@ def test_webhooks_refused_while_storage_is_away_are_read_back_once_it_is_back(
         if recovery == "broken":
             assert not all(seen[i] for i in emitted), "the check cannot see refused webhooks lost"
             return
-        assert all(seen[i] == 1 for i in emitted), {i: seen[i] for i in emitted}
+        # At least once: an attempt Front gave up waiting for may still have been stored
+        # when the registry came back, and the read-back stores it again (the worker drops
+        # the repeat by event id, as it drops Front's own redeliveries).
+        assert all(seen[i] >= 1 for i in emitted), {i: seen[i] for i in emitted}
+        assert all(seen[i] == 1 for i in emitted[1:]), {i: seen[i] for i in emitted}
         assert "reading them back from the Events API" in log_path.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
