@@ -133,8 +133,6 @@ def _key(event: EventT) -> str:
 MAX_WAITING = 1000
 # Front contacts whose record this process remembers having noted (use case 2).
 NOTED_MAX = 100_000
-# The by-account marker of a Contact's Front contact seen for the first time (use case 3).
-FRONT_CONTACT = "FrontContact"
 
 # EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
 EXIT_STALLED = 75
@@ -639,11 +637,7 @@ def create_app(settings: Settings) -> faust.App:
         held = contexts.get(account_id) or {"account": None, "opportunities": {}, "contacts": {},
                                             "sent": None, "tag_stages": {}}
         kind, rid = change["sobject"], change["record_id"]
-        # A Contact's Front contact seen for the first time (front-contact-notes): its id.
-        seen = str(change["transaction_key"]).split(":", 1)[1] if kind == FRONT_CONTACT else None
-        if seen and (held["contacts"].get(rid) or {"deleted": True})["deleted"]:
-            return  # not (or no longer) a Contact of this Account
-        if kind in ("User", FRONT_CONTACT):
+        if kind == "User":
             ctx = held  # the owner's name: nothing held changes, the rendering may
         else:
             group = {"Opportunity": "opportunities", "Contact": "contacts"}.get(kind)
@@ -663,12 +657,11 @@ def create_app(settings: Settings) -> faust.App:
             shared = digest(shown, fields.get("Name"))
             sent_version, _, sent_shared = (ctx.get("sent") or "").partition("/")
             source = change.get("transaction_key") or f"{rid}@{change['commit_timestamp']}"
-            if version != sent_version or seen:
+            if version != sent_version:
                 await out.send(front_commands, account_id.encode(), serde.encode(
                     topics.commands_front,
                     account_command(account_id, ctx, shown, domain, str(source),
-                                    f"{sent_version or '-'}->{version}@{source}",
-                                    [seen] if seen else [])))
+                                    f"{sent_version or '-'}->{version}@{source}")))
             contact_fields = {"Salesforce account": fields.get("Name"), **shown}
             for cid, contact in ctx["contacts"].items():
                 email = contact["fields"].get("Email")
@@ -676,12 +669,9 @@ def create_app(settings: Settings) -> faust.App:
                     continue
                 links = ([f"{w.salesforce_web_url.rstrip('/')}/lightning/r/Contact/{cid}/view"]
                          if w.salesforce_web_url else [])
-                # The Front contact just seen is named by its id: the sink may remember that
-                # Front had no contact for the email a moment ago.
-                handle = seen if seen and cid == rid else str(email).lower()
                 await out.send(front_commands, str(email).lower().encode(), serde.encode(
                     topics.commands_front,
-                    contact_command(handle, contact_fields, links, str(source),
+                    contact_command(str(email).lower(), contact_fields, links, str(source),
                                     f"{sent_shared or '-'}->{digest(shared, email, links)}@{source}")))
             ctx = {**ctx, "sent": f"{version}/{shared}"}
             # What was sent is stored before the table says so (a worker killed in between
@@ -1112,8 +1102,7 @@ def create_app(settings: Settings) -> faust.App:
     def note_items(fe: dict[str, Any], key: str, found: dict[str, Any]) -> list[Item]:
         """Use case 2, known people: which record this Front contact's handle matched, told
         to its Front contact's partition once per pairing (remembered once stored)."""
-        crd = ((w.add_new_handles or w.salesforce_context) and found["kind"] in PEOPLE
-               and front_contact_of(fe, key))
+        crd = w.add_new_handles and found["kind"] in PEOPLE and front_contact_of(fe, key)
         if not crd or noted.get(crd) == found["id"]:
             return []
         note = {"record_id": found["id"], "kind": found["kind"],
@@ -1184,18 +1173,6 @@ def create_app(settings: Settings) -> faust.App:
                     rank.get(held["kind"], 9) < rank.get(note["kind"], 9)):
                 return
             if held != note:
-                if (w.salesforce_context and note["kind"] == "Contact" and note.get("account_id")
-                        and (held is None or held["record_id"] != note["record_id"])):
-                    # Use case 3: a Contact seen in Front for the first time. The context of
-                    # their Account may have been pushed before Front had a contact for them
-                    # (the sink skips a handle Front does not know): push it to this contact
-                    # now, and link it to the account, once per Front contact.
-                    await out.send(by_account, note["account_id"].encode(), serde.encode(
-                        internal["by_account"], {
-                            "record_id": note["record_id"], "sobject": FRONT_CONTACT,
-                            "change_type": "UPDATE", "commit_timestamp": note["at"],
-                            "transaction_key": f"{FRONT_CONTACT}:{crd}"}))
-                    await out.delivered()  # sent before the table says so
                 front_contacts[crd] = note
                 out.changelog(front_contacts)
 

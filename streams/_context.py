@@ -112,15 +112,13 @@ def _origin(source_event_id: str) -> dict[str, str]:
 
 
 def account_command(account_id: str, ctx: dict[str, Any], fields: dict[str, str | None],
-                    domain: str | None, source_event_id: str, version: str,
-                    front_contacts: list[str] | None = None) -> dict[str, Any]:
+                    domain: str | None, source_event_id: str, version: str) -> dict[str, Any]:
     """UpsertAccount for the Front sink. ``version`` is the transition and the change that
     made it, ``<digest sent before>-><digest now>@<change>``: the same change handled again
     (a replay) is the same command, which the sink's ledger applies once; a context going
     back to an earlier one (A, B, A: an Opportunity's stage moved and reverted) is a new
     command, and so is the same transition made again by a later change (A, B, A, B: without
-    the change in the key the second A->B was skipped as applied, drills/outage_run.py).
-    ``front_contacts``: Front contact ids (crd_…) to link besides the Contacts' emails."""
+    the change in the key the second A->B was skipped as applied, drills/outage_run.py)."""
     account = (ctx.get("account") or {}).get("fields") or {}
     return {
         "command_id": digest("UpsertAccount", account_id, version),
@@ -133,7 +131,7 @@ def account_command(account_id: str, ctx: dict[str, Any], fields: dict[str, str 
             "domains": [domain] if domain else [],
             "description": None,
             "custom_fields": fields,
-            "contact_handles": contact_emails(ctx) + (front_contacts or []),
+            "contact_handles": contact_emails(ctx),
         }),
     }
 

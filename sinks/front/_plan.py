@@ -86,11 +86,8 @@ def join_comments(bodies: list[tuple[int, str]], max_chars: int) -> list[list[tu
 
 
 def contact_ref(handle: str) -> str:
-    """Front's alias for a contact handle: ``alt:email:`` or ``alt:phone:`` (fact sheet §1.4);
-    a Front contact id (``crd_…``) as it is."""
+    """Front's alias for a contact handle: ``alt:email:`` or ``alt:phone:`` (fact sheet §1.4)."""
     h = handle.strip()
-    if h.startswith("crd_"):
-        return h
     return f"alt:email:{h.lower()}" if "@" in h else f"alt:phone:{h}"
 
 

@@ -13,10 +13,6 @@ cached ``GET /teammates``; contact custom field types from a cached
 ``GET /contacts/custom_fields``. Every call goes through ``frontforce.front.FrontClient``
 and the process's one ``FrontPacer`` (x-ratelimit-*, retry-after, the wait in a 429 body).
 
-A handle may also be a Front contact id (``crd_…``, the worker names a Contact's Front contact
-that way when it first sees it write in): it is used as is, and finding it clears what the
-sink remembered about its handles having no contact.
-
 Accounts (UpsertAccount, use case 3), per external id and window: the account is read by
 ``GET /accounts/alt:ext_id:<id>`` (then by its Front id, cached per process), created with
 its ``external_id`` when Front has none (``POST /accounts``), else patched only with what
@@ -639,7 +635,6 @@ class FrontSink:
 
     def _patch_contact(self, path: str, items: list[_Item]) -> None:
         contact = self._call("GET", path)
-        self._exists(contact)
         if self._contact_types is None:
             self._contact_types = {d["name"]: d.get("type", "string")
                                    for d in self._read_all("/contacts/custom_fields")}
@@ -749,11 +744,6 @@ class FrontSink:
         if account_id is not None:
             self._account_links.pop(account_id, None)
 
-    def _exists(self, contact: dict[str, Any]) -> None:
-        """Front has this contact: none of its handles is "without a contact" any more."""
-        for x in contact.get("handles") or []:
-            self._no_contact.pop(_plan.handle_key(x["handle"]), None)
-
     def _link_contacts(self, account_id: str, handles: list[str]) -> tuple[bool, list[str]]:
         """Link ``handles`` to the account; (whether a link was written, the handles with
         no Front contact). The account's linked handles are read once per process (none for
@@ -789,8 +779,7 @@ class FrontSink:
                 continue
             ids.append(contact["id"])
             known |= {_plan.handle_key(x["handle"]) for x in contact.get("handles") or []}
-            known.add(_plan.handle_key(h))  # a handle or a contact id
-            self._exists(contact)
+            self._no_contact.pop(_plan.handle_key(h), None)
         if len(skipped) > len(absent):
             log.info("contacts not in front: not linked to the account", account_id=account_id,
                      handles=skipped[len(absent):])
