@@ -1192,19 +1192,18 @@ def create_app(settings: Settings) -> faust.App:
                 await emit_audit(out, event, fe, "SKIPPED", f"no handle of Front contact {crd}")
                 return
             held = front_contacts.get(crd)
-            now, _ = find_record(held["handle"]) if held is not None else (None, "")
-            if held is not None and (now is None or now["kind"] not in PEOPLE):
-                # The record that handle matched is gone since (deleted, merged away, its
-                # email changed): the note is stale, the sender is not known through it.
-                log.info("front contact's record is gone", front_contact=crd,
-                         record=held["record_id"], handle=held["handle"])
-                held = None
-            if held is None:
+            # The record the noted handle matches now (the same, or the one it moved to).
+            now = find_record(held["handle"])[0] if held is not None else None
+            if now is None or now["kind"] not in PEOPLE:
+                if held is not None:
+                    # That record is gone since (deleted, merged away, its email changed):
+                    # the note is stale, the sender is not known through it.
+                    log.info("front contact's record is gone", front_contact=crd,
+                             record=held["record_id"], handle=held["handle"])
                 why = f"no {', '.join(w.match_priority)} matches {key}, nor another handle of its Front contact {crd}"
                 await unmatched(event, fe, key, why, out)
                 return
-            assert now is not None
-            # The record that handle matches now (the same, or the one it moved to).
+            assert held is not None
             found = {"kind": now["kind"], "id": now["id"], "account_id": now.get("account_id"),
                      "owner_id": now.get("owner_id")}
             why = (f"{key}: no record; its Front contact {crd} is {now['kind']} {now['id']} "

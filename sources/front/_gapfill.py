@@ -135,7 +135,6 @@ class RefusalRecovery:
         self._lock = threading.Lock()
         self._since: float | None = None  # oldest refused event, epoch seconds
         self._filling = False
-        self.fills = 0
 
     def refused(self, occurred_at_ms: int) -> None:
         with self._lock:
@@ -159,7 +158,6 @@ class RefusalRecovery:
             log.warning("webhooks were refused; reading them back from the Events API",
                         since=start)
             fill_window(self.settings, self.serde, start, time.time())
-            self.fills += 1
         except Exception as exc:  # noqa: BLE001 - tried again after the next stored webhook
             log.error("refused webhooks not read back yet; will try again", error=str(exc))
             self.refused(int(since * 1000))
