@@ -208,26 +208,39 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             return
-        pending: set[int] = set()
+        ends: dict[int, int] = {}
         assignment = []
         for p in meta.partitions:
             low, high = watermarks(c, TopicPartition(topic, p))
             if high > low:
-                pending.add(p)
+                ends[p] = high
                 assignment.append(TopicPartition(topic, p, low))
         c.assign(assignment)
         deadline = time.monotonic() + timeout_s
-        while pending:
+        while ends:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end")
+                raise TimeoutError(f"{topic}: partitions {sorted(ends)} not read to the end")
             m = c.poll(0.5)
             if m is None:
+                # A partition whose last records are transaction markers (never delivered):
+                # done once the position is past the end taken at the call.
+                for tp in c.position([TopicPartition(topic, p) for p in ends]):
+                    if tp.offset >= ends.get(tp.partition, 0):
+                        ends.pop(tp.partition, None)
                 continue
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition() or 0)
+                    ends.pop(m.partition() or 0, None)
                 continue
+            p = m.partition() or 0
+            end = ends.get(p)
+            if end is None or (m.offset() or 0) >= end:
+                continue  # written after the call
             yield m
+            if (m.offset() or 0) >= end - 1:
+                # The end as of the call: a partition still being written to gives no EOF
+                # while every fetch finds a new record.
+                ends.pop(p, None)
     finally:
         c.close()
