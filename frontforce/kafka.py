@@ -244,3 +244,50 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator
                 ends.pop(p, None)
     finally:
         c.close()
+
+
+def first_record_between(config: dict[str, Any], topic: str, partition: int, start: int, end: int,
+                         timeout_s: float = 30.0) -> int | None:
+    """The offset of the first record (committed: transaction markers and aborted records
+    are not records) that ``partition`` holds in ``[start, end)``, or None: offsets with no
+    record are markers, compacted or deleted ones. ``config``: a consumer config (its
+    group is never joined nor committed)."""
+    c = Consumer({**config, "group.id": f"probe-{uuid.uuid4()}", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "isolation.level": "read_committed"})
+    tp = TopicPartition(topic, partition, start)
+    try:
+        c.assign([tp])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}[{partition}]: offsets {start}..{end - 1} not read in {timeout_s:.0f} s")
+            m = c.poll(0.5)
+            if m is None:
+                if c.position([TopicPartition(topic, partition)])[0].offset >= end:
+                    return None
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return None
+                continue
+            offset = m.offset() or 0
+            return offset if offset < end else None
+    finally:
+        c.close()
+
+
+def group_start(config: dict[str, Any], group: str, topic: str, partition: int,
+                timeout_s: float = 30.0) -> int:
+    """Where ``group`` starts reading ``partition``: its committed offset, or the partition's
+    first offset when it has none (``auto.offset.reset`` earliest). Asked without joining
+    the group."""
+    c = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        tp = TopicPartition(topic, partition)
+        [committed] = c.committed([tp], timeout=timeout_s)
+        if committed.offset is not None and committed.offset >= 0:
+            return int(committed.offset)
+        return watermarks(c, tp, timeout_s)[0]
+    finally:
+        c.close()

@@ -60,7 +60,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
-from frontforce.kafka import ensure_topics
+from frontforce.kafka import consumer_config, ensure_topics
 from frontforce.logs import bind_correlation
 from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
@@ -81,6 +81,7 @@ from streams._matching import (
     record_update,
     web_domain,
 )
+from streams._offsets import OffsetGuard
 from streams._privacy import context_fields_shown, excluded, masked, masker, without_excluded
 from streams._rules import (
     CASE_LINK_FIELD,
@@ -517,6 +518,17 @@ def create_app(settings: Settings) -> faust.App:
         # did not is read again by whoever takes the partition.
         os._exit(EXIT_STALLED)
 
+    def faust_skipped(message: Any, found: int, since: int) -> None:
+        log.critical("Faust's consumer skipped records; stopping without acknowledging anything "
+                     "after them (they are read again from the committed offset)",
+                     at=f"{message.topic}[{message.partition}]@{message.offset}",
+                     skipped_from=found, expected=since)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_STALLED)
+
+    offsets = OffsetGuard(app, consumer_config(settings, f"{w.app_id}-offset-guard"), faust_skipped)
+
     async def consume(stage: str, stream: Any, logical_topic: str, body: Body) -> None:
         """The one way every agent handles its events: decode, run ``body``, dead-letter
         the poison, retry the transient in place, ack only when all of it is stored.
@@ -560,6 +572,8 @@ def create_app(settings: Settings) -> faust.App:
                     metrics.RECORDS_IN.labels(batch[0].message.topic).inc(len(batch))
                 items: list[tuple[EventT, Outbox]] = []
                 for event in batch:
+                    # Nothing is handled (nor acked) past a record Faust's consumer skipped.
+                    await offsets.check(event.message)
                     # A take batch is not stream iteration: make each event the current one,
                     # as iteration would (table reads and writes, windows, partitions).
                     _current_event.set(weakref.ref(event))

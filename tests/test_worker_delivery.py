@@ -222,3 +222,78 @@ def test_the_refused_command_check_catches_a_lane_that_commits_before_the_broker
         assert not _tasks(r, {f"msg_{tag}0"})
     finally:
         r.restart_worker()
+
+
+def _leads(r: Routed, emails: set[str]) -> set[str]:
+    rows = r.p.admin.get("/__admin/records/Lead").json()["records"]
+    return {row["Email"] for row in rows if row.get("Email") in emails}
+
+
+@pytest.mark.parametrize("variant", ["guarded", "unguarded"])
+def test_a_record_fausts_consumer_skips_is_read_again_not_committed_away(
+        routed: Routed, variant: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards streams/_offsets.py. Faust's consumer can hand an agent a partition with a hole
+    in it and commit past the hole (the SIGKILL drill lost a Case reopen that way). Here the
+    worker runs on a consumer that skips the match step's record of one unknown sender's
+    message (tests/skipping_worker.py): the worker sees the hole at the next record of that
+    partition, stops (75) without acknowledging past it, and the worker started after it
+    makes the sender's Lead. ``unguarded``, the guard off, must lose it: every other sender
+    gets a Lead, this one none, and the group's offset is committed past its record."""
+    r = routed
+    s = r.stack.settings()
+    tag = uuid.uuid4().hex[:6]
+    skipped = f"skipme-{tag}@stranger.example"
+    others = {f"other{i}-{tag}@stranger.example" for i in range(20)}
+    once = tmp_path / "skipped"
+    monkeypatch.setenv("FRONTFORCE_TEST_SKIP_TOPIC", s.worker_topics["by_handle"])
+    monkeypatch.setenv("FRONTFORCE_TEST_SKIP_KEY", skipped)
+    monkeypatch.setenv("FRONTFORCE_TEST_SKIP_ONCE", str(once))
+    if variant == "unguarded":
+        monkeypatch.setenv("FRONTFORCE_TEST_NO_GUARD", "1")
+    r.stack.stop_process("worker")
+    r.stack.spawn("worker", "worker", module="tests.skipping_worker")
+    try:
+        assert r.p.emitter.deliver(event(skipped, tag, 0)) == 200
+        deadline = time.monotonic() + 180
+        while not once.exists():
+            assert time.monotonic() < deadline, "the skipping consumer never met the record"
+            time.sleep(0.3)
+        # Records after it, in every partition of the match step's topic (20 handles).
+        for i, email in enumerate(sorted(others), start=1):
+            assert r.p.emitter.deliver(event(email, tag, i)) == 200
+        proc = r.stack.procs["worker"]
+        if variant == "guarded":
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert proc.returncode == EXIT_STALLED, f"worker still running or exited {proc.returncode}"
+            log = (r.stack.logs / "worker.log").read_text(errors="replace")
+            assert "Faust's consumer skipped records" in log
+            r.stack.procs.pop("worker")
+            r.stack.spawn("worker", "worker", module="tests.skipping_worker")  # skips no more
+        want = others | ({skipped} if variant == "guarded" else set())
+        deadline = time.monotonic() + 120
+        while _leads(r, want) != want and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _leads(r, want) == want
+        r.p.settle()
+        if variant == "guarded":
+            assert _leads(r, {skipped}) == {skipped}
+            return
+        # The broken variant: the record is lost, and not for want of waiting.
+        assert proc.poll() is None, "the unguarded worker stopped: the check proves nothing"
+        assert _leads(r, {skipped}) == set()
+        where = once.read_text()
+        topic, at = where.rsplit("[", 1)
+        partition, offset = (int(x) for x in at.rstrip("]").split("]@"))
+        from confluent_kafka import Consumer, TopicPartition
+        c = Consumer({"bootstrap.servers": r.stack.bootstrap, "group.id": s.worker.app_id})
+        try:
+            [committed] = c.committed([TopicPartition(topic, partition)], timeout=10)
+        finally:
+            c.close()
+        assert committed.offset > offset, "Faust did not commit past the skipped record"
+    finally:
+        monkeypatch.delenv("FRONTFORCE_TEST_NO_GUARD", raising=False)
+        monkeypatch.delenv("FRONTFORCE_TEST_SKIP_TOPIC")
+        r.restart_worker()
