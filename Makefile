@@ -97,6 +97,7 @@ drills: venv tools
 	$(BIN)/python -m drills.sigkill_run --size 20000 --kills 5 | tee $(DRILL_OUT)/sigkill_run.txt
 	$(BIN)/python -m drills.broker_restart --size 4000 | tee $(DRILL_OUT)/broker_restart.txt
 	$(BIN)/python -m drills.cluster_run --size 4000 | tee $(DRILL_OUT)/cluster_run.txt
+	$(BIN)/python -m drills.scaleout_run --size 4000 --pace 0.04 | tee $(DRILL_OUT)/scaleout_run.txt
 	$(BIN)/python -m drills.outage_run --size 3000 | tee $(DRILL_OUT)/outage_run.txt
 	FRONTFORCE_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q tests/test_receiver.py -k fuzz
 
