@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -38,7 +37,7 @@ from frontforce.localstack import REPO, LocalStack, Ports, free_port
 from frontforce.serialization import Serde
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker_throughput import produce  # noqa: E402
+from worker_throughput import message_event, produce  # noqa: E402
 
 
 def org(stack: LocalStack) -> httpx.Client:
@@ -91,15 +90,7 @@ def main() -> None:
         for at in range(0, args.events, chunk):
             events: list[tuple[bytes, bytes]] = []
             for i in range(at, min(args.events, at + chunk)):
-                email = emails[i % len(emails)]
-                ev: dict[str, Any] = {
-                    "event_id": f"evt_r{i}", "event_type": "INBOUND_MESSAGE", "front_type": "inbound",
-                    "occurred_at": now, "received_at": now, "source": "APP_WEBHOOK",
-                    "conversation_id": f"cnv_r{i}", "inbox_ids": ["inb_1"],
-                    "message": {"id": f"msg_r{i}", "channel_type": "email", "is_inbound": True,
-                                "created_at": now, "subject": "s", "text": "t", "author_email": None,
-                                "recipients": [{"handle": email, "role": "from", "name": None}]},
-                }
+                ev = message_event(f"r{i}", emails[i % len(emails)], now)
                 events.append((f"cnv_r{i}".encode(), serde.encode(s.topics.front_events, ev)))
             produce(stack.bootstrap, s.topics.front_events, events)
         groups = {g: t for g, t in stack.worker_groups.items()}

@@ -55,6 +55,19 @@ def wait_for(bootstrap: str, topic: str, count: int, timeout_s: float) -> float:
     raise TimeoutError(f"{topic}: fewer than {count} records after {timeout_s} s")
 
 
+def message_event(ident: str, email: str, now_ms: int) -> dict[str, Any]:
+    """An inbound email from ``email`` as the receiver puts it on ``front.events``: event
+    ``evt_<ident>`` in conversation ``cnv_<ident>``."""
+    return {
+        "event_id": f"evt_{ident}", "event_type": "INBOUND_MESSAGE", "front_type": "inbound",
+        "occurred_at": now_ms, "received_at": now_ms, "source": "APP_WEBHOOK",
+        "conversation_id": f"cnv_{ident}", "inbox_ids": ["inb_1"],
+        "message": {"id": f"msg_{ident}", "channel_type": "email", "is_inbound": True,
+                    "created_at": now_ms, "subject": "s", "text": "t", "author_email": None,
+                    "recipients": [{"handle": email, "role": "from", "name": None}]},
+    }
+
+
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
                   "partitioner": "murmur2_random"})
@@ -219,16 +232,9 @@ worker: {{app_id: "bench", data_dir: "{state / f'worker-{n}'}"}}
         wait_members(stack.bootstrap, s.fast_lane_group, args.workers, 180)
         events: list[tuple[bytes, bytes]] = []
         for i in range(args.events):
-            cid, email = contacts[i % len(contacts)]
-            ev: dict[str, Any] = {
-                "event_id": f"evt_b{i}", "event_type": "INBOUND_MESSAGE", "front_type": "inbound",
-                "occurred_at": now, "received_at": now, "source": "APP_WEBHOOK",
-                "conversation_id": f"cnv_b{i}", "inbox_ids": ["inb_1"],
-                "message": {"id": f"msg_b{i}", "channel_type": "email", "is_inbound": True,
-                            "created_at": now, "subject": "s", "text": "t", "author_email": None,
-                            "recipients": [{"handle": email, "role": "from", "name": None}]},
-            }
-            events.append((f"cnv_b{i}".encode(), serde.encode(s.topics.front_events, ev)))
+            _, email = contacts[i % len(contacts)]
+            events.append((f"cnv_b{i}".encode(),
+                           serde.encode(s.topics.front_events, message_event(f"b{i}", email, now))))
         spy = None
         if args.profile:
             exe = os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy"
