@@ -95,7 +95,7 @@ drills: venv tools
 	bash deploy/stack.sh fetch
 	mkdir -p $(DRILL_OUT)
 	$(BIN)/python -m drills.echo_run --changes 1000 | tee $(DRILL_OUT)/echo_run.txt
-	$(BIN)/python -m drills.sigkill_run --size 20000 --kills 5 | tee $(DRILL_OUT)/sigkill_run.txt
+	$(BIN)/python -m drills.sigkill_run --size 20000 --kills 5 --kill-every 6:14 | tee $(DRILL_OUT)/sigkill_run.txt
 	$(BIN)/python -m drills.broker_restart --size 4000 | tee $(DRILL_OUT)/broker_restart.txt
 	$(BIN)/python -m drills.cluster_run --size 4000 | tee $(DRILL_OUT)/cluster_run.txt
 	$(BIN)/python -m drills.scaleout_run --size 4000 --pace 0.04 | tee $(DRILL_OUT)/scaleout_run.txt
