@@ -18,7 +18,9 @@ was skipped. Then the worker stops without acknowledging anything after the hole
 as when it cannot make progress): whoever takes the partition reads it again from the
 committed offset, which is before the hole. Records of an earlier generation still in an
 agent's batch are handled (at least once) but not checked: their partition has been sought
-back to its committed offset since.
+back to its committed offset since. A hole made only of records this process handled
+already (in an earlier generation, before a rebalance gave it the partition back) loses
+nothing and passes.
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ class OffsetGuard:
         self.start = start
         self.generation: int | None = None
         self.next: dict[Any, int] = {}  # tp -> the offset expected next, this generation
+        # tp -> the last run of offsets this process handled, whatever the generation: a hole
+        # of records it handled already (before a rebalance) loses nothing.
+        self.done: dict[Any, tuple[int, int]] = {}
 
     async def check(self, message: Any) -> None:
         generation = self.app.consumer_generation_id
         if message.generation_id != generation:
+            self._handled(message.tp, message.offset)
             return
         if generation != self.generation:
             self.generation = generation
@@ -61,9 +67,17 @@ class OffsetGuard:
                 want = await asyncio.to_thread(self.start, self.config, self.app.conf.id,
                                                message.topic, message.partition)
         self.next[tp] = offset + 1
-        if want is None or offset <= want:
-            return  # in order, or read again (a seek back)
-        found = await asyncio.to_thread(self.first_record, self.config, message.topic,
-                                        message.partition, want, offset)
-        if found is not None:
-            self.skipped(message, found, want)
+        lo, hi = self.done.get(tp, (0, -1))
+        if want is not None and offset > want and not lo <= want <= offset - 1 <= hi:
+            found = await asyncio.to_thread(self.first_record, self.config, message.topic,
+                                            message.partition, want, offset)
+            if found is not None:
+                self.skipped(message, found, want)
+        self._handled(tp, offset)
+
+    def _handled(self, tp: Any, offset: int) -> None:
+        lo, hi = self.done.get(tp, (offset, offset - 1))
+        if offset == hi + 1:
+            self.done[tp] = (lo, offset)
+        elif not lo <= offset <= hi:
+            self.done[tp] = (offset, offset)

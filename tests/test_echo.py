@@ -48,7 +48,8 @@ from tests.allcases.stack import World, all_cases_pipeline
 @pytest.fixture(scope="module")
 def world(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with all_cases_pipeline(infra, tmp_path_factory.mktemp("echo"), accounts=12,
-                            archive_cases=10, status_cases=4) as w:
+                            archive_cases=10, status_cases=4,
+                            restart_stalled=True) as w:
         yield w
 
 

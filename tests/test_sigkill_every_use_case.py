@@ -47,7 +47,8 @@ results: dict[str, dict[str, str]] = {}  # run label -> check's result
 @pytest.fixture(scope="module")
 def world(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with all_cases_pipeline(infra, tmp_path_factory.mktemp("sigkill"), accounts=8,
-                            archive_cases=12, status_cases=3) as w:
+                            archive_cases=12, status_cases=3,
+                            restart_stalled=True) as w:
         yield w
 
 

@@ -27,6 +27,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from pathlib import Path
 import httpx
 
 from frontforce.localstack import REPO, LocalStack
+from streams._app import EXIT_STALLED
 from tests.allcases.ledger import Emulators, quiesce
 from tests.allcases.people import FrontTeammate, SalesforcePerson
 from tests.conftest import new_pipeline
@@ -70,6 +72,8 @@ class World:
     teammate: FrontTeammate
     worker_module: str = "frontforce"
     extra_workers: list[str] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    restarts: int = 0  # workers started again after exiting 75 (restart_stalled)
 
     @property
     def human_accounts(self) -> list[Account]:
@@ -96,9 +100,23 @@ class World:
         return quiesce(self.emulators, self.stack.bootstrap, self.groups(), timeout_s,
                        quiet_s=self.stack.settings().worker.unmatched_wait_s + 6)
 
+    def restart_stalled(self, stop: threading.Event) -> None:
+        """Until ``stop``: start the worker again when it exits 75."""
+        while not stop.wait(0.5):
+            with self.lock:
+                proc = self.stack.procs.get("worker")
+                if proc is not None and proc.poll() == EXIT_STALLED:
+                    print(f"[allcases] worker exited {EXIT_STALLED}; started again", flush=True)
+                    self.restarts += 1
+                    self.stack.spawn("worker", "worker", module=self.worker_module)
+
     def replace_worker(self, module: str, kill: bool = False, fresh_state: bool = False) -> None:
         """Stop the worker (SIGTERM: it leaves the group at once; ``kill``: SIGKILL) and
         start ``module``'s in its place, from the same config."""
+        with self.lock:
+            self._replace_worker(module, kill, fresh_state)
+
+    def _replace_worker(self, module: str, kill: bool, fresh_state: bool) -> None:
         import signal
 
         proc = self.stack.procs.get("worker")
@@ -221,12 +239,18 @@ def _seed(stack: LocalStack, tag: str, n_accounts: int, archive_cases: int,
 @contextlib.contextmanager
 def all_cases_pipeline(infra: LocalStack, state_dir: Path, accounts: int = 8,
                        archive_cases: int = 6, status_cases: int = 4,
-                       worker_module: str = "frontforce") -> Iterator[World]:
+                       worker_module: str = "frontforce",
+                       restart_stalled: bool = False) -> Iterator[World]:
     """The pipeline with every use case on, its world seeded and loaded, the receiver
     subscribed to Front's webhooks, and everything settled (the Accounts' context is in
-    Front) before it is handed over. Stops everything it started."""
+    Front) before it is handed over. Stops everything it started. ``restart_stalled``: a
+    worker that exits 75 (it stopped rather than skip: streams/_offsets.py, max_stall_s) is
+    started again, as systemd's ``Restart=always`` would (the drills have a supervisor of
+    their own)."""
     stack = new_pipeline(infra, state_dir)
     world: World | None = None
+    stop_watch = threading.Event()
+    watch: threading.Thread | None = None
     try:
         stack.start_salesforce()
         stack.start_front(context_fields=True)
@@ -253,8 +277,14 @@ def all_cases_pipeline(infra: LocalStack, state_dir: Path, accounts: int = 8,
         world.quiesce()
         print(f"[allcases] world of {accounts} Accounts settled {time.monotonic() - started:.0f} s "
               "after the pipeline started", flush=True)
+        if restart_stalled:
+            watch = threading.Thread(target=world.restart_stalled, args=(stop_watch,), daemon=True)
+            watch.start()
         yield world
     finally:
+        stop_watch.set()
+        if watch is not None:
+            watch.join()
         if world is not None:
             world.close()
         stack.stop_all(infra=False)
