@@ -93,7 +93,7 @@ def main() -> None:
                 ev = message_event(f"r{i}", emails[i % len(emails)], now)
                 events.append((f"cnv_r{i}".encode(), serde.encode(s.topics.front_events, ev)))
             produce(stack.bootstrap, s.topics.front_events, events)
-        groups = {g: t for g, t in stack.worker_groups.items()}
+        groups = dict(stack.worker_groups)
         before = writes(sf)
         t0 = time.monotonic()
         stack.spawn("worker", "worker")

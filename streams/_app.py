@@ -511,11 +511,14 @@ def create_app(settings: Settings) -> faust.App:
         at = f"{event.message.topic}[{event.message.partition}]@{event.message.offset}" if event else None
         log.critical("cannot make progress; stopping without acknowledging the event",
                      stage=stage, error=f"{type(exc).__name__}: {exc}", stalled_s=w.max_stall_s, at=at)
+        exit_stalled()
+
+    def exit_stalled() -> None:
+        """Not an exception: Faust would ack the event on the way out, or restart the agent
+        and go on with the next one. The process ends here; what it acked is handled, what
+        it did not is read again by whoever takes the partition."""
         sys.stdout.flush()
         sys.stderr.flush()
-        # Not an exception: Faust would ack the event on the way out, or restart the agent and
-        # go on with the next one. The process ends here; what it acked is handled, what it
-        # did not is read again by whoever takes the partition.
         os._exit(EXIT_STALLED)
 
     def faust_skipped(message: Any, found: int, since: int) -> None:
@@ -523,9 +526,7 @@ def create_app(settings: Settings) -> faust.App:
                      "after them (they are read again from the committed offset)",
                      at=f"{message.topic}[{message.partition}]@{message.offset}",
                      skipped_from=found, expected=since)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_STALLED)
+        exit_stalled()
 
     offsets = OffsetGuard(app, consumer_config(settings, f"{w.app_id}-offset-guard"), faust_skipped)
 

@@ -14,10 +14,11 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from frontforce.demo import read_topic
@@ -231,7 +232,7 @@ def _leads(r: Routed, emails: set[str]) -> set[str]:
 
 @pytest.mark.parametrize("variant", ["guarded", "unguarded"])
 def test_a_record_fausts_consumer_skips_is_read_again_not_committed_away(
-        routed: Routed, variant: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        routed: Routed, variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards streams/_offsets.py. Faust's consumer can hand an agent a partition with a hole
     in it and commit past the hole (the SIGKILL drill lost a Case reopen that way). Here the
     worker runs on a consumer that skips the match step's record of one unknown sender's
@@ -286,7 +287,6 @@ def test_a_record_fausts_consumer_skips_is_read_again_not_committed_away(
         where = once.read_text()
         topic, at = where.rsplit("[", 1)
         partition, offset = (int(x) for x in at.rstrip("]").split("]@"))
-        from confluent_kafka import Consumer, TopicPartition
         c = Consumer({"bootstrap.servers": r.stack.bootstrap, "group.id": s.worker.app_id})
         try:
             [committed] = c.committed([TopicPartition(topic, partition)], timeout=10)

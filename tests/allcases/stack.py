@@ -73,7 +73,6 @@ class World:
     worker_module: str = "frontforce"
     extra_workers: list[str] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
-    restarts: int = 0  # workers started again after exiting 75 (restart_stalled)
 
     @property
     def human_accounts(self) -> list[Account]:
@@ -107,7 +106,6 @@ class World:
                 proc = self.stack.procs.get("worker")
                 if proc is not None and proc.poll() == EXIT_STALLED:
                     print(f"[allcases] worker exited {EXIT_STALLED}; started again", flush=True)
-                    self.restarts += 1
                     self.stack.spawn("worker", "worker", module=self.worker_module)
 
     def replace_worker(self, module: str, kill: bool = False, fresh_state: bool = False) -> None:
