@@ -134,6 +134,9 @@ def _key(event: EventT) -> str:
 MAX_WAITING = 1000
 # Front contacts whose record this process remembers having noted (use case 2).
 NOTED_MAX = 100_000
+# The by-account marker of a Contact's Front contact seen writing in for the first time
+# (use case 3): its Account's context may have been pushed before Front had that contact.
+FRONT_CONTACT = "FrontContact"
 
 # EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
 EXIT_STALLED = 75
@@ -652,6 +655,9 @@ def create_app(settings: Settings) -> faust.App:
         held = contexts.get(account_id) or {"account": None, "opportunities": {}, "contacts": {},
                                             "sent": None, "tag_stages": {}}
         kind, rid = change["sobject"], change["record_id"]
+        if kind == FRONT_CONTACT:
+            await front_contact_seen(account_id, held, rid, change, out)
+            return
         if kind == "User":
             ctx = held  # the owner's name: nothing held changes, the rendering may
         else:
@@ -682,8 +688,7 @@ def create_app(settings: Settings) -> faust.App:
                 email = contact["fields"].get("Email")
                 if contact["deleted"] or not email or (shared == sent_shared and cid != rid):
                     continue
-                links = ([f"{w.salesforce_web_url.rstrip('/')}/lightning/r/Contact/{cid}/view"]
-                         if w.salesforce_web_url else [])
+                links = contact_links(cid)
                 await out.send(front_commands, str(email).lower().encode(), serde.encode(
                     topics.commands_front,
                     contact_command(str(email).lower(), contact_fields, links, str(source),
@@ -694,6 +699,36 @@ def create_app(settings: Settings) -> faust.App:
             await out.delivered()
         contexts[account_id] = ctx
         out.changelog(contexts)
+
+    def contact_links(contact_id: str) -> list[str]:
+        return ([f"{w.salesforce_web_url.rstrip('/')}/lightning/r/Contact/{contact_id}/view"]
+                if w.salesforce_web_url else [])
+
+    async def front_contact_seen(account_id: str, held: dict[str, Any], contact_id: str,
+                                 change: dict[str, Any], out: Outbox) -> None:
+        """Use case 3 for a Contact who writes in after their Account's context was pushed:
+        the Front sink skipped their handle then (Front had no contact for it), and nothing
+        else would push it before the Account's next change. The context sent last goes to
+        this one handle, marked ``if_missed``: the sink writes it (and links the contact to
+        the Front account) only when the last push to that handle found no contact, so a
+        person whose context is in Front already costs no Front call."""
+        account = held["account"]
+        contact = held["contacts"].get(contact_id)
+        if (held.get("sent") is None or account is None or account["deleted"]
+                or contact is None or contact["deleted"] or not contact["fields"].get("Email")):
+            return  # nothing pushed for this Account yet (its first push reaches them), or not its Contact
+        fields = account["fields"]
+        owner = reference_record(fields.get("OwnerId"))
+        shown = render(held, owner.get("name") if owner else None, context_fields)
+        email = str(contact["fields"]["Email"]).lower()
+        links = contact_links(contact_id)
+        crd = str(change["transaction_key"]).split(":", 1)[1]
+        await out.send(front_commands, email.encode(), serde.encode(
+            topics.commands_front,
+            contact_command(email, {"Salesforce account": fields.get("Name"), **shown}, links,
+                            str(change["transaction_key"]),
+                            f"seen:{crd}:{digest(shown, fields.get('Name'), email, links)}",
+                            missed_account=account_id)))
 
     async def case_changed(change: dict[str, Any], out: Outbox) -> None:
         """Keep the Case -> conversation link; use case 7: a Case status change made in
@@ -1117,7 +1152,8 @@ def create_app(settings: Settings) -> faust.App:
     def note_items(fe: dict[str, Any], key: str, found: dict[str, Any]) -> list[Item]:
         """Use case 2, known people: which record this Front contact's handle matched, told
         to its Front contact's partition once per pairing (remembered once stored)."""
-        crd = w.add_new_handles and found["kind"] in PEOPLE and front_contact_of(fe, key)
+        crd = ((w.add_new_handles or w.salesforce_context) and found["kind"] in PEOPLE
+               and front_contact_of(fe, key))
         if not crd or noted.get(crd) == found["id"]:
             return []
         note = {"record_id": found["id"], "kind": found["kind"],
@@ -1188,6 +1224,16 @@ def create_app(settings: Settings) -> faust.App:
                     rank.get(held["kind"], 9) < rank.get(note["kind"], 9)):
                 return
             if held != note:
+                if (w.salesforce_context and note["kind"] == "Contact" and note.get("account_id")
+                        and (held is None or held["record_id"] != note["record_id"])):
+                    # Use case 3: this Front contact's first match to this Contact. Asked in
+                    # the Account's partition, which holds the context (front_contact_seen).
+                    await out.send(by_account, note["account_id"].encode(), serde.encode(
+                        internal["by_account"], {
+                            "record_id": note["record_id"], "sobject": FRONT_CONTACT,
+                            "change_type": "UPDATE", "commit_timestamp": note["at"],
+                            "transaction_key": f"{FRONT_CONTACT}:{crd}"}))
+                    await out.delivered()  # sent before the table says so
                 front_contacts[crd] = note
                 out.changelog(front_contacts)
 

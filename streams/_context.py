@@ -137,14 +137,19 @@ def account_command(account_id: str, ctx: dict[str, Any], fields: dict[str, str 
 
 
 def contact_command(email: str, fields: dict[str, str | None], links: list[str],
-                    source_event_id: str, version: str) -> dict[str, Any]:
+                    source_event_id: str, version: str,
+                    missed_account: str | None = None) -> dict[str, Any]:
     """UpdateContactFields: the Account's context on one of its Contacts in Front; keyed by
-    the transition like ``account_command``."""
+    the transition like ``account_command``. ``missed_account``: the command sent when the
+    Contact's Front contact first writes in (``if_missed``): the Front sink applies it, and
+    links the contact to that Account's Front account, only if the context sent before
+    found no Front contact for the handle."""
     return {
         "command_id": digest("UpdateContactFields", email, version),
         "idempotency_key": f"UpdateContactFields/{email}/{version}",
         "created_at": int(time.time() * 1000),
         "origin": _origin(source_event_id),
         "operation": ("frontforce.commands.front.UpdateContactFields", {
-            "contact_handle": email, "custom_fields": fields, "links": links}),
+            "contact_handle": email, "custom_fields": fields, "links": links,
+            "if_missed": missed_account is not None, "account_external_id": missed_account}),
     }

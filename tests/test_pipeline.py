@@ -728,6 +728,94 @@ def test_salesforce_context_reaches_front_accounts_and_contacts_within_seconds(
         "Account owner") == f"Olga Renamed{tag}")
 
 
+def test_a_contact_who_writes_in_after_the_context_was_pushed_gets_it_once(
+        pipeline: Pipeline) -> None:
+    """Use case 3, for a person Front did not know yet: the context of their Account reaches
+    Front while Front has no contact for them (skipped: nothing to update). When they write
+    in, Front makes a contact; the worker, seeing that Front contact matched to the Contact
+    for the first time, pushes the Account's context onto it and links it to the Front
+    account, once: a second message pushes nothing more. A colleague whose Front contact
+    was there when the context was pushed got it then: their writing in costs no Front
+    call on contacts or accounts."""
+    tag = uuid.uuid4().hex[:6]
+    email = f"eve-{tag}@globex.example"
+    known = f"frank-{tag}@globex.example"
+    headers = {"Authorization": f"Bearer {pipeline.stack.front_token}"}
+    frank = f"crd_{tag}f"
+    seeded = pipeline.front.post("/__admin/seed", json={"contacts": [
+        {"id": frank, "name": "Frank", "handles": [{"source": "email", "handle": known}]}]})
+    assert seeded.status_code == 200, seeded.text
+    r = pipeline.admin.post("/__admin/seed", json={"records": {
+        "Account": [{"Name": f"Globex {tag}", "Website": f"globex-{tag}.example",
+                     "AnnualRevenue": 700000, "Type": "Customer - Channel"}],
+        "Contact": [{"LastName": "Eve", "Email": email, "AccountId": "@Account[0]"},
+                    {"LastName": "Frank", "Email": known, "AccountId": "@Account[0]"}]}})
+    r.raise_for_status()
+    [account], [contact, _] = r.json()["ids"]["Account"], r.json()["ids"]["Contact"]
+
+    def wait(what: str, check: Any, timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = check()
+            if got:
+                return got
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def get(path: str) -> dict[str, Any] | None:
+        got = pipeline.front.get(path, headers=headers)
+        return got.json() if got.status_code == 200 else None
+
+    acc = wait("the Front account", lambda: get(f"/accounts/alt:ext_id:{account}"))
+    assert acc["custom_fields"]["ARR"] == 700000
+    wait("Frank's context", lambda: (get(f"/contacts/{frank}") or {}).get(
+        "custom_fields", {}).get("ARR") == 700000)
+    pipeline.settle()
+    linked = [h["handle"] for c in get(f"/accounts/{acc['id']}/contacts")["_results"]
+              for h in c["handles"]]
+    assert linked == [known]  # Front has no Eve yet
+    assert get(f"/contacts/alt:email:{email}") is None
+
+    # Frank writes in: his context is in Front already, nothing is pushed again.
+    requests_before = len(pipeline.front.get("/__admin/requests").json()["requests"])
+    ev = event(known, tag, 9)
+    ev["target"]["data"]["recipients"][0]["_links"]["related"]["contact"] = (
+        f"https://acme.api.frontapp.com/contacts/{frank}")
+    assert pipeline.emitter.deliver(ev) == 200
+    pipeline.tasks_for({f"msg_{tag}9"}, expect=1)
+    pipeline.settle()
+    about_people = [f"{x['method']} {x['path']}"
+                    for x in pipeline.front.get("/__admin/requests").json()["requests"][requests_before:]
+                    if x["path"].startswith(("/contacts", "/accounts"))]
+    assert about_people == []
+
+    # Eve writes in: Front makes her contact, and its id is on the message's recipient.
+    crd = f"crd_{tag}e"
+    seeded = pipeline.front.post("/__admin/seed", json={"contacts": [
+        {"id": crd, "name": "Eve", "handles": [{"source": "email", "handle": email}]}]})
+    assert seeded.status_code == 200, seeded.text
+    requests_before = len(pipeline.front.get("/__admin/requests").json()["requests"])
+    for i in range(2):
+        ev = event(email, tag, i)
+        ev["target"]["data"]["recipients"][0]["_links"]["related"]["contact"] = (
+            f"https://acme.api.frontapp.com/contacts/{crd}")
+        assert pipeline.emitter.deliver(ev) == 200
+        pipeline.tasks_for({f"msg_{tag}{i}"}, expect=1)
+    person = wait("Eve's context", lambda: (lambda c: c if c and c.get("custom_fields", {}).get(
+        "ARR") == 700000 else None)(get(f"/contacts/{crd}")))
+    assert person["custom_fields"]["Salesforce account"] == f"Globex {tag}"
+    assert any(f"/lightning/r/Contact/{contact}/view" in link for link in person.get("links") or [])
+    wait("Eve linked to the Front account", lambda: sorted(
+        h["handle"] for c in get(f"/accounts/{acc['id']}/contacts")["_results"]
+        for h in c["handles"]) == sorted([email, known]))
+    pipeline.settle()
+    writes = [f"{x['method']} {x['path']}"
+              for x in pipeline.front.get("/__admin/requests").json()["requests"][requests_before:]
+              if x["method"] in ("POST", "PATCH", "PUT") and 200 <= int(x["status"]) < 300]
+    assert sorted(writes) == sorted([f"PATCH /contacts/{crd}",
+                                     f"POST /accounts/{acc['id']}/contacts"]), writes
+
+
 def test_card_numbers_are_masked_before_any_topic_and_private_conversations_never_sync(
         pipeline: Pipeline) -> None:
     """Privacy: a card number in a message reaches neither Salesforce nor any topic after

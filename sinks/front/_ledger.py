@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -46,6 +47,10 @@ class Ledger:
         self.topic = settings.topics.front_ledger
         self.serde = serde
         self.entries: dict[str, Entry] = {}
+        # Contact handle -> (when, the Front contact id) of the last applied
+        # UpdateContactFields for it; the id None when it found no Front contact (use case
+        # 3's ``if_missed``). By the record's time: the topic's partitions interleave keys.
+        self._contacts: dict[str, tuple[int, str | None]] = {}
         self.read = 0  # records read from the topic so far
         self._consumer = Consumer({
             "bootstrap.servers": settings.kafka.bootstrap_servers,
@@ -73,6 +78,16 @@ class Ledger:
             self.entries.pop(key, None)
         else:
             self.entries[key] = entry
+            self._index(entry, int(time.time() * 1000))
+
+    def contact_reached(self, handle: str) -> str | None:
+        """The Front contact the last context applied to ``handle`` reached, if any."""
+        return self._contacts.get(handle, (0, None))[1]
+
+    def _index(self, entry: Entry, at: int) -> None:
+        if entry.state == APPLIED and entry.operation == "UpdateContactFields" and entry.target_id:
+            if at >= self._contacts.get(entry.target_id, (0, None))[0]:
+                self._contacts[entry.target_id] = (at, entry.result_id)
 
     def catch_up(self, timeout_s: float) -> None:
         """Read the ledger up to its end as of now. ``RetriableError`` when the end is not
@@ -133,5 +148,8 @@ class Ledger:
         except InvalidRecordError as exc:
             log.warning("unreadable ledger record ignored", key=k, error=str(exc))
             return
-        self.entries[k] = Entry(str(rec["state"]), rec["command_id"], rec["operation"],
-                                rec.get("target_id"), rec.get("result_id"), rec.get("marker"))
+        entry = Entry(str(rec["state"]), rec["command_id"], rec["operation"],
+                      rec.get("target_id"), rec.get("result_id"), rec.get("marker"))
+        self.entries[k] = entry
+        at = rec.get("at") or 0
+        self._index(entry, int(at.timestamp() * 1000) if isinstance(at, datetime) else int(at))

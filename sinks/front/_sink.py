@@ -22,7 +22,11 @@ linked in one ``POST /accounts/{id}/contacts`` after each missing handle was res
 contacts are all linked already costs no contact call at all. A handle with no Front contact
 is skipped (not created: UpdateContactFields creates none either), named in the audit
 record's ``error`` beside the command's outcome, and looked up again only after
-``NO_CONTACT_RECHECK_S``. Unknown custom field names are sent as
+``NO_CONTACT_RECHECK_S``. When such a person writes in, the worker sends their context
+again marked ``if_missed``: applied (the 'no contact' memory ignored, the contact then linked
+to the account's Front account, one link call per account and window) only if the last
+context applied to that handle found no Front contact, as the ledger says; else SKIPPED
+without a call. Unknown custom field names are sent as
 given: Front's 400 dead-letters the command at fault (the merged write is unrolled).
 
 One commit path, in this order (STYLE habit 2):
@@ -170,6 +174,8 @@ class FrontSink:
         self._account_links: dict[str, set[str]] = {}
         self._no_contact: dict[str, float] = {}  # handle key -> when Front had no contact
         self._first: dict[str, _Item] = {}  # idempotency key -> the command applied for it
+        # Front account external id -> (command, outcome, contact) waiting to be linked.
+        self._links_due: dict[str, list[tuple[_Item, str, dict[str, Any]]]] = {}
         self.stats = {"applied": 0, "skipped": 0, "dead_lettered": 0, "recovered": 0,
                       "front_calls": 0, "batches": 0}
 
@@ -267,6 +273,7 @@ class FrontSink:
                 self._account(its)
             else:
                 self._contact(its)
+        self._link_due()
         for it in items:
             self._finish_duplicate(it)
         marks.append(("front", time.monotonic()))
@@ -615,6 +622,19 @@ class FrontSink:
         path = f"/contacts/{quote(_plan.contact_ref(handle), safe=':@+')}"
         key = _plan.handle_key(handle)
         no_contact = f"no Front contact has {handle!r} (Front makes one when they write in)"
+        missed = [it for it in items if it.op.get("if_missed")]
+        if missed:
+            # Sent when the person first wrote in (use case 3): needed only if the context
+            # pushed before found no Front contact for them.
+            reached = self.ledger.contact_reached(items[0].target[1])
+            if reached:
+                for it in missed:
+                    self._applied(it, "SKIPPED", reached, None)
+                items = [it for it in items if not it.op.get("if_missed")]
+                if not items:
+                    return
+            else:
+                self._no_contact.pop(key, None)  # they wrote in: Front has a contact now
         if time.monotonic() - self._no_contact.get(key, -NO_CONTACT_RECHECK_S) < NO_CONTACT_RECHECK_S:
             for it in items:
                 self._applied(it, "SKIPPED", None, no_contact)
@@ -635,6 +655,8 @@ class FrontSink:
 
     def _patch_contact(self, path: str, items: list[_Item]) -> None:
         contact = self._call("GET", path)
+        for x in contact.get("handles") or []:  # Front has this contact now
+            self._no_contact.pop(_plan.handle_key(x["handle"]), None)
         if self._contact_types is None:
             self._contact_types = {d["name"]: d.get("type", "string")
                                    for d in self._read_all("/contacts/custom_fields")}
@@ -656,7 +678,66 @@ class FrontSink:
             outcome = "SKIPPED"  # Front already holds these values (a replay, a recovery)
         for it in items:
             it.calls += calls / len(items)
-            self._applied(it, outcome, contact.get("id"))
+            ext = str(it.op.get("account_external_id") or "").strip()
+            if ext:
+                # Applied once linked: the window's contacts of one account in one call.
+                self._links_due.setdefault(ext, []).append((it, outcome, contact))
+            else:
+                self._applied(it, outcome, contact.get("id"))
+
+    def _link_due(self) -> None:
+        """The contacts of ``if_missed`` context commands (people who just wrote in) linked
+        to their Front account, one call per account and window; then those commands are
+        APPLIED."""
+        due, self._links_due = self._links_due, {}
+        for ext, pending in due.items():
+            pending = [(it, outcome, c) for it, outcome, c in pending
+                       if not it.done and self.member.owns(it.rec)]
+            if not pending:
+                continue
+            contacts = list({c["id"]: c for _, _, c in pending}.values())
+            before = self.stats["front_calls"]
+            try:
+                linked = self.retry.run(_bind(self._link_contacts_to, ext, contacts),
+                                        what=f"linking {len(contacts)} contact(s) to front account {ext}")
+            except FrontRequestError as exc:
+                for it, _, _ in pending:
+                    self._fail(it, str(exc), 0)
+                continue
+            calls = self.stats["front_calls"] - before
+            for it, outcome, c in pending:
+                it.calls += calls / len(pending)
+                self._applied(it, "UPDATED" if linked else outcome, c.get("id"))
+
+    def _link_contacts_to(self, external_id: str, contacts: list[dict[str, Any]]) -> bool:
+        """Link Front contacts (just read) to the Front account of ``external_id``: by its
+        cached id, else found by the alias; whether a link was written. No Front account:
+        nothing to link to (its UpsertAccount links its contacts when it makes it)."""
+        account_id = self._account_ids.get(external_id)
+        if account_id is None:
+            account = self._find_account(external_id)
+            if account is None:
+                return False
+            account_id = account["id"]
+        known = self._account_links.get(account_id)
+        handles = {c["id"]: {_plan.handle_key(x["handle"]) for x in c.get("handles") or []}
+                   for c in contacts}
+        ids = [cid for cid, hs in handles.items() if known is None or not hs & known]
+        if not ids:
+            return False
+        try:
+            self._call("POST", f"/accounts/{quote(account_id, safe='')}/contacts", {"contact_ids": ids})
+        except FrontRequestError as exc:
+            if exc.status != 404:
+                raise
+            # The cached account (or a contact) went away: look the account up again.
+            self._forget_account(external_id)
+            raise RetriableError(f"front account {account_id}: gone, or a contact vanished "
+                                 "while linking") from exc
+        if known is not None:
+            for cid in ids:
+                known |= handles[cid]
+        return True
 
     # -- accounts -----------------------------------------------------------------------------
     def _account(self, items: list[_Item]) -> None:
