@@ -110,6 +110,9 @@ LINKS_PER_CALL = 10  # Front: link_external_urls takes at most 10
 NO_CONTACT_RECHECK_S = 600.0
 # An email without a Front teammate is asked about again after this long (routing skips it).
 NO_TEAMMATE_TTL_S = 600.0
+# The teammate list is read again (for an email not in it) at most this often; an email not
+# in it is then asked about by its alias, which finds a teammate added since.
+TEAMMATES_REFRESH_S = 60.0
 
 
 class _Stopping(Exception):
@@ -167,6 +170,7 @@ class FrontSink:
         self._tags: dict[str, str] | None = None  # lower-cased name -> tag id
         self._teammates: dict[str, str] | None = None  # lower-cased email -> teammate id
         self._no_teammate: dict[str, float] = {}  # lower-cased email -> when found missing
+        self._teammates_at = 0.0  # when the teammate list was read
         self._contact_types: dict[str, str] | None = None  # custom field name -> type
         self._account_types: dict[str, str] | None = None  # account custom field -> type
         self._account_ids: dict[str, str] = {}  # external id -> Front account id
@@ -385,8 +389,12 @@ class FrontSink:
         return out
 
     def _resolve(self, items: list[_Item]) -> None:
-        """Tag names to ids (cached; missing tags created), teammate emails to ids (cached)."""
+        """Tag names to ids (cached; missing tags created), teammate emails to ids (cached).
+        The calls a command's names cost are counted in its audit record."""
         for it in items:
+            before = self.stats["front_calls"]
+            failed: FrontRequestError | None = None
+            no_teammate = False
             try:
                 if it.op_name in ("AddTags", "RemoveTags"):
                     it.tag_ids = [self._tag_id(n.strip(), create=it.op_name == "AddTags")
@@ -398,16 +406,21 @@ class FrontSink:
                     except FrontRequestError as exc:
                         if exc.status != 404:
                             raise
-                        # Routing to a Salesforce owner without a Front seat (the
-                        # integration user, a manager): nothing to do, not an error.
-                        self._applied(it, "SKIPPED", None,
-                                      f"no Front teammate has the email {it.op['teammate_email']!r}")
+                        no_teammate = True
                 elif it.op_name == "AddComment" and (it.op.get("author_email") or "").strip():
                     # Resolved here: an unknown author would make the comment POST a 404,
                     # which must mean "no such conversation".
                     it.author_id = self._teammate_id(it.op["author_email"])
             except FrontRequestError as exc:
-                self._fail(it, str(exc), 0)
+                failed = exc
+            it.calls += self.stats["front_calls"] - before
+            if failed is not None:
+                self._fail(it, str(failed), 0)
+            elif no_teammate:
+                # Routing to a Salesforce owner without a Front seat (the integration user,
+                # a manager): nothing to do, not an error.
+                self._applied(it, "SKIPPED", None,
+                              f"no Front teammate has the email {it.op['teammate_email']!r}")
 
     def _tag_id(self, name: str, create: bool) -> str:
         if self._tags is None or name.lower() not in self._tags:
@@ -433,16 +446,21 @@ class FrontSink:
 
     def _teammate_id(self, email: str) -> str:
         e = email.strip().lower()
-        if self._teammates is None or e not in self._teammates:
+        if self._teammates is not None and e in self._teammates:
+            return self._teammates[e]
+        # An email known to have no teammate is not asked about again for a while: every
+        # conversation of an Account owned by someone without a Front seat (the integration
+        # user, a manager) would cost reads otherwise; the list is read again at most every
+        # TEAMMATES_REFRESH_S (it was read for every such conversation: 132 of the demo's
+        # Front calls).
+        missed = self._no_teammate.get(e)
+        if missed is not None and time.monotonic() - missed < NO_TEAMMATE_TTL_S:
+            raise FrontRequestError(404, f"no teammate alt:email:{e} (cached)")
+        if self._teammates is None or time.monotonic() - self._teammates_at > TEAMMATES_REFRESH_S:
             people = self._read_all("/teammates")
             self._teammates = {t["email"].lower(): t["id"] for t in people if t.get("email")}
+            self._teammates_at = time.monotonic()
         if e not in self._teammates:
-            # An email known to have no teammate is not asked about again for a while: every
-            # conversation of an Account owned by someone without a Front seat would cost two
-            # reads otherwise.
-            missed = self._no_teammate.get(e)
-            if missed is not None and time.monotonic() - missed < NO_TEAMMATE_TTL_S:
-                raise FrontRequestError(404, f"no teammate alt:email:{e} (cached)")
             try:
                 t = self.retry.run(lambda: self._call("GET", f"/teammates/{quote('alt:email:' + e, safe=':@+')}"),
                                    what="reading a front teammate")
