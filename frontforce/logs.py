@@ -50,6 +50,13 @@ US_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=!-]+")
 _URL_SECRET = re.compile(r"(?i)\b(access_token|client_secret|password|token|sig|signature)=[^&\s\"']+")
 _MASK_WITH = "[masked]"
+# Keys whose string values frontforce makes itself (times, levels, names, ids, record
+# coordinates): not masked, a third of a log line's redaction.
+_OURS = frozenset({"timestamp", "level", "logger", "at", "outcome", "operation", "command_id",
+                   "record_id"})
+# Cheap first looks (a log line's values are mostly ids): the patterns only where they can match.
+_ANY_DIGIT = re.compile(r"\d")
+_MAY_BEAR = re.compile(r"(?i)bearer")
 _extra_patterns: list[re.Pattern[str]] = []
 _mask_with = _MASK_WITH
 
@@ -74,13 +81,16 @@ def mask_text(text: str) -> str:
     """``text`` with card numbers, US SSNs, configured patterns and bearer tokens masked."""
     if not text:
         return text
-    if any(ch.isdigit() for ch in text):
+    if _ANY_DIGIT.search(text):
         text = CARD_NUMBER.sub(_card, text)
         text = US_SSN.sub(_mask_with, text)
     for pattern in _extra_patterns:
         text = pattern.sub(_mask_with, text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _URL_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    if _MAY_BEAR.search(text):
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    if "=" in text:
+        text = _URL_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    return text
 
 
 def use_privacy(privacy: Any) -> None:
@@ -117,7 +127,7 @@ def redact(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> di
     not dropped."""
     out: dict[str, Any] = {}
     for key, value in event_dict.items():
-        if key == "exc_info" or key.startswith("_"):
+        if key == "exc_info" or key.startswith("_") or (key in _OURS and type(value) is str):
             out[key] = value
         elif key == "event":
             out[key] = mask_text(str(value))

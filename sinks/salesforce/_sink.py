@@ -274,8 +274,11 @@ class SalesforceSink:
         self.member.resume()
 
     def _decode(self, r: Received) -> dict[str, Any]:
-        return self.retry.run(lambda: self.serde.decode(r.topic, r.msg.value()),
-                              what=f"decoding {coords(r.topic, r.partition, r.offset)}")
+        try:  # the retry policy only when the first try fails (a registry hiccup)
+            return self.serde.decode(r.topic, r.msg.value())
+        except RetriableError:
+            return self.retry.run(lambda: self.serde.decode(r.topic, r.msg.value()),
+                                  what=f"decoding {coords(r.topic, r.partition, r.offset)}")
 
     # -- writing ---------------------------------------------------------------------
     def _write(self, items: list[_Item]) -> None:
