@@ -37,6 +37,12 @@ class KafkaConfig(_Model):
     delivery_timeout_s: float = Field(
         10.0, gt=0, description="How long a producer waits for the broker's ack before failing."
     )
+    linger_ms: int = Field(
+        5, ge=0, le=1000,
+        description="How long a producer gathers records into one request (receiver, sinks, "
+        "the worker's fast lane): more is fewer requests for the broker, each record that "
+        "much later.",
+    )
 
 
 class Topics(_Model):
@@ -256,6 +262,13 @@ class WorkerConfig(_Model):
         8, ge=1, le=8192,
         description="RocksDB block cache of each table store (Faust's default: 2 GB each).",
     )
+    lane_linger_ms: int = Field(
+        50, ge=0, le=1000,
+        description="How long the fast lane's producer gathers records into one request. Its"
+        " batches are pipelined (nothing waits on one record), so this adds that much latency"
+        " and takes requests off the broker: at 1,000 events/s on 2 cores, 50 ms (with"
+        " batch_wait_ms 100) took the broker from 0.6 to 0.35 of a core (BENCHMARKS.md).",
+    )
     max_in_flight: int = Field(
         1000, ge=1,
         description="Events an agent may have handled but not yet acknowledged (their records"
@@ -265,7 +278,10 @@ class WorkerConfig(_Model):
         500, ge=1, description="Events an agent takes at once (handled one by one, acked one by one)."
     )
     batch_wait_ms: int = Field(
-        10, ge=1, description="How long an agent waits to fill a batch before it handles what it has."
+        100, ge=1,
+        description="How long an agent (and the fast lane) waits to fill a batch before it"
+        " handles what it has: fewer, larger batches cost less per event (10 ms: twice the"
+        " worker's and the broker's CPU at 1,000 events/s, BENCHMARKS.md).",
     )
     close_cases: bool = Field(
         True,

@@ -26,7 +26,7 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": "murmur2_random",
-        "linger.ms": 5,
+        "linger.ms": settings.kafka.linger_ms,
         "delivery.timeout.ms": int(settings.kafka.delivery_timeout_s * 1000),
         "request.timeout.ms": min(30000, int(settings.kafka.delivery_timeout_s * 1000)),
     }

@@ -138,7 +138,8 @@ class FastLane(threading.Thread):
         })
         self.producer = Producer({
             "bootstrap.servers": boot, "acks": "all", "enable.idempotence": True,
-            "linger.ms": 5, "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
+            "linger.ms": w.lane_linger_ms, "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
             # Java's murmur2, as Faust (aiokafka) and the receiver partition: a key lands on
             # the partition the Faust agents' tables hold it in.
             "partitioner": "murmur2_random",
