@@ -75,7 +75,7 @@ bench: venv bench-tools
 	  | tee $(BENCH_OUT)/webhook_to_task.txt
 	$(BIN)/python bench/webhook_ingest.py --processes 1 2 4 --duration 20 \
 	  --out $(BENCH_OUT)/webhook_ingest.json | tee $(BENCH_OUT)/webhook_ingest.txt
-	$(BIN)/python bench/latency.py --rates 200 1000 --duration 60 \
+	$(BIN)/python bench/latency.py --rates 200 1000 --duration 60 --batch-wait-ms 200 \
 	  --out $(BENCH_OUT)/latency.json | tee $(BENCH_OUT)/latency.txt
 	$(BIN)/python bench/charts.py --ingest $(BENCH_OUT)/webhook_ingest.json \
 	  --latency $(BENCH_OUT)/latency.json --outdir bench/charts

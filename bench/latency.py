@@ -9,9 +9,9 @@ held ``--sf-before-ms`` before it is served (the write lands then) and its answe
 ``--sf-after-ms`` after (``/__admin/faults`` "latency", phases before/after). Then the
 receiver (``--receiver-workers`` processes), one stream worker and the Salesforce sink.
 
-For each rate, an open-loop sender (asyncio + aiohttp, ``--connections`` connections at
-most) sends inbound-message webhooks from known Contacts at ``rate``/s for ``--duration``
-seconds, each signed at its send time. Per event the latency is the emulator's stored
+For each rate, an open-loop sender (a lean HTTP/1.1 client on uvloop, ``--connections``
+keep-alive connections) sends inbound-message webhooks from known Contacts at ``rate``/s for
+``--duration`` seconds, each signed just before the run. Per event the latency is the emulator's stored
 ``CreatedDate`` of its Task (milliseconds) minus the moment the webhook was due to be sent
 (the schedule, so that a sender or receiver falling behind counts against the pipeline,
 not hidden by it; how late the sender actually was is printed too). Consumer-group lag of
@@ -40,8 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
+import uvloop
 import yaml
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -124,39 +124,115 @@ class LagSampler:
 async def send_all(url: str, secret: bytes, bodies: list[bytes], rate: float,
                    connections: int) -> tuple[float, list[float], list[float], list[int]]:
     """Open loop: body i is due at t0 + i / rate. Returns t0 (epoch s), how late each send
-    started (s), each answer's time after t0 (s) and each status (0: no answer)."""
+    started (s), each answer's time after t0 (s) and each status (0: no answer).
+
+    A lean HTTP/1.1 client on keep-alive connections: the requests are built and signed
+    before the run (inside Front's 5-minute window), a due request waits in a queue for a
+    free connection (its wait counts in its latency), and an answer is read by its
+    Content-Length. aiohttp cost ~0.3 of a core at 1,000/s on this 2-core machine, taken
+    from the pipeline it measures; this costs a fraction of it."""
     n = len(bodies)
     late = [0.0] * n
     answered = [0.0] * n
     status = [0] * n
-    conn = aiohttp.TCPConnector(limit=connections)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        loop = asyncio.get_running_loop()
-        mono0 = loop.time() + 0.2
-        epoch0 = time.time() + (mono0 - loop.time())
+    u = httpx.URL(url)
+    host, port, path = u.host, u.port or 80, u.raw_path.decode()
+    ts = str(int(time.time() * 1000))
+    requests = [(
+        f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"x-front-request-timestamp: {ts}\r\nx-front-signature: {sign_app_webhook(secret, ts, b)}\r\n"
+        f"content-length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    mono0 = loop.time() + 0.2
+    epoch0 = time.time() + (mono0 - loop.time())
 
-        async def one(i: int) -> None:
+    async def connection() -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        while True:
+            i = await queue.get()
+            if i < 0:
+                break
             late[i] = loop.time() - (mono0 + i / rate)
-            ts = str(int(time.time() * 1000))
-            headers = {"content-type": "application/json", "x-front-request-timestamp": ts,
-                       "x-front-signature": sign_app_webhook(secret, ts, bodies[i])}
             try:
-                async with session.post(url, data=bodies[i], headers=headers) as resp:
-                    await resp.read()
-                    status[i] = resp.status
-            except (aiohttp.ClientError, TimeoutError):
+                if writer is None or reader is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                writer.write(requests[i])
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                if length:
+                    await reader.readexactly(length)
+                status[i] = int(head.split(b" ", 2)[1])
+                if b"connection: close" in head.lower():
+                    writer.close()
+                    reader = writer = None
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    TimeoutError, ValueError):
                 status[i] = 0
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
             answered[i] = loop.time() - mono0
+        if writer is not None:
+            writer.close()
 
-        tasks = []
-        for i in range(n):
-            wait = mono0 + i / rate - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
+    workers = [asyncio.create_task(connection()) for _ in range(connections)]
+    for i in range(n):
+        wait = mono0 + i / rate - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        queue.put_nowait(i)
+    for _ in workers:
+        queue.put_nowait(-1)
+    await asyncio.gather(*workers)
     return epoch0, late, answered, status
+
+
+# Which part of the run a process is, by its command line (first match wins).
+ROLES = [("receiver", "frontforce receiver"), ("worker", "frontforce worker"),
+         ("sink", "frontforce sink"), ("salesforce emulator", "emulators.salesforce"),
+         ("salesforce emulator", "emulators salesforce"), ("kafka", "kafka.Kafka"),
+         ("registry", "apicurio"), ("registry", "registry")]
+
+
+def cpu_by_role(sender_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each part of the run, from /proc: the
+    processes whose command line names a role, their children (the receiver's spawned
+    workers) with them, and this process (the sender)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, float]] = {}  # pid -> (parent, command line, cpu s)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        procs[int(entry.name)] = (int(fields[1]), cmd, (int(fields[11]) + int(fields[12])) / tick)
+
+    def role_of(pid: int, depth: int = 0) -> str | None:
+        if pid == sender_pid:
+            return "sender"
+        if pid not in procs or depth > 3:
+            return None
+        parent, cmd, _ = procs[pid]
+        found = next((r for r, needle in ROLES if needle in cmd), None)
+        return found or role_of(parent, depth + 1)
+
+    out: dict[str, float] = {}
+    for pid, (_, _, cpu) in procs.items():
+        role = role_of(pid)
+        if role is not None:
+            out[role] = out.get(role, 0.0) + cpu
+    # The whole machine, busy (everything but idle and iowait), for comparison.
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    out["machine (all processes)"] = (sum(ticks) - ticks[3] - ticks[4]) / tick
+    return out
 
 
 def start_pipeline(stack: LocalStack, receiver_workers: int) -> None:
@@ -191,9 +267,13 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
         subject="Benchmark", text="x" * 400, emitted_at=now)) for i in range(n)]
     emitter.close()
     say(f"{rate:g}/s for {args.duration:g} s: {n} webhooks")
+    cpu0, wall0 = cpu_by_role(os.getpid()), time.monotonic()
     sampler.start(time.time())
-    epoch0, late, answered, status = asyncio.run(send_all(
+    epoch0, late, answered, status = uvloop.run(send_all(
         stack.receiver_url, stack.app_secret.encode(), bodies, rate, args.connections))
+    cpu_sent, wall_sent = cpu_by_role(os.getpid()), time.monotonic() - wall0
+    sending = {role: round((cpu_sent[role] - cpu0.get(role, 0.0)) / wall_sent, 2) for role in sorted(cpu_sent)}
+    say(f"CPU cores used while sending ({wall_sent:.0f} s, until the last answer): {sending}")
     accepted = {f"msg_{run}{i}": epoch0 + i / rate for i in range(n) if 200 <= status[i] < 300}
     say(f"sent: {len(accepted)} accepted, {n - len(accepted)} refused or failed; "
         f"last answer {max(answered):.1f} s after the first send; waiting for the Tasks")
@@ -216,6 +296,10 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
                 break
         time.sleep(2.0)
     sampler.stop()
+    cpu1, wall = cpu_by_role(os.getpid()), time.monotonic() - wall0
+    # Cores each part used from the first send until every Task was read back.
+    cpu_cores = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / wall, 2) for role in sorted(cpu1)}
+    say(f"CPU cores used over {wall:.0f} s: {cpu_cores}")
     for name, proc in stack.procs.items():
         if proc.poll() is not None:
             say(f"{name} exited with {proc.returncode}")
@@ -251,6 +335,8 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
         "last_task_after_first_send_s": round(done_at, 1) if done_at is not None else None,
         "events": [(round(t, 3), round(ms, 1)) for t, ms in per_event],
         "lag": sampler.samples,
+        "cpu_cores": cpu_cores, "cpu_wall_s": round(wall, 1),
+        "cpu_cores_sending": sending, "cpu_sending_wall_s": round(wall_sent, 1),
     }
 
 
@@ -259,12 +345,18 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[200.0, 1000.0])
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of sending per rate")
     ap.add_argument("--contacts", type=int, default=1000, help="known Contacts seeded")
-    ap.add_argument("--connections", type=int, default=256, help="sender connections at most")
-    ap.add_argument("--receiver-workers", type=int, default=2, help="receiver processes")
+    ap.add_argument("--connections", type=int, default=128, help="sender connections")
+    ap.add_argument("--receiver-workers", type=int, default=1,
+                    help="receiver processes (1: on 2 cores shared with the whole pipeline, a second"
+                    " one cost more than it served, BENCHMARKS.md)")
     ap.add_argument("--sf-before-ms", type=float, default=150.0,
                     help="emulator latency before serving each call (the write lands after it)")
     ap.add_argument("--sf-after-ms", type=float, default=50.0,
                     help="emulator latency between the write and its answer")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="any other config value for this run, e.g. worker.batch_wait_ms=50")
+    ap.add_argument("--linger-ms", type=int, default=None,
+                    help="kafka.linger_ms for this run (default: the config's default)")
     ap.add_argument("--batch-wait-ms", type=int, default=None,
                     help="sink.batch_wait_ms for this run (default: the config's default)")
     ap.add_argument("--timeout", type=float, default=600.0,
@@ -283,9 +375,16 @@ def main() -> None:
         stack.start_salesforce()
         stack.write_config()
         path = state / "frontforce.yaml"
-        if args.batch_wait_ms is not None:
+        if args.batch_wait_ms is not None or args.linger_ms is not None or args.set:
             conf = yaml.safe_load(path.read_text())
-            conf.setdefault("sink", {})["batch_wait_ms"] = args.batch_wait_ms
+            for assignment in args.set:
+                dotted, _, value = assignment.partition("=")
+                section, _, key = dotted.partition(".")
+                conf.setdefault(section, {})[key] = yaml.safe_load(value)
+            if args.batch_wait_ms is not None:
+                conf.setdefault("sink", {})["batch_wait_ms"] = args.batch_wait_ms
+            if args.linger_ms is not None:
+                conf.setdefault("kafka", {})["linger_ms"] = args.linger_ms
             path.write_text(yaml.safe_dump(conf, sort_keys=False))
         settings = stack.settings()
         stack.frontforce("setup")
@@ -332,7 +431,8 @@ def main() -> None:
         "cores": os.cpu_count(), "load": os.getloadavg(),
         "receiver_workers": args.receiver_workers,
         "salesforce_latency_ms": {"before": args.sf_before_ms, "after": args.sf_after_ms},
-        "sink_batch_wait_ms": settings.sink.batch_wait_ms,
+        "sink_batch_wait_ms": settings.sink.batch_wait_ms, "kafka_linger_ms": settings.kafka.linger_ms,
+        "config_set": args.set,
         "salesforce_api_calls": stats["api_calls"],
         "groups": {g: ("sink" if g == settings.sink.group_id else "worker") for g in lag_groups},
         "results": summary,
