@@ -267,7 +267,7 @@ class WorkerConfig(_Model):
         description="How long the fast lane's producer gathers records into one request. Its"
         " batches are pipelined (nothing waits on one record), so this adds that much latency"
         " and takes requests off the broker: at 1,000 events/s on 2 cores, 50 ms (with"
-        " batch_wait_ms 100) took the broker from 0.6 to 0.35 of a core (BENCHMARKS.md).",
+        " lane_batch_wait_ms 100) took the broker from 0.6 to 0.35-0.45 of a core (BENCHMARKS.md).",
     )
     max_in_flight: int = Field(
         1000, ge=1,
@@ -278,10 +278,13 @@ class WorkerConfig(_Model):
         500, ge=1, description="Events an agent takes at once (handled one by one, acked one by one)."
     )
     batch_wait_ms: int = Field(
+        10, ge=1, description="How long an agent waits to fill a batch before it handles what it has."
+    )
+    lane_batch_wait_ms: int = Field(
         100, ge=1,
-        description="How long an agent (and the fast lane) waits to fill a batch before it"
-        " handles what it has: fewer, larger batches cost less per event (10 ms: twice the"
-        " worker's and the broker's CPU at 1,000 events/s, BENCHMARKS.md).",
+        description="How long the fast lane (every message's path) waits to fill a batch before"
+        " it handles what it has: fewer, larger batches cost the worker and the broker less per"
+        " event (10 ms: far more of both at 1,000 events/s on 2 cores, BENCHMARKS.md).",
     )
     close_cases: bool = Field(
         True,

@@ -179,7 +179,7 @@ class FastLane(threading.Thread):
 
     def _loop(self) -> None:
         w = self.settings.worker
-        size, wait = max(1, w.batch_size), max(0.001, w.batch_wait_ms / 1000)
+        size, wait = max(1, w.batch_size), max(0.001, w.lane_batch_wait_ms / 1000)
         while not self.stopping.is_set():
             msgs = self.consumer.consume(size, timeout=wait)
             batch = []
