@@ -79,6 +79,17 @@ class Pipeline:
         assert wait_settled(self.stack.bootstrap, groups, timeout_s=90), describe_lag(self.stack.bootstrap, groups)
 
 
+def wait(what: str, check: Any, timeout: float = 60) -> Any:
+    """``check()``'s first truthy result, asked every half second for ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def event(sender: str, tag: str, i: int = 0) -> dict[str, Any]:
     return inbound_email_event(
         base_url="https://acme.api.frontapp.com", event_id=f"evt_{tag}{i}",
@@ -692,15 +703,6 @@ def test_salesforce_context_reaches_front_accounts_and_contacts_within_seconds(
         got = pipeline.front.get(f"/accounts/alt:ext_id:{account}", headers=headers)
         return got.json() if got.status_code == 200 else None
 
-    def wait(what: str, check: Any, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = check()
-            if got:
-                return got
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}")
-
     acc = wait("the Front account with its opportunity", lambda: (lambda a: a if a and (
         a["custom_fields"].get("Open opportunities", "").startswith("1 open")) else None)(front_account()))
     assert acc["name"] == f"Initech {tag}" and acc["domains"] == [f"initech-{tag}.example"]
@@ -759,15 +761,6 @@ def test_a_contact_who_writes_in_after_the_context_was_pushed_gets_it_once(
                     {"LastName": "Frank", "Email": known, "AccountId": "@Account[0]"}]}})
     r.raise_for_status()
     [account], [contact, _] = r.json()["ids"]["Account"], r.json()["ids"]["Contact"]
-
-    def wait(what: str, check: Any, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = check()
-            if got:
-                return got
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}")
 
     def get(path: str) -> dict[str, Any] | None:
         got = pipeline.front.get(path, headers=headers)
