@@ -39,9 +39,9 @@ class KafkaConfig(_Model):
     )
     linger_ms: int = Field(
         5, ge=0, le=1000,
-        description="How long a producer gathers records into one request (receiver, sinks, "
-        "the worker's fast lane): more is fewer requests for the broker, each record that "
-        "much later.",
+        description="How long a producer gathers records into one request (the receiver, the "
+        "sinks, the sources; the fast lane has worker.lane_linger_ms): more is fewer requests "
+        "for the broker, each record that much later.",
     )
 
 

@@ -670,8 +670,7 @@ def create_app(settings: Settings) -> faust.App:
         account = ctx["account"]
         if account is not None and not account["deleted"]:
             fields = account["fields"]
-            owner = reference_record(fields.get("OwnerId"))
-            shown = render(ctx, owner.get("name") if owner else None, context_fields)
+            shown = shown_of(ctx)
             domain = web_domain(fields.get("Website"))
             emails = contact_emails(ctx)
             version = digest(fields.get("Name"), domain, emails, shown)
@@ -700,6 +699,11 @@ def create_app(settings: Settings) -> faust.App:
         contexts[account_id] = ctx
         out.changelog(contexts)
 
+    def shown_of(ctx: dict[str, Any]) -> dict[str, str | None]:
+        """What Front shows of an Account's context, its owner's name from the reference table."""
+        owner = reference_record(ctx["account"]["fields"].get("OwnerId"))
+        return render(ctx, owner.get("name") if owner else None, context_fields)
+
     def contact_links(contact_id: str) -> list[str]:
         return ([f"{w.salesforce_web_url.rstrip('/')}/lightning/r/Contact/{contact_id}/view"]
                 if w.salesforce_web_url else [])
@@ -718,8 +722,7 @@ def create_app(settings: Settings) -> faust.App:
                 or contact is None or contact["deleted"] or not contact["fields"].get("Email")):
             return  # nothing pushed for this Account yet (its first push reaches them), or not its Contact
         fields = account["fields"]
-        owner = reference_record(fields.get("OwnerId"))
-        shown = render(held, owner.get("name") if owner else None, context_fields)
+        shown = shown_of(held)
         email = str(contact["fields"]["Email"]).lower()
         links = contact_links(contact_id)
         crd = str(change["transaction_key"]).split(":", 1)[1]
