@@ -161,6 +161,51 @@ class _Formatter(logging.Formatter):
 _Formatter.converter = time.gmtime  # type: ignore[assignment]
 
 
+_handler: logging.StreamHandler[Any] | None = None
+
+
+class _Direct:
+    """structlog's logger: a line rendered by the processors is written straight to the
+    stream of frontforce's handler, under that handler's lock (a library's line through
+    stdlib ``logging`` takes the same lock: lines never interleave). No ``LogRecord``, no
+    caller lookup: at a line per command, stdlib's path was most of a sink's logging time.
+    When something replaced the root handlers (a Faust worker installs its own), the line
+    goes through stdlib ``logging`` as before, marked as rendered, for that handler to print."""
+
+    def __init__(self, name: str | None = None, *args: Any) -> None:
+        self.name = name or "root"
+
+    def _emit(self, levelno: int, line: str) -> None:
+        h = _handler
+        if h is not None and h in logging.root.handlers:
+            with h.lock:  # type: ignore[union-attr]
+                stream = h.stream
+                stream.write(line + "\n")
+                stream.flush()
+            return
+        logging.getLogger(self.name).log(levelno, line, extra={"_frontforce": True})
+
+    def debug(self, line: str) -> None:
+        self._emit(logging.DEBUG, line)
+
+    def info(self, line: str) -> None:
+        self._emit(logging.INFO, line)
+
+    def warning(self, line: str) -> None:
+        self._emit(logging.WARNING, line)
+
+    def error(self, line: str) -> None:
+        self._emit(logging.ERROR, line)
+
+    def critical(self, line: str) -> None:
+        self._emit(logging.CRITICAL, line)
+
+    exception = error
+    fatal = critical
+    warn = warning
+    msg = info
+
+
 def setup(level: str = "INFO", fmt: str | None = None) -> None:
     """Log to stderr at ``level``, JSON lines (``fmt`` or ``FRONTFORCE_LOG_FORMAT``:
     ``json``, the default, or ``console`` for key=value lines)."""
@@ -168,13 +213,11 @@ def setup(level: str = "INFO", fmt: str | None = None) -> None:
     render: Any = (structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"])
                    if fmt in ("console", "kv", "text") else structlog.processors.JSONRenderer(default=str))
 
-    def to_stdlib(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
-        # Rendered here, so a handler installed by someone else (Faust's) prints the line as
-        # it is; ours recognizes it by the mark and adds nothing.
+    def finish(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
         if isinstance(event_dict.get("exception"), str):
             event_dict["exception"] = mask_text(event_dict["exception"])
         head = {k: event_dict.pop(k) for k in ("timestamp", "level", "logger", "event") if k in event_dict}
-        return (render(logger, method, {**head, **event_dict}),), {"extra": {"_frontforce": True}}
+        return str(render(logger, method, {**head, **event_dict}))
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(render))
@@ -184,21 +227,24 @@ def setup(level: str = "INFO", fmt: str | None = None) -> None:
         if getattr(h, "_frontforce", False):
             root.removeHandler(h)
     root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    levelno = getattr(logging, level.upper(), logging.INFO)
+    root.setLevel(levelno)
+    global _handler
+    _handler = handler
     for noisy in ("aiokafka", "faust", "mode", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.stdlib.add_log_level,
+            structlog.processors.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact,
-            to_stdlib,
+            finish,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=_Direct,
+        wrapper_class=structlog.make_filtering_bound_logger(levelno),
         cache_logger_on_first_use=True,
     )
 

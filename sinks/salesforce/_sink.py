@@ -552,6 +552,7 @@ class SalesforceSink:
                 raise FatalError(f"salesforce refused the {sobject} external id field {field!r}: "
                                  f"{classify_item_error(res['errors'])[1]}; it must be a field of "
                                  f"{sobject} marked External ID and Unique")
+        already: list[str] = []
         for k, res in zip(keys, results, strict=True):
             errors = res.get("errors") or []
             exists = bool(res.get("success")) or external_id_duplicate(errors, field)
@@ -577,11 +578,11 @@ class SalesforceSink:
                     self._audit(it, outcome, res.get("id"), None, share)
                     it.done = True
                 elif exists:
-                    # The record exists: made before (or by another writer just now).
+                    # The record exists: made before (or by another writer just now). Its
+                    # "command applied" line says SKIPPED with the record; one line per call
+                    # counts them (a replay skips a whole flush).
                     existing = duplicate_record_id(errors)
-                    log.info("already created; not written again", sobject=sobject,
-                             external_id=k, record_id=existing,
-                             at=coords(it.rec.topic, it.rec.partition, it.rec.offset))
+                    already.append(k)
                     self.stats["skipped"] += 1
                     self._audit(it, "SKIPPED", existing, None, share)
                     it.done = True
@@ -591,6 +592,9 @@ class SalesforceSink:
                         it.last_error = reason
                     else:
                         self._fail(it, reason, share)
+        if already:
+            log.info("already created; not written again", sobject=sobject, field=field,
+                     records=len(already), first_external_ids=already[:5])
 
     def _unsettled_parent(self, item: _Item, parents: dict[tuple[str, str, str], list[_Item]]
                           ) -> str | None:
