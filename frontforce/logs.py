@@ -179,9 +179,14 @@ class _Direct:
         h = _handler
         if h is not None and h in logging.root.handlers:
             with h.lock:  # type: ignore[union-attr]
-                stream = h.stream
-                stream.write(line + "\n")
-                stream.flush()
+                try:
+                    stream = h.stream
+                    stream.write(line + "\n")
+                    stream.flush()
+                except Exception:  # noqa: BLE001 - as stdlib's handler: a log line never stops the process
+                    if logging.raiseExceptions and sys.stderr is not None:
+                        print("--- logging error: a line could not be written ---",
+                              file=sys.stderr)
             return
         logging.getLogger(self.name).log(levelno, line, extra={"_frontforce": True})
 
