@@ -48,8 +48,10 @@ from confluent_kafka.admin import AdminClient
 
 from emulators.front import WebhookEmitter, inbound_email_event
 from emulators.scenario import Person, people, seed_salesforce
+from frontforce.kafka import read_to_end
 from frontforce.lag import describe_lag, wait_settled
 from frontforce.localstack import LocalStack, Ports, free_port
+from frontforce.serialization import Serde
 from sources.front._signature import sign_app_webhook
 
 
@@ -235,10 +237,14 @@ def cpu_by_role(sender_pid: int) -> dict[str, float]:
     return out
 
 
-def start_pipeline(stack: LocalStack, receiver_workers: int) -> None:
-    """Receiver, worker and Salesforce sink: the path webhook -> Task, nothing else."""
+def start_pipeline(stack: LocalStack, receiver_workers: int, sink_processes: int = 1) -> None:
+    """Receiver, worker and Salesforce sink(s): the path webhook -> Task, nothing else.
+    Several sink processes are members of the sink's one group: the partitions of
+    ``commands.salesforce`` are split between them, each flushing its own."""
     stack.spawn("worker", "worker")
     stack.spawn("sink-salesforce", "sink", "salesforce")
+    for n in range(2, sink_processes + 1):
+        stack.spawn(f"sink-salesforce-{n}", "sink", "salesforce")
     stack.spawn("receiver", "receiver", "--workers", str(receiver_workers))
     deadline = time.monotonic() + 300  # a busy machine starts interpreters slowly
     while time.monotonic() < deadline:
@@ -252,6 +258,35 @@ def start_pipeline(stack: LocalStack, receiver_workers: int) -> None:
             pass
         time.sleep(0.3)
     raise RuntimeError(f"receiver did not answer; see {stack.logs}")
+
+
+def stages(stack: LocalStack, run: str, due: dict[str, float],
+           written: dict[str, float]) -> dict[str, dict[str, float | None]]:
+    """Where each event's latency went, from the record timestamps (CreateTime: set when
+    each producer took the record): the receiver (due -> its record on ``front.events``),
+    the worker (-> the command on ``commands.salesforce``) and the sink (-> the Task's
+    CreatedDate, the emulator's 'before' latency included); p50/p99 of each, in ms."""
+    s = stack.settings()
+    serde = Serde(s)
+    event_at: dict[str, float] = {}
+    for m in read_to_end(stack.bootstrap, s.topics.front_events, 120):
+        ev = serde.decode(s.topics.front_events, m.value(), plain=True)
+        if str(ev.get("event_id", "")).startswith(f"evt_{run}"):
+            event_at[str(ev["event_id"])] = m.timestamp()[1] / 1000.0
+    command_at: dict[str, float] = {}
+    for m in read_to_end(stack.bootstrap, s.topics.commands_salesforce, 120):
+        cmd = serde.decode(s.topics.commands_salesforce, m.value(), plain=True)
+        eid = str(cmd["origin"]["correlation_id"])
+        if eid.startswith(f"evt_{run}"):
+            command_at.setdefault(eid, m.timestamp()[1] / 1000.0)
+    parts: dict[str, list[float]] = {"receiver": [], "worker": [], "sink": []}
+    for mid, at in due.items():
+        eid = "evt_" + mid[len("msg_"):]
+        if mid in written and eid in event_at and eid in command_at:
+            parts["receiver"].append((event_at[eid] - at) * 1000)
+            parts["worker"].append((command_at[eid] - event_at[eid]) * 1000)
+            parts["sink"].append((written[mid] - command_at[eid]) * 1000)
+    return {k: {"p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99)} for k, v in parts.items()}
 
 
 def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known: list[Person],
@@ -311,6 +346,8 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
     per_event = sorted((accepted[m] - epoch0, (written[m] - accepted[m]) * 1000)
                         for m in accepted if m in written)
     lat = [ms for _, ms in per_event]
+    by_stage = stages(stack, run, accepted, written)
+    say(f"by stage: {by_stage}")
     # The receiver's answer, from the moment each webhook was due (Front's deadline: ~5 s).
     answer_ms = [(answered[i] - i / rate) * 1000 for i in range(n) if status[i]]
     # Keeping up: the last tenth of the sends is not slower than the first tenth by more
@@ -333,6 +370,7 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
         "first_tenth_p50_ms": first_p50, "last_tenth_p50_ms": last_p50,
         "keeps_up": bool(per_event) and not missing and last_p50 - first_p50 < 1000,
         "last_task_after_first_send_s": round(done_at, 1) if done_at is not None else None,
+        "stages": by_stage,
         "events": [(round(t, 3), round(ms, 1)) for t, ms in per_event],
         "lag": sampler.samples,
         "cpu_cores": cpu_cores, "cpu_wall_s": round(wall, 1),
@@ -349,6 +387,8 @@ def main() -> None:
     ap.add_argument("--receiver-workers", type=int, default=1,
                     help="receiver processes (1: on 2 cores shared with the whole pipeline, a second"
                     " one cost more than it served, BENCHMARKS.md)")
+    ap.add_argument("--sink-processes", type=int, default=1,
+                    help="Salesforce sink processes (members of one group, the partitions split)")
     ap.add_argument("--sf-before-ms", type=float, default=150.0,
                     help="emulator latency before serving each call (the write lands after it)")
     ap.add_argument("--sf-after-ms", type=float, default=50.0,
@@ -407,7 +447,7 @@ def main() -> None:
         say(f"starting receiver (x{args.receiver_workers}), worker, sink "
             f"(sink.batch_wait_ms={settings.sink.batch_wait_ms}); "
             f"Salesforce latency {args.sf_before_ms:g} + {args.sf_after_ms:g} ms")
-        start_pipeline(stack, args.receiver_workers)
+        start_pipeline(stack, args.receiver_workers, args.sink_processes)
         groups = {stack.app_id: stack.worker_groups[stack.app_id][:2]}
         assert wait_settled(stack.bootstrap, groups, 120)
         # Every group of the path, as the local stack knows them (the worker's groups change
@@ -429,7 +469,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "bench/latency.py " + " ".join(sys.argv[1:]),
         "cores": os.cpu_count(), "load": os.getloadavg(),
-        "receiver_workers": args.receiver_workers,
+        "receiver_workers": args.receiver_workers, "sink_processes": args.sink_processes,
         "salesforce_latency_ms": {"before": args.sf_before_ms, "after": args.sf_after_ms},
         "sink_batch_wait_ms": settings.sink.batch_wait_ms, "kafka_linger_ms": settings.kafka.linger_ms,
         "config_set": args.set,

@@ -197,6 +197,7 @@ class SalesforceSink:
         # Records a duplicate rule matched, by the external id a command gave them: a Task
         # naming that external id as its Who/What is pointed at the record instead.
         self._attached: dict[tuple[str, str, str], str] = {}
+        self._call_s = 0.0  # time spent in Salesforce calls (the flush line's call_ms)
         self.stats = {"created": 0, "updated": 0, "skipped": 0, "dead_lettered": 0, "api_calls": 0, "pauses": 0}
 
     # -- waiting without leaving the group -----------------------------------------------
@@ -256,6 +257,8 @@ class SalesforceSink:
 
     def process(self, batch: list[Received]) -> None:
         metrics.RECORDS_IN.labels(self.topics.commands_salesforce).inc(len(batch))
+        t0 = time.monotonic()
+        calls, call_s = self.stats["api_calls"], self._call_s
         items: list[_Item] = []
         for r in batch:
             if not self.member.owns(r):
@@ -267,11 +270,19 @@ class SalesforceSink:
                 self._dead_letter(r, "decode", exc, attempts=1)
                 continue
             items.append(_Item(r, command))
+        t1 = time.monotonic()
         self._write(items)
+        t2 = time.monotonic()
         self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge audit and "
                        "dead-letter records")
+        t3 = time.monotonic()
         self.retry.run(lambda: self.member.commit(batch), what="committing offsets")
         self.member.resume()
+        # One line per flush: where its time went (the Salesforce calls within the write).
+        log.info("flush done", records=len(batch), api_calls=self.stats["api_calls"] - calls,
+                 decode_ms=round((t1 - t0) * 1000), write_ms=round((t2 - t1) * 1000),
+                 call_ms=round((self._call_s - call_s) * 1000), acks_ms=round((t3 - t2) * 1000),
+                 commit_ms=round((time.monotonic() - t3) * 1000))
 
     def _decode(self, r: Received) -> dict[str, Any]:
         try:  # the retry policy only when the first try fails (a registry hiccup)
@@ -495,15 +506,18 @@ class SalesforceSink:
         client = self._conn.client
         self.stats["api_calls"] += 1
         metrics.API_CALLS.labels("salesforce").inc()
+        started = time.monotonic()
         try:
             result = fn(client)
         except Exception as exc:  # noqa: BLE001 - classified right below
+            self._call_s += time.monotonic() - started
             mapped = classify_call_error(exc, external_id_field)
             if isinstance(mapped, SessionExpired):
                 self._conn = None
             if isinstance(mapped, QuotaExceeded):
                 self.budget.refuse(str(mapped))
             raise mapped from exc
+        self._call_s += time.monotonic() - started
         self.budget.observe_header(client.api_usage)
         return result
 
