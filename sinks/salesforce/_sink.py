@@ -1124,6 +1124,14 @@ class SalesforceSink:
         })
         if outcome in ("CREATED", "UPDATED"):
             metrics.observe_write("salesforce", cmd, r.msg.headers())
+        if outcome == "SKIPPED":
+            # Nothing changed in Salesforce: a DEBUG line (the audit record has it). A replay
+            # skips every command it re-reads, and an INFO line each was a third of the
+            # sink's time; "already created" says once per call how many.
+            log.debug("command skipped", outcome=outcome, record_id=record_id,
+                      correlation_id=cmd["origin"]["correlation_id"],
+                      at=coords(r.topic, r.partition, r.offset), reason=error)
+            return
         log.info("command applied" if error is None else "command failed", outcome=outcome,
                  record_id=record_id, correlation_id=cmd["origin"]["correlation_id"],
                  at=coords(r.topic, r.partition, r.offset), error=error)
