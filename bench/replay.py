@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from frontforce.localstack import REPO, LocalStack, Ports, free_port
 from frontforce.serialization import Serde
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import cpu_by_role  # noqa: E402
 from worker_throughput import message_event, produce  # noqa: E402
 
 
@@ -69,6 +71,9 @@ def replay_once(stack: LocalStack, state: Path, sf: httpx.Client, groups: dict[s
     replay = subprocess.Popen(cmd, env=stack.env(), cwd=REPO, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(3)  # it has moved the groups and follows them
+    cpu0 = cpu_by_role(os.getpid())  # the worker and the sink start from zero
+    cpu0.pop("worker", None)
+    cpu0.pop("sink", None)
     t1 = time.monotonic()
     stack.spawn("worker", "worker")
     stack.spawn("sink-salesforce", "sink", "salesforce")
@@ -79,11 +84,15 @@ def replay_once(stack: LocalStack, state: Path, sf: httpx.Client, groups: dict[s
     # Every group settled: the sink has also read what the worker sent again.
     assert wait_settled(stack.bootstrap, groups, 600, quiet_s=3.0), describe_lag(stack.bootstrap, groups)
     settled_s = time.monotonic() - t1 - 3.0
+    cpu1 = cpu_by_role(os.getpid())
+    # CPU seconds each part used from the start until every group settled (+ the 3 s quiet).
+    cpu_s = {role: round(cpu1[role] - cpu0.get(role, 0.0), 1) for role in sorted(cpu1)
+             if role != "sender"}
     time.sleep(5)
     after = writes(sf)
     reread = sum(int(n) for n in re.findall(r"(\d+) record\(s\) to re-read", out))
     return {"groups": mode, "records_reread": reread, "replay_s": round(replay_s, 1),
-            "all_settled_s": round(settled_s, 1),
+            "all_settled_s": round(settled_s, 1), "cpu_s": cpu_s,
             "new_writes": after["change_events"] - before["change_events"],
             "api_calls": after["api_calls"] - before["api_calls"]}
 
