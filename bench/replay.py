@@ -7,14 +7,15 @@ Starts its own broker, registry and Salesforce emulator (free ports, throw-away 
 seeds ``contacts`` Contacts in the emulator and puts them on ``salesforce.changes`` (as
 the source's snapshot would), produces ``events`` inbound-message events (every sender a
 known Contact) straight to ``front.events``, and runs the worker and the Salesforce sink
-until each event's Task is in Salesforce (the first pass, timed too). Then it stops them,
-runs ``frontforce replay --from beginning`` (every group moved back to the start of its
-topics) and starts them again: the replay's time is from that start until ``replay``
-reports every group has read its range again; the new writes are the change events
-Salesforce committed meanwhile (every Task, Contact or other record write is one; a
-replayed Task is refused by its external id, DUPLICATE_VALUE, and writes nothing) and the
-API calls the sink spent. Prints one JSON line; BENCHMARKS.md records runs with their
-command.
+until each event's Task is in Salesforce (the first pass, timed too). Then, for each of
+``--replays`` in turn (default: ``all``, every group, then ``worker``, the worker's
+alone), it stops them, runs ``frontforce replay --from beginning``, starts them again and
+times two moments: when ``replay`` reports the groups it moved have read their range again,
+and when every group of the pipeline has settled (the sink has also read what the worker
+sent again: the figure that counts). The new writes are the change events Salesforce
+committed meanwhile (a replayed Task is refused by its external id, DUPLICATE_VALUE, and
+writes nothing); with them the API calls the sink spent and the CPU seconds of each part.
+Prints one JSON line; BENCHMARKS.md records runs with their command.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def writes(sf: httpx.Client) -> dict[str, int]:
 def replay_once(stack: LocalStack, state: Path, sf: httpx.Client, groups: dict[str, list[str]],
                 mode: str, timeout: float) -> dict[str, object]:
     """Stop the worker and the sink, replay from the beginning (``mode`` "all": every group;
-    else the ``--group`` it names), start them again and time until ``replay`` reports the
-    moved groups have read their range again."""
+    else the ``--group`` it names), start them again; time until ``replay`` reports the moved
+    groups have read their range again, and until every group has settled."""
     before = writes(sf)
     stack.stop_process("worker")
     stack.stop_process("sink-salesforce")
