@@ -97,6 +97,7 @@ from streams._rules import (
     tag_commands,
     task_command,
 )
+from streams._take import take_batches
 
 # Front event kinds the Front sink makes by API call: their echoes are dropped.
 OUR_WRITES = frozenset({"TAG", "UNTAG", "ASSIGN", "UNASSIGN", "COMMENT"})
@@ -537,10 +538,11 @@ def create_app(settings: Settings) -> faust.App:
         """The one way every agent handles its events: decode, run ``body``, dead-letter
         the poison, retry the transient in place, ack only when all of it is stored.
 
-        Events come in batches (``noack_take``: up to ``worker.batch_size``, or what arrived
-        within ``worker.batch_wait_ms``): nothing is acked by Faust, so a batch is not acked
-        whole (STYLE habit 3). Each event is handled on its own, as the current event (tables
-        find their partition through it), and its outbox queued; the agent goes on with the
+        Events come in batches (``take_batches``: up to ``worker.batch_size``, or what arrived
+        within ``worker.batch_wait_ms`` of the first; an idle agent sleeps): nothing is acked
+        by Faust, so a batch is not acked whole (STYLE habit 3). Each event is handled on its
+        own, as the current event (tables find their partition through it), and its outbox
+        queued; the agent goes on with the
         next batch while an acker waits for the outboxes in order and acks event by event. A
         send that failed is not skipped: the acker handles that event again, waiting for it
         this time, before it acks anything after it. Handing a whole batch to the producer
@@ -571,7 +573,7 @@ def create_app(settings: Settings) -> faust.App:
 
         task = asyncio.ensure_future(acker_guarded())
         try:
-            async for batch in manual.noack_take(w.batch_size, within=w.batch_wait_ms / 1000):
+            async for batch in take_batches(manual, w.batch_size, w.batch_wait_ms / 1000):
                 if batch:
                     metrics.RECORDS_IN.labels(batch[0].message.topic).inc(len(batch))
                 items: list[tuple[EventT, Outbox]] = []
