@@ -462,9 +462,11 @@ class SinkConfig(_Model):
     )
     batch_wait_ms: int = Field(
         1000, ge=0,
-        description="How long to wait for a batch to fill before writing it (the flush window)."
-        " 1000 ms keeps a 200 messages/s stream, a fifth of it from unknown senders (Lead +"
-        " Task), near 0.006 API calls a message; 500 ms near 0.009, too close to the 0.01 bound,"
+        description="How long to wait for a batch to fill before writing it (the flush window),"
+        " counted from the start of the previous flush: when a write took longer than the"
+        " window, the commands that arrived meanwhile are written at once. 1000 ms keeps a"
+        " 200 messages/s stream, a fifth of it from unknown senders (Lead + Task), near 0.006"
+        " API calls a message; 500 ms near 0.009, too close to the 0.01 bound,"
         " for about 0.5 s less at the sink (BENCHMARKS.md).",
     )
     max_attempts: int = Field(

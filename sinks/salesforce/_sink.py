@@ -5,7 +5,9 @@ external id field is a unique external id (else ``FatalError``), and reads ``/li
 knows its API budget before the first write.
 
 One commit path, in this order (STYLE habit 2):
-  1. take up to ``batch_size`` commands (or what arrived within ``batch_wait_ms``);
+  1. take up to ``batch_size`` commands (or what arrived within ``batch_wait_ms`` of the
+     last flush's start: a write that took the whole window is followed at once by the
+     next flush of what waited meanwhile);
   2. decode them; a registry that does not answer is retried in place, only a record that
      can never decode is dead-lettered;
   3. write them: sObject Collections requests (up to 200 records each: Leads, then Tasks,
@@ -243,9 +245,11 @@ class SalesforceSink:
             self.member.subscribe()
             self.member.resume()
             log.info("sink started", topic=self.topics.commands_salesforce)
+            started = 0.0  # when the last flush began
             while not self.stop_event.is_set():
-                batch = self.member.next_batch(self.settings.sink.batch_size, max(wait_s, 0.05))
+                batch = self._next_batch(wait_s, started)
                 if batch:
+                    started = time.monotonic()
                     self.process(batch)
                 if time.monotonic() - self._mapping_checked >= self.settings.sink.mapping_recheck_s:
                     self._recheck_mapping()
@@ -254,6 +258,19 @@ class SalesforceSink:
         finally:
             self.out.flush(10)
             self.member.close()
+
+    def _next_batch(self, wait_s: float, started: float) -> list[Received]:
+        """The next flush's commands. The flush window counts from the start of the last
+        flush: what arrived while that one was being written has waited already, so when
+        the write took the whole window the commands waiting are taken at once (a flush
+        every ``batch_wait_ms`` at most, never a window added to each write). With nothing
+        waiting, the next command opens a window of its own."""
+        size = self.settings.sink.batch_size
+        left = wait_s - (time.monotonic() - started)
+        if left > 0.0:
+            return self.member.next_batch(size, max(left, 0.05))
+        batch = self.member.next_batch(size, 0.0)
+        return batch or self.member.next_batch(size, max(wait_s, 0.05))
 
     def process(self, batch: list[Received]) -> None:
         metrics.RECORDS_IN.labels(self.topics.commands_salesforce).inc(len(batch))
