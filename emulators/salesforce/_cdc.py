@@ -272,6 +272,18 @@ def _text_diff(fd: FieldDef, old: Any, new: Any) -> str | None:
     return value if len(value) < len(new) else None
 
 
+def _fields_key(fields: dict[str, Any]) -> Any:
+    """What tells two changes' field values apart, for grouping them into one event: the
+    sorted items when every value is hashable (a write's fields nearly always are), else
+    their JSON (a compound field's dict)."""
+    items = tuple(sorted(fields.items()))
+    try:
+        hash(items)
+    except TypeError:
+        return json.dumps(fields, sort_keys=True)
+    return items
+
+
 def _body(change: Change) -> tuple[dict[str, Any], list[str], list[str], list[str]]:
     """(record fields, changedFields, nulledFields, diffFields) for one change."""
     kind = change.change_type
@@ -348,7 +360,7 @@ class ChangeLog:
         for change in changes:
             fields, changed, nulled, diffs = _body(change)
             key = (change.entity, change.change_type, change.user_id, change.origin,
-                   json.dumps(fields, sort_keys=True), tuple(changed), tuple(nulled),
+                   _fields_key(fields), tuple(changed), tuple(nulled),
                    tuple(diffs))
             group = groups.get(key)
             if group is None:

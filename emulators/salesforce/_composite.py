@@ -269,6 +269,8 @@ def _lookup(results: dict[str, Reply], ref: str, path: str) -> Any:
 
 def _substitute(value: Any, results: dict[str, Reply]) -> Any:
     if isinstance(value, str):
+        if "@{" not in value:  # most values: no reference, no regex
+            return value
         whole = _REFERENCE_RE.fullmatch(value)
         if whole:  # keep non-string types when the whole value is one reference
             return _lookup(results, whole.group(1), whole.group(2))

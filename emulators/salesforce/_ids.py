@@ -9,6 +9,7 @@ case-insensitively: we use it to restore the canonical case (``canonical_id``).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 __all__ = [
     "KEY_PREFIXES",
@@ -63,7 +64,19 @@ def looks_like_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
 
 
+@lru_cache(maxsize=65536)  # pure; every reference of every write goes through it
+def _canonical(value: str) -> str | None:
+    return _canonical_uncached(value)
+
+
 def canonical_id(value: str) -> str | None:
+    """Normalise a 15- or 18-char id to the canonical 18-char form, or None if malformed."""
+    if not isinstance(value, str):
+        return None
+    return _canonical(value)
+
+
+def _canonical_uncached(value: str) -> str | None:
     """Normalise a 15- or 18-char id to the canonical 18-char form, or None if malformed.
 
     For 18-char input the suffix decides the case of each letter, exactly as Salesforce

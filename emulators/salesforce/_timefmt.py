@@ -15,8 +15,8 @@ _DATETIME_RE = re.compile(
 
 
 def format_datetime(value: dt.datetime) -> str:
-    value = value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
+    # isoformat ends "+00:00" for UTC; the wire form has "+0000".
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")[:-6] + "+0000"
 
 
 def format_date(value: dt.date) -> str:
