@@ -8,6 +8,7 @@ and callers can print/announce the real address.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
@@ -92,6 +93,18 @@ async def _serve(server: uvicorn.Server, sock: socket.socket, base_url: str,
     await task
 
 
+def _few_full_collections() -> None:
+    """An emulator keeps every record and change event it was sent, and Python's full
+    garbage collection walks all of them: with 70,000 Tasks and their change events one took
+    about 0.6 s, and under load one came every few seconds, each a stall of every call in
+    flight, which Salesforce's own API latency does not have (BENCHMARKS.md, latency). So an
+    emulator process freezes what it holds at start and runs a full collection only after
+    10,000 young ones (Python's default: 10). The org's records are plain dicts, freed by
+    reference counting; cyclic garbage that outlives two young collections waits longer."""
+    gc.freeze()
+    gc.set_threshold(700, 10, 10_000)
+
+
 def serve(
     app: ASGIApp,
     host: str,
@@ -106,6 +119,7 @@ def serve(
     uvicorn installs its own signal handlers while serving and re-raises the signal after a
     graceful shutdown, so work that must happen on shutdown belongs in the app's lifespan.
     """
+    _few_full_collections()
     sock = bind_socket(host, port)
     real_port = sock.getsockname()[1]
     server = uvicorn.Server(_config(app, host, real_port, ssl, log_level))
