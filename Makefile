@@ -65,6 +65,7 @@ bench: venv bench-tools
 	for n in 1 2 4; do $(BIN)/python bench/worker_throughput.py --events 100000 --contacts 1000 \
 	  --workers $$n --partitions 8; done | tee $(BENCH_OUT)/worker_scaleout.txt
 	$(BIN)/python bench/worker_memory.py --contacts 1000000 | tee $(BENCH_OUT)/worker_memory.txt
+	$(BIN)/python bench/idle_cpu.py --settle 40 --duration 30 | tee $(BENCH_OUT)/idle_cpu.txt
 	$(BIN)/python bench/replay.py --events 1000000 --contacts 1000 | tee $(BENCH_OUT)/replay.txt
 	$(BIN)/python bench/salesforce_calls.py --messages 10000 --rate 200 --naive 0 --concurrency 16 \
 	  --unknown-share 0.2 | tee $(BENCH_OUT)/salesforce_calls.txt
