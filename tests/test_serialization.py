@@ -315,3 +315,6 @@ def test_the_compiled_encoder_writes_exactly_what_fastavro_writes(quick: None, l
         assert serde.encode(logical, odd) == fastavro_bytes(odd)
     with pytest.raises(InvalidRecordError, match="cannot encode"):
         serde.encode(logical, {**first, longs[0]: "not a number"})
+    strings = [f["name"] for f in plain["fields"] if base(f["type"]) == "string"]
+    with pytest.raises(InvalidRecordError, match="cannot encode"):  # a lone surrogate: neither writes it
+        serde.encode(logical, {**first, strings[0]: "\ud800"})
