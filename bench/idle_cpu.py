@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,29 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from frontforce.localstack import LocalStack, Ports, free_port  # noqa: E402
 
-
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def cpu_s(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+sys.path.insert(0, str(REPO / "bench"))
+from webhook_ingest import cpu_s, descendants  # noqa: E402
 
 
 def jvms(state_dir: Path) -> dict[str, list[int]]:
@@ -89,7 +67,7 @@ def main() -> None:
         stack.frontforce("setup")
         stack.start_pipeline()
         time.sleep(args.settle)
-        groups = {name: tree(p.pid) for name, p in stack.procs.items()}
+        groups = {name: descendants(p.pid) for name, p in stack.procs.items()}
         groups.update(jvms(stack.stack_state or stack.state_dir / "stack"))
         before = {name: cpu_s(pids) for name, pids in groups.items()}
         time.sleep(args.duration)

@@ -205,20 +205,11 @@ def _datum(schema: object, rng: random.Random, names: dict[str, dict[str, object
             "double": rng.choice([0.0, -1.5, 1e300]), "float": 0.5}[str(t)]
 
 
-@pytest.mark.parametrize("logical", sorted(set(SCHEMA_FILES) | set(WORKER_SCHEMA_FILES)))
-def test_the_compiled_plain_decoder_reads_exactly_what_fastavro_reads(logical: str) -> None:
-    """The stream worker's hot path decodes with cavro (issue 10); every other read is
-    fastavro's. For 300 random records of each schema, edge values included, the two give
-    the same values, and a truncated body is an error for both."""
-    from fastavro import parse_schema, schemaless_reader, schemaless_writer
-
-    schema = serialization._no_logical_types(json.loads(load_schema_str(logical)))
-    parsed = parse_schema(schema)
-    compiled = serialization.cavro.Schema(json.dumps(schema), options=serialization._CAVRO_PLAIN)
-    rng = random.Random(f"cavro-{logical}")
+def _named_types(schema: object) -> dict[str, dict[str, object]]:
+    """Every named type of ``schema``, by name and by full name."""
     names: dict[str, dict[str, object]] = {}
 
-    def collect(node: object, namespace: str = "") -> None:  # every named type, by name
+    def collect(node: object, namespace: str = "") -> None:
         if isinstance(node, list):
             for x in node:
                 collect(x, namespace)
@@ -231,6 +222,21 @@ def test_the_compiled_plain_decoder_reads_exactly_what_fastavro_reads(logical: s
                 collect(v, namespace)
 
     collect(schema)
+    return names
+
+
+@pytest.mark.parametrize("logical", sorted(set(SCHEMA_FILES) | set(WORKER_SCHEMA_FILES)))
+def test_the_compiled_plain_decoder_reads_exactly_what_fastavro_reads(logical: str) -> None:
+    """The stream worker's hot path decodes with cavro (issue 10); every other read is
+    fastavro's. For 300 random records of each schema, edge values included, the two give
+    the same values, and a truncated body is an error for both."""
+    from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+    schema = serialization._no_logical_types(json.loads(load_schema_str(logical)))
+    parsed = parse_schema(schema)
+    compiled = serialization.cavro.Schema(json.dumps(schema), options=serialization._CAVRO_PLAIN)
+    rng = random.Random(f"cavro-{logical}")
+    names = _named_types(schema)
     for _ in range(300):
         record = _datum(schema, rng, names)
         out = io.BytesIO()
@@ -253,25 +259,6 @@ def test_the_plain_decode_goes_through_the_compiled_decoder_after_the_first_reco
     assert serde.decode("audit", body, plain=True) == first == {**AUDIT, "reason": None}
     with pytest.raises(InvalidRecordError, match="cannot decode"):
         serde.decode("audit", body[:8], plain=True)
-
-
-def _named_types(schema: object) -> dict[str, dict[str, object]]:
-    names: dict[str, dict[str, object]] = {}
-
-    def collect(node: object, namespace: str = "") -> None:
-        if isinstance(node, list):
-            for x in node:
-                collect(x, namespace)
-        elif isinstance(node, dict):
-            if node.get("type") in ("record", "enum", "fixed"):
-                ns = str(node.get("namespace", namespace))
-                names[str(node["name"])] = names[f"{ns}.{node['name']}"] = node
-                namespace = ns
-            for v in node.values():
-                collect(v, namespace)
-
-    collect(schema)
-    return names
 
 
 @pytest.mark.parametrize("logical", sorted(serialization._CAVRO_ENCODE))
