@@ -278,7 +278,8 @@ class WorkerConfig(_Model):
         500, ge=1, description="Events an agent takes at once (handled one by one, acked one by one)."
     )
     batch_wait_ms: int = Field(
-        10, ge=1, description="How long an agent waits to fill a batch before it handles what it has."
+        10, ge=1, description="How long an agent waits, from the first event of a batch, to fill"
+        " the batch before it handles what it has (an idle agent does not wake up)."
     )
     lane_batch_wait_ms: int = Field(
         100, ge=1,
