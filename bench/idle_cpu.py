@@ -6,8 +6,8 @@ Starts its own stack (free ports, throw-away state): Kafka, the registry, both e
 then ``setup`` and the whole pipeline (worker, Salesforce sink, Salesforce change
 subscription, Front sink, receiver), as ``make demo`` does. After ``--settle`` seconds
 (start-up, first assignments) it reads from /proc the CPU seconds of each process (children
-with their parent; the JVMs by the ``-Dfrontforce.stack=<role>@<state dir>`` mark
-``deploy/stack.sh`` gives them) over ``--duration`` seconds with no traffic, and prints
+with their parent; the JVMs by the pid files and marks of ``deploy/stack.sh``, as
+``frontforce up`` finds them) over ``--duration`` seconds with no traffic, and prints
 cores used per process as one JSON line.
 
 A process that spins while idle takes CPU from everything else on a small machine: on the
@@ -28,26 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from frontforce.localstack import LocalStack, Ports, free_port  # noqa: E402
+from frontforce.ops.up import _stack_pids  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from webhook_ingest import cpu_s, descendants  # noqa: E402
-
-
-def jvms(state_dir: Path) -> dict[str, list[int]]:
-    """The stack's JVMs by role, from the mark on their command line."""
-    out: dict[str, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        for part in cmd.split():
-            if part.startswith("-Dfrontforce.stack=") and part.endswith(f"@{state_dir}"):
-                role = part.split("=", 1)[1].split("@", 1)[0]
-                out.setdefault(role, []).append(int(entry.name))
-    return out
 
 
 def main() -> None:
@@ -68,7 +52,7 @@ def main() -> None:
         stack.start_pipeline()
         time.sleep(args.settle)
         groups = {name: descendants(p.pid) for name, p in stack.procs.items()}
-        groups.update(jvms(stack.stack_state or stack.state_dir / "stack"))
+        groups.update({role: [pid] for role, pid in _stack_pids(stack.state_dir).items()})
         before = {name: cpu_s(pids) for name, pids in groups.items()}
         time.sleep(args.duration)
         cores = {name: round((cpu_s(pids) - before[name]) / args.duration, 3)

@@ -542,8 +542,8 @@ def create_app(settings: Settings) -> faust.App:
         within ``worker.batch_wait_ms`` of the first; an idle agent sleeps): nothing is acked
         by Faust, so a batch is not acked whole (STYLE habit 3). Each event is handled on its
         own, as the current event (tables find their partition through it), and its outbox
-        queued; the agent goes on with the
-        next batch while an acker waits for the outboxes in order and acks event by event. A
+        queued; the agent goes on with the next batch while an acker waits for the outboxes
+        in order and acks event by event. A
         send that failed is not skipped: the acker handles that event again, waiting for it
         this time, before it acks anything after it. Handing a whole batch to the producer
         before waiting lets it fill produce requests: the per-event cost of Faust's stream

@@ -289,6 +289,7 @@ def test_the_compiled_encoder_writes_exactly_what_fastavro_writes(quick: None, l
     for _ in range(1000):
         record = _datum(plain, rng, names)
         assert serde.encode(logical, record) == fastavro_bytes(record)
+
     def base(t: object) -> object:
         return t.get("type") if isinstance(t, dict) else t
 

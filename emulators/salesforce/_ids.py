@@ -64,25 +64,18 @@ def looks_like_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
 
 
-@lru_cache(maxsize=65536)  # pure; every reference of every write goes through it
-def _canonical(value: str) -> str | None:
-    return _canonical_uncached(value)
-
-
 def canonical_id(value: str) -> str | None:
-    """Normalise a 15- or 18-char id to the canonical 18-char form, or None if malformed."""
-    if not isinstance(value, str):
-        return None
-    return _canonical(value)
-
-
-def _canonical_uncached(value: str) -> str | None:
     """Normalise a 15- or 18-char id to the canonical 18-char form, or None if malformed.
 
     For 18-char input the suffix decides the case of each letter, exactly as Salesforce
     treats 18-char ids case-insensitively. A suffix that marks a digit as upper-case is invalid.
     """
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    return _canonical(value) if isinstance(value, str) else None
+
+
+@lru_cache(maxsize=65536)  # pure; every reference of every write goes through it
+def _canonical(value: str) -> str | None:
+    if not _ID_RE.match(value):
         return None
     if len(value) == 15:
         return to18(value)
