@@ -26,6 +26,33 @@ def test_card_numbers_ssns_and_custom_patterns_are_masked_and_nothing_else() -> 
     assert event["message"]["text"] == "ssn 078-05-1120 please"  # the input is not changed
 
 
+def test_the_built_in_patterns_match_exactly_what_their_written_out_forms_match() -> None:
+    """CARD_NUMBER and US_SSN are written to start on a digit (fast); on random text of
+    digits, spaces, dashes and letters they find the same spans as the plain forms of the
+    rules (a lookbehind first), among them many card numbers and SSNs and their near misses."""
+    import random
+    import re
+
+    from frontforce.logs import CARD_NUMBER, US_SSN
+
+    card = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+    ssn = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
+    rng = random.Random(7)
+    found = {"card": 0, "ssn": 0}
+    for n in range(40_000):
+        if n % 2:
+            text = "".join(rng.choice("0123456789" * 3 + " -" * 3 + "ab\n") for _ in range(rng.randint(0, 60)))
+        else:  # SSN-shaped, with edge areas, groups and serials, a neighbour either side
+            parts = ["".join(rng.choice(rng.choice(["0", "6", "9", "0123456789"])) for _ in range(k))
+                     for k in (3, 2, 4)]
+            text = rng.choice(["", "x", "1", " "]) + "-".join(parts) + rng.choice(["", "x", "1", " "])
+        for name, fast, plain in (("card", CARD_NUMBER, card), ("ssn", US_SSN, ssn)):
+            spans = [m.span() for m in plain.finditer(text)]
+            assert [m.span() for m in fast.finditer(text)] == spans, (name, text)
+            found[name] += len(spans)
+    assert found["card"] > 1000 and found["ssn"] > 1000
+
+
 def test_private_conversations_and_inboxes_outside_the_lists_do_not_sync() -> None:
     allow = PrivacyConfig(inboxes_allow=["inb_sales"], inboxes_deny=["inb_hr"])  # type: ignore[call-arg]
     assert excluded(allow, {"is_private": True, "inbox_ids": ["inb_sales"]}) == "private conversation: never synced"
