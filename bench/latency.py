@@ -9,9 +9,12 @@ held ``--sf-before-ms`` before it is served (the write lands then) and its answe
 ``--sf-after-ms`` after (``/__admin/faults`` "latency", phases before/after). Then the
 receiver (``--receiver-workers`` processes), one stream worker and the Salesforce sink.
 
-For each rate, an open-loop sender (a lean HTTP/1.1 client on uvloop, ``--connections``
-keep-alive connections) sends inbound-message webhooks from known Contacts at ``rate``/s for
-``--duration`` seconds, each signed just before the run. Per event the latency is the emulator's stored
+First ``--warmup`` seconds at ``--warmup-rate``, not measured: a freshly started Kafka
+broker spends about 0.3 of a core in its first minute of load compiling (the JVM's C2
+thread), which a deployed broker did long ago. Then, for each rate, an open-loop sender (a
+lean HTTP/1.1 client on uvloop, ``--connections`` keep-alive connections) sends
+inbound-message webhooks from known Contacts at ``rate``/s for ``--duration`` seconds, each
+signed just before the run. Per event the latency is the emulator's stored
 ``CreatedDate`` of its Task (milliseconds) minus the moment the webhook was due to be sent
 (the schedule, so that a sender or receiver falling behind counts against the pipeline,
 not hidden by it; how late the sender actually was is printed too). Consumer-group lag of
@@ -290,9 +293,13 @@ def stages(stack: LocalStack, run: str, due: dict[str, float],
 
 
 def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known: list[Person],
-             rate: float, args: argparse.Namespace, sink_group: str) -> dict[str, Any]:
-    run = f"lat{int(rate)}x"
-    n = int(rate * args.duration)
+             rate: float, args: argparse.Namespace, sink_group: str, index: int = 0,
+             duration: float | None = None) -> dict[str, Any]:
+    duration = args.duration if duration is None else duration
+    # Ids unique per run: a rate given twice (``--rates 1000 1000``, the second on a warm
+    # broker) must not resend the first run's events, which the worker drops as repeats.
+    run = f"lat{index}r{int(rate)}x"
+    n = int(rate * duration)
     emitter = WebhookEmitter(stack.receiver_url, stack.app_secret.encode())
     now = time.time()
     bodies = [emitter.body_for(inbound_email_event(
@@ -301,7 +308,7 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
         sender=known[i % len(known)].email, sender_name=None, to="support@acme.example",
         subject="Benchmark", text="x" * 400, emitted_at=now)) for i in range(n)]
     emitter.close()
-    say(f"{rate:g}/s for {args.duration:g} s: {n} webhooks")
+    say(f"{rate:g}/s for {duration:g} s: {n} webhooks")
     cpu0, wall0 = cpu_by_role(os.getpid()), time.monotonic()
     sampler.start(time.time())
     epoch0, late, answered, status = uvloop.run(send_all(
@@ -357,7 +364,7 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
     last_p50 = pct([ms for _, ms in per_event[-tenth:]], 0.5) or 0.0
     done_at = max(written[m] for m in accepted if m in written) - epoch0 if per_event else None
     return {
-        "rate": rate, "duration_s": args.duration, "sent": n, "accepted": len(accepted),
+        "rate": rate, "duration_s": duration, "sent": n, "accepted": len(accepted),
         "refused_or_failed": n - len(accepted), "tasks_written": len(per_event),
         "missing": missing,
         "send_late_ms_p99": round(sorted(late)[int(0.99 * (n - 1))] * 1000, 1),
@@ -383,6 +390,9 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[200.0, 1000.0])
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of sending per rate")
     ap.add_argument("--contacts", type=int, default=1000, help="known Contacts seeded")
+    ap.add_argument("--warmup", type=float, default=30.0,
+                    help="seconds of load before the measured rates, not measured (0: none)")
+    ap.add_argument("--warmup-rate", type=float, default=500.0, help="webhooks/s of the warm-up")
     ap.add_argument("--connections", type=int, default=128, help="sender connections")
     ap.add_argument("--receiver-workers", type=int, default=1,
                     help="receiver processes (1: on 2 cores shared with the whole pipeline, a second"
@@ -454,8 +464,15 @@ def main() -> None:
         # with its design: whichever reads front.events, the re-key topics, the sink's).
         lag_groups = {g: ts for g, ts in stack.worker_groups.items() if g != f"{stack.app_id}-sink-front"}
         sampler = LagSampler(stack.bootstrap, lag_groups)
-        for rate in args.rates:
-            r = run_rate(stack, admin, sampler, known, rate, args, settings.sink.group_id)
+        if args.warmup > 0:
+            # A freshly started broker spends 0.3 of a core compiling (the JVM's C2 thread) in
+            # its first minute of load: a warm broker, as in any deployment, before measuring.
+            say(f"warm-up, not measured: {args.warmup_rate:g}/s for {args.warmup:g} s")
+            run_rate(stack, admin, sampler, known, args.warmup_rate, args, settings.sink.group_id,
+                     len(args.rates), duration=args.warmup)
+            wait_settled(stack.bootstrap, stack.worker_groups, args.timeout)
+        for index, rate in enumerate(args.rates):
+            r = run_rate(stack, admin, sampler, known, rate, args, settings.sink.group_id, index)
             say(f"{rate:g}/s: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms,"
                 f" max {r['max_ms']} ms; keeps up: {r['keeps_up']}")
             results.append(r)
@@ -469,6 +486,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "bench/latency.py " + " ".join(sys.argv[1:]),
         "cores": os.cpu_count(), "load": os.getloadavg(),
+        "warmup_s": args.warmup, "warmup_rate": args.warmup_rate,
         "receiver_workers": args.receiver_workers, "sink_processes": args.sink_processes,
         "salesforce_latency_ms": {"before": args.sf_before_ms, "after": args.sf_after_ms},
         "sink_batch_wait_ms": settings.sink.batch_wait_ms, "kafka_linger_ms": settings.kafka.linger_ms,

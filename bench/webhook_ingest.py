@@ -11,6 +11,10 @@ for each receiver process count, back to back so that both see the same machine:
   that answers at once instead of sending to Kafka; served by the product's ``serve``;
 - acked: ``frontforce receiver --workers N``, the product as shipped.
 
+Before the measured runs, ``--kafka-warmup`` seconds of acked load, not measured: a freshly
+started broker spends about 0.3 of a core compiling (the JVM's C2 thread) in its first minute
+of load, which a deployed broker did long ago.
+
 Load: wrk (Debian package, installed with apt-get when missing), ``--connections``
 keep-alive connections on one wrk thread, each request one of ``--events`` inbound-message
 webhooks signed just before the run (inside Front's 5-minute window), cycled by a Lua
@@ -338,6 +342,8 @@ def main() -> None:
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4],
                     help="receiver process counts to measure")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
+    ap.add_argument("--kafka-warmup", type=float, default=30.0,
+                    help="seconds of acked load before the measured runs, not measured (0: none)")
     ap.add_argument("--connections", type=int, default=64, help="wrk keep-alive connections")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--events", type=int, default=2000, help="distinct signed webhooks cycled")
@@ -368,6 +374,17 @@ def main() -> None:
         stack.stop_process("salesforce-emulator")
         stack.frontforce("setup")
         topic = stack.settings().topics.front_events
+        if args.kafka_warmup > 0 and "acked" in args.modes:
+            # A freshly started broker spends about 0.3 of a core in its first minute of load
+            # compiling (the JVM's C2 thread): the acked runs measure a warm broker, as deployed.
+            say(f"warm-up, not measured: acked x{max(args.processes)} for {args.kafka_warmup:g} s")
+            warm = start_receiver(stack, "acked", max(args.processes))
+            try:
+                requests_file = stack.state_dir / "requests.tsv"
+                write_requests(requests_file, stack.app_secret.encode(), args.events)
+                run_wrk(wrk, stack, requests_file, lua, args.kafka_warmup, args.connections, args.threads)
+            finally:
+                stop_receiver(warm)
         for n in args.processes:
             for mode in args.modes:
                 runs.append(one_run(wrk, stack, mode, n, args, lua, topic))
@@ -390,7 +407,8 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "bench/webhook_ingest.py " + " ".join(sys.argv[1:]),
         "cores": os.cpu_count(), "load": os.getloadavg(),
-        "duration_s": args.duration, "connections": args.connections, "wrk_threads": args.threads,
+        "duration_s": args.duration, "kafka_warmup_s": args.kafka_warmup,
+        "connections": args.connections, "wrk_threads": args.threads,
         "results": table,
     }
     print(json.dumps(result))
