@@ -15,12 +15,18 @@ One commit path, in this order (STYLE habit 2):
      /composite call (up to five, one API call: ``_send``); retrying retriable records with
      backoff, unrolling a rejected request, dead-lettering only records that are
      permanently wrong;
-  4. wait until the broker acknowledged every audit and dead-letter record, producing again
-     the ones it refused;
+  4. emit its audit records (outcome, record, cost of each command), wait until the broker
+     acknowledged them and every dead-letter record, producing again the ones it refused;
   5. commit the consumed offsets of the partitions this member still owns.
-A crash anywhere before 5 replays the batch; the Unique external id makes the replay
-harmless: a Task that exists answers DUPLICATE_VALUE and is audited SKIPPED, never written
-again (a logged message is a fact; what a user edited in Salesforce since stays).
+Steps 4 and 5 of a flush run during the next flush's first Salesforce call (the audits are
+produced while that call is in flight, in a thread; the acks awaited and the offsets
+committed after the next flush's write) or, when nothing follows, as soon as the consumer
+has nothing new. The audits were most of the sink's CPU between two calls (BENCHMARKS.md);
+a command's latency is the time until its flush starts, which was the whole previous
+flush, audits included. A crash anywhere before 5 replays the batch (and the one after it);
+the Unique external id makes the replay harmless: a Task that exists answers
+DUPLICATE_VALUE and is audited SKIPPED, never written again (a logged message is a fact;
+what a user edited in Salesforce since stays).
 
 Whatever waits (backoff, the API budget, acknowledgements) waits with the partitions paused
 while the consumer keeps polling, so the member stays in its group. Before each Salesforce
@@ -40,6 +46,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -156,6 +163,17 @@ class _Item:
 
 
 @dataclass(frozen=True)
+class _Outcome:
+    """A command's audit record, to be emitted (``SalesforceSink._emit``)."""
+
+    item: _Item
+    outcome: str
+    record_id: str | None
+    error: str | None
+    api_share: float
+
+
+@dataclass(frozen=True)
 class _Op:
     """One sObject Collections request of a flush, and what to do with its answer. A flush
     sends its requests alone or as the subrequests of /composite calls; either way each
@@ -200,6 +218,12 @@ class SalesforceSink:
         # naming that external id as its Who/What is pointed at the record instead.
         self._attached: dict[tuple[str, str, str], str] = {}
         self._call_s = 0.0  # time spent in Salesforce calls (the flush line's call_ms)
+        # Steps 4 and 5 of the last flush, done during the next one (module docstring): its
+        # audits not yet emitted, and the batch to commit once they are acknowledged.
+        self._outcomes: list[_Outcome] = []  # this flush's
+        self._unemitted: list[_Outcome] = []  # the last flush's
+        self._uncommitted: list[Received] = []  # the last flush's batch
+        self._caller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="salesforce-call")
         self.stats = {"created": 0, "updated": 0, "skipped": 0, "dead_lettered": 0, "api_calls": 0, "pauses": 0}
 
     # -- waiting without leaving the group -----------------------------------------------
@@ -251,13 +275,33 @@ class SalesforceSink:
                 if batch:
                     started = time.monotonic()
                     self.process(batch)
+                elif self._uncommitted or self._unemitted:
+                    self.settle()  # nothing new: the last flush's audits and commit now
                 if time.monotonic() - self._mapping_checked >= self.settings.sink.mapping_recheck_s:
                     self._recheck_mapping()
+            self.settle()
         except _Stopping:
             log.info("sink stopped mid-batch; its uncommitted records are redelivered")
         finally:
+            # Whatever was written is audited, even when the process stops mid-batch.
+            try:
+                self._emit(self._unemitted + self._outcomes)
+            except Exception as exc:  # noqa: BLE001 - stopping anyway; the replay audits them
+                log.warning("audit records not emitted on the way out", error=str(exc))
+            self._unemitted, self._outcomes = [], []
             self.out.flush(10)
+            self._caller.shutdown(wait=False)
             self.member.close()
+
+    def settle(self) -> None:
+        """Steps 4 and 5 of the last flush: its audits emitted and acknowledged, its batch
+        committed."""
+        self._emit(self._unemitted)
+        self._unemitted = []
+        self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge audit and "
+                       "dead-letter records")
+        batch, self._uncommitted = self._uncommitted, []
+        self.retry.run(lambda: self.member.commit(batch), what="committing offsets")
 
     def _next_batch(self, wait_s: float, started: float) -> list[Received]:
         """The next flush's commands. The flush window counts from the start of the last
@@ -288,12 +332,18 @@ class SalesforceSink:
                 continue
             items.append(_Item(r, command))
         t1 = time.monotonic()
-        self._write(items)
+        self._write(items)  # its first call emits the last flush's audits meanwhile
         t2 = time.monotonic()
+        self._emit(self._unemitted)  # when it made no call
+        self._unemitted = []
         self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge audit and "
                        "dead-letter records")
         t3 = time.monotonic()
-        self.retry.run(lambda: self.member.commit(batch), what="committing offsets")
+        # The last flush's batch: its audits are acknowledged now. This one's wait for the
+        # next flush (or ``settle``).
+        last, self._uncommitted = self._uncommitted, batch
+        self.retry.run(lambda: self.member.commit(last), what="committing offsets")
+        self._unemitted, self._outcomes = self._outcomes, []
         self.member.resume()
         # One line per flush: where its time went (the Salesforce calls within the write).
         log.info("flush done", records=len(batch), api_calls=self.stats["api_calls"] - calls,
@@ -524,8 +574,18 @@ class SalesforceSink:
         self.stats["api_calls"] += 1
         metrics.API_CALLS.labels("salesforce").inc()
         started = time.monotonic()
+        future = None
+        if self._unemitted:
+            # The call in a thread while this one emits the last flush's audits.
+            future = self._caller.submit(fn, client)
+            try:
+                self._emit(self._unemitted)
+                self._unemitted = []
+            except BaseException:
+                future.exception()  # the call ends before the error goes on (its flush is redone)
+                raise
         try:
-            result = fn(client)
+            result = future.result() if future is not None else fn(client)
         except Exception as exc:  # noqa: BLE001 - classified right below
             self._call_s += time.monotonic() - started
             mapped = classify_call_error(exc, external_id_field)
@@ -1122,6 +1182,17 @@ class SalesforceSink:
     # -- audit, dead letters, acknowledgements -----------------------------------------
     def _audit(self, item: _Item, outcome: str, record_id: str | None, error: str | None,
                api_share: float) -> None:
+        """A command's outcome, audited with its flush (``_emit``, module docstring)."""
+        self._outcomes.append(_Outcome(item, outcome, record_id, error, api_share))
+        if outcome in ("CREATED", "UPDATED"):
+            metrics.observe_write("salesforce", item.command, item.rec.msg.headers())
+
+    def _emit(self, outcomes: list[_Outcome]) -> None:
+        for o in outcomes:
+            self._emit_one(o.item, o.outcome, o.record_id, o.error, o.api_share)
+
+    def _emit_one(self, item: _Item, outcome: str, record_id: str | None, error: str | None,
+                  api_share: float) -> None:
         cmd = item.command
         r = item.rec
         self.out.produce(self.topics.audit, cmd["command_id"].encode(), {
@@ -1139,8 +1210,6 @@ class SalesforceSink:
             "source_offset": r.offset,
             "at": int(time.time() * 1000),
         })
-        if outcome in ("CREATED", "UPDATED"):
-            metrics.observe_write("salesforce", cmd, r.msg.headers())
         if outcome == "SKIPPED":
             # Nothing changed in Salesforce: a DEBUG line (the audit record has it). A replay
             # skips every command it re-reads, and an INFO line each was a third of the
