@@ -127,9 +127,12 @@ class LagSampler:
 
 
 async def send_all(url: str, secret: bytes, bodies: list[bytes], rate: float,
-                   connections: int) -> tuple[float, list[float], list[float], list[int]]:
+                   connections: int) -> tuple[float, list[float], list[float], list[int], list[float]]:
     """Open loop: body i is due at t0 + i / rate. Returns t0 (epoch s), how late each send
-    started (s), each answer's time after t0 (s) and each status (0: no answer).
+    started (s), each answer's time after t0 (s), each status (0: no answer) and each due
+    time on the wall clock (epoch s), read when it fell due: this VM's wall clock drifts
+    against the monotonic one (0.2 s in a minute here), and the latencies are wall-clock
+    differences with the emulator's CreatedDate.
 
     A lean HTTP/1.1 client on keep-alive connections: the requests are built and signed
     before the run (inside Front's 5-minute window), a due request waits in a queue for a
@@ -140,6 +143,7 @@ async def send_all(url: str, secret: bytes, bodies: list[bytes], rate: float,
     late = [0.0] * n
     answered = [0.0] * n
     status = [0] * n
+    due_wall = [0.0] * n
     u = httpx.URL(url)
     host, port, path = u.host, u.port or 80, u.raw_path.decode()
     ts = str(int(time.time() * 1000))
@@ -190,11 +194,12 @@ async def send_all(url: str, secret: bytes, bodies: list[bytes], rate: float,
         wait = mono0 + i / rate - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
+        due_wall[i] = time.time() - (loop.time() - (mono0 + i / rate))
         queue.put_nowait(i)
     for _ in workers:
         queue.put_nowait(-1)
     await asyncio.gather(*workers)
-    return epoch0, late, answered, status
+    return epoch0, late, answered, status, due_wall
 
 
 # Which part of the run a process is, by its command line (first match wins).
@@ -310,13 +315,17 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
     emitter.close()
     say(f"{rate:g}/s for {duration:g} s: {n} webhooks")
     cpu0, wall0 = cpu_by_role(os.getpid()), time.monotonic()
+    # Latencies are differences of wall clocks (the emulator's CreatedDate, the record
+    # timestamps, each due time read as it fell due): how far this VM's clock moved against
+    # the monotonic one is printed; only its drift within one event's latency counts.
+    offset0 = time.time() - time.monotonic()
     sampler.start(time.time())
-    epoch0, late, answered, status = uvloop.run(send_all(
+    epoch0, late, answered, status, due_wall = uvloop.run(send_all(
         stack.receiver_url, stack.app_secret.encode(), bodies, rate, args.connections))
     cpu_sent, wall_sent = cpu_by_role(os.getpid()), time.monotonic() - wall0
     sending = {role: round((cpu_sent[role] - cpu0.get(role, 0.0)) / wall_sent, 2) for role in sorted(cpu_sent)}
     say(f"CPU cores used while sending ({wall_sent:.0f} s, until the last answer): {sending}")
-    accepted = {f"msg_{run}{i}": epoch0 + i / rate for i in range(n) if 200 <= status[i] < 300}
+    accepted = {f"msg_{run}{i}": due_wall[i] for i in range(n) if 200 <= status[i] < 300}
     say(f"sent: {len(accepted)} accepted, {n - len(accepted)} refused or failed; "
         f"last answer {max(answered):.1f} s after the first send; waiting for the Tasks")
     deadline = time.monotonic() + args.timeout
@@ -342,6 +351,8 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
     # Cores each part used from the first send until every Task was read back.
     cpu_cores = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / wall, 2) for role in sorted(cpu1)}
     say(f"CPU cores used over {wall:.0f} s: {cpu_cores}")
+    clock_step_ms = round((time.time() - time.monotonic() - offset0) * 1000, 1)
+    say(f"the wall clock moved {clock_step_ms} ms against the monotonic one during the run")
     for name, proc in stack.procs.items():
         if proc.poll() is not None:
             say(f"{name} exited with {proc.returncode}")
@@ -366,6 +377,7 @@ def run_rate(stack: LocalStack, admin: httpx.Client, sampler: LagSampler, known:
     return {
         "rate": rate, "duration_s": duration, "sent": n, "accepted": len(accepted),
         "refused_or_failed": n - len(accepted), "tasks_written": len(per_event),
+        "wall_clock_step_ms": clock_step_ms,
         "missing": missing,
         "send_late_ms_p99": round(sorted(late)[int(0.99 * (n - 1))] * 1000, 1),
         "receiver_answer_last_s": round(max(answered), 1),
