@@ -101,12 +101,14 @@ def test_every_process_serves_its_metrics_and_one_correlation_id_joins_front_to_
         emitted_at=time.time())) == 200
     p = stack.topic_prefix
 
-    # The sink wrote the Task: its metrics say so, with the latency of the write.
+    # The sink wrote the Task: its metrics say so, with the latency of the write, and its
+    # audit record went out (with the next flush, or once nothing new arrives).
     deadline = time.monotonic() + 60
     sink: dict[Any, float] = {}
     while time.monotonic() < deadline:
         sink = scrape(ports["sink_salesforce_port"])
-        if value(sink, "frontforce_command_to_write_seconds_count", target="salesforce") >= 1:
+        if (value(sink, "frontforce_command_to_write_seconds_count", target="salesforce") >= 1
+                and value(sink, "frontforce_records_out_total", topic=f"{stack.topic_prefix}audit") >= 1):
             break
         time.sleep(0.5)
     assert value(sink, "frontforce_records_in_total", topic=f"{p}commands.salesforce") >= 1, sink
