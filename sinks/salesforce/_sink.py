@@ -302,6 +302,8 @@ class SalesforceSink:
                        "dead-letter records")
         batch, self._uncommitted = self._uncommitted, []
         self.retry.run(lambda: self.member.commit(batch), what="committing offsets")
+        # A wait above (a registry or broker hiccup) polled with the partitions paused.
+        self.member.resume()
 
     def _next_batch(self, wait_s: float, started: float) -> list[Received]:
         """The next flush's commands. The flush window counts from the start of the last
