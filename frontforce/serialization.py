@@ -44,10 +44,11 @@ _CONFIRM_404_S = 1.0
 # values, like fastavro's schemaless_reader; no logical types (the schema is stripped).
 _CAVRO_PLAIN = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True)
 # The receiver's encode (a Front event per webhook) goes through cavro too: 13 us instead of
-# fastavro's 40 for a webhook's event; so does every audit record (a command's outcome in each
-# sink, a match in the worker): 7.5 us instead of 12. Whatever cavro encodes is byte for byte what fastavro
-# writes (tests/test_serialization.py, random records and edge values); whatever it refuses
-# (a float or a bool where a long is, which fastavro takes) goes to fastavro, which decides.
+# fastavro's 40 for a webhook's event; so does every audit record (a command's outcome in
+# each sink, a match in the worker): 7.5 us instead of 12. Whatever cavro encodes is byte for
+# byte what fastavro writes (tests/test_serialization.py, random records and edge values);
+# whatever it refuses (a float or a bool where a long is, which fastavro takes) goes to
+# fastavro, which decides.
 # Only for topics whose schema's unions are all [null, X] and whose timestamps arrive as
 # numbers: elsewhere the two differ on dates and on dicts in unions.
 _CAVRO_ENCODE = frozenset({"front.events", "audit"})

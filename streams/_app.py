@@ -543,11 +543,11 @@ def create_app(settings: Settings) -> faust.App:
         by Faust, so a batch is not acked whole (STYLE habit 3). Each event is handled on its
         own, as the current event (tables find their partition through it), and its outbox
         queued; the agent goes on with the next batch while an acker waits for the outboxes
-        in order and acks event by event. A
-        send that failed is not skipped: the acker handles that event again, waiting for it
-        this time, before it acks anything after it. Handing a whole batch to the producer
-        before waiting lets it fill produce requests: the per-event cost of Faust's stream
-        iteration and of the producer is what bounded the worker (BENCHMARKS.md)."""
+        in order and acks event by event. A send that failed is not skipped: the acker
+        handles that event again, waiting for it this time, before it acks anything after it.
+        Handing a whole batch to the producer before waiting lets it fill produce requests:
+        the per-event cost of Faust's stream iteration and of the producer is what bounded
+        the worker (BENCHMARKS.md)."""
         manual = stream.noack()
         batches = max(1, w.max_in_flight // w.batch_size)
         in_flight: asyncio.Queue[list[tuple[EventT, Outbox]]] = asyncio.Queue(maxsize=batches)

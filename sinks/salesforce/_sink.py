@@ -296,8 +296,7 @@ class SalesforceSink:
     def settle(self) -> None:
         """Steps 4 and 5 of the last flush: its audits emitted and acknowledged, its batch
         committed."""
-        self._emit(self._unemitted)
-        self._unemitted = []
+        self._emit_last()
         self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge audit and "
                        "dead-letter records")
         batch, self._uncommitted = self._uncommitted, []
@@ -336,8 +335,7 @@ class SalesforceSink:
         t1 = time.monotonic()
         self._write(items)  # its first call emits the last flush's audits meanwhile
         t2 = time.monotonic()
-        self._emit(self._unemitted)  # when it made no call
-        self._unemitted = []
+        self._emit_last()  # when it made no call
         self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge audit and "
                        "dead-letter records")
         t3 = time.monotonic()
@@ -581,8 +579,7 @@ class SalesforceSink:
             # The call in a thread while this one emits the last flush's audits.
             future = self._caller.submit(fn, client)
             try:
-                self._emit(self._unemitted)
-                self._unemitted = []
+                self._emit_last()
             except BaseException:
                 future.exception()  # the call ends before the error goes on (its flush is redone)
                 raise
@@ -1189,23 +1186,26 @@ class SalesforceSink:
         if outcome in ("CREATED", "UPDATED"):
             metrics.observe_write("salesforce", item.command, item.rec.msg.headers())
 
+    def _emit_last(self) -> None:
+        """Emit the last flush's audit records (none left once this returns)."""
+        self._emit(self._unemitted)
+        self._unemitted = []
+
     def _emit(self, outcomes: list[_Outcome]) -> None:
         for o in outcomes:
-            self._emit_one(o.item, o.outcome, o.record_id, o.error, o.api_share)
+            self._emit_one(o)
 
-    def _emit_one(self, item: _Item, outcome: str, record_id: str | None, error: str | None,
-                  api_share: float) -> None:
-        cmd = item.command
-        r = item.rec
+    def _emit_one(self, o: _Outcome) -> None:
+        cmd, r, outcome, record_id, error = o.item.command, o.item.rec, o.outcome, o.record_id, o.error
         self.out.produce(self.topics.audit, cmd["command_id"].encode(), {
             "command_id": cmd["command_id"],
             "correlation_id": cmd["origin"]["correlation_id"],
             "target": "salesforce",
-            "operation": item.op_name,
+            "operation": o.item.op_name,
             "outcome": outcome,
             "record_id": record_id,
-            "api_calls": ({"salesforce.rest": api_share + item.read_calls}
-                          if api_share + item.read_calls else {}),
+            "api_calls": ({"salesforce.rest": o.api_share + o.item.read_calls}
+                          if o.api_share + o.item.read_calls else {}),
             "error": error,
             "source_topic": r.topic,
             "source_partition": r.partition,
