@@ -109,6 +109,7 @@ class _Executor:
         # Date literals (TODAY, LAST_N_DAYS:n) resolve in the org's clock, UTC.
         self.today = ctx.state.now().date()
         self._semi_joins: dict[int, set[str]] = {}
+        self._wanted: dict[int, set[Any]] = {}  # an IN list's normalised values, per condition
 
     # -------------------------------------------------------------- value access
     def follow(self, record: dict[str, Any], rel: FieldDef) -> tuple[str, dict[str, Any]] | None:
@@ -146,7 +147,11 @@ class _Executor:
         if isinstance(cond, InList):
             path = _resolve(sobj, cond.field)
             value = self.value(sobj.name, record, path)
-            return _in_list(path.field, value, cond)
+            wanted = self._wanted.get(id(cond))
+            if wanted is None:
+                wanted = self._wanted[id(cond)] = {_normalise(path.field, lit.value)
+                                                   for lit in cond.values}
+            return _in_list(path.field, value, cond, wanted)
         if isinstance(cond, SemiJoin):
             path = _resolve(sobj, cond.field)
             value = self.value(sobj.name, record, path)
@@ -175,6 +180,8 @@ class _Executor:
     # -------------------------------------------------------------- rows
     def rows(self, sobj: SObjectDef, q: Query,
              base: list[dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        if base is None and not self.include_deleted:
+            base = self._indexed(sobj, q.where)
         table = base if base is not None else list(self.ctx.state.tables[sobj.name].values())
         if not self.include_deleted:
             table = [r for r in table if not r["IsDeleted"]]
@@ -198,6 +205,34 @@ class _Executor:
         if q.limit is not None:
             selected = selected[: q.limit]
         return [(sobj.name, r) for r in selected]
+
+    def _indexed(self, sobj: SObjectDef, cond: Any) -> list[dict[str, Any]] | None:
+        """The live rows a condition can only match, read from the unique/external-id index
+        (as Salesforce reads an indexed field), when it pins such a field of the queried
+        object to string values: ``F = 'v'``, ``F IN ('v', ...)``, or one of those ANDed
+        with anything. None: the whole table is scanned. Only a narrowing: ``matches`` still
+        decides, so the answer is the scan's, at the cost of the candidates only."""
+        if isinstance(cond, And):
+            for item in cond.items:
+                rows = self._indexed(sobj, item)
+                if rows is not None:
+                    return rows
+            return None
+        if isinstance(cond, Compare) and cond.op == "=":
+            field, literals = cond.field, [cond.value]
+        elif isinstance(cond, InList) and cond.op == "IN" and not cond.negated:
+            field, literals = cond.field, cond.values
+        else:
+            return None
+        if len(field.path) != 1 or any(lit.kind != "string" for lit in literals):
+            return None
+        fd = sobj.field(field.path[0])
+        if fd is None or not (fd.unique or fd.external_id) or fd.type not in TEXT_TYPES:
+            return None
+        state = self.ctx.state
+        table = state.tables[sobj.name]
+        ids = {rid for lit in literals for rid in state.find_by_field(sobj.name, fd.name, lit.value)}
+        return [table[rid] for rid in ids if rid in table]
 
     def _sort_key_for(self, type_: str, path: _Path) -> Callable[[dict[str, Any]], Any]:
         return lambda r: _sort_key(path.field, self.value(type_, r, path))
@@ -386,8 +421,7 @@ def _compare(fd: FieldDef, value: Any, op: str, lit: Literal, today: dt.date) ->
         return False
 
 
-def _in_list(fd: FieldDef, value: Any, cond: InList) -> bool:
-    wanted = {_normalise(fd, lit.value) for lit in cond.values}
+def _in_list(fd: FieldDef, value: Any, cond: InList, wanted: set[Any]) -> bool:
     if cond.op in ("INCLUDES", "EXCLUDES"):
         have = {v.strip().lower() for v in str(value or "").split(";") if v.strip()}
         hit = any(set(str(w).split(";")) <= have for w in wanted if w is not None)

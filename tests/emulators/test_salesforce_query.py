@@ -193,3 +193,30 @@ def test_query_all_includes_deleted_rows(emulator: Emulator, sf: Salesforce) -> 
     only_deleted = sf.query_all("SELECT Id FROM Contact WHERE IsDeleted = true",
                                 include_deleted=True)
     assert ids(only_deleted) == [seeded[0]]
+
+
+def test_external_id_lookups_answer_as_a_scan(emulator: Emulator, sf: Salesforce) -> None:
+    """``F IN (...)`` and ``F = '...'`` on a Unique external id read the index instead of
+    every row: the same rows a scan finds, case-insensitively, never a deleted or
+    cleared one, and with the rest of the condition still applied."""
+    seeded = emulator.seed({"Task": [
+        {"Subject": f"T{i}", "Front_Message_Id__c": f"Msg_{i}", "Status": "Completed"}
+        for i in range(8)] + [{"Subject": "no key"}]})["Task"]
+    sf.Task.delete(seeded[1])
+    sf.Task.update(seeded[2], {"Front_Message_Id__c": None})
+    sf.Task.update(seeded[3], {"Front_Message_Id__c": "moved"})
+    wanted = "('msg_0', 'MSG_1', 'msg_2', 'msg_3', 'Moved', 'msg_4', 'msg_5', 'nothing')"
+    found = sf.query_all(f"SELECT Id, Front_Message_Id__c FROM Task WHERE Front_Message_Id__c IN {wanted}")
+    # The same condition the index cannot serve (OR with an always-false term): a scan.
+    scanned = sf.query_all(f"SELECT Id, Front_Message_Id__c FROM Task WHERE Front_Message_Id__c IN "
+                           f"{wanted} OR Subject = 'none such'")
+    assert sorted(ids(found)) == sorted(ids(scanned)) == sorted(
+        [seeded[0], seeded[3], seeded[4], seeded[5]])
+    one = sf.query("SELECT Id FROM Task WHERE Front_Message_Id__c = 'MSG_6'")
+    assert ids(one) == [seeded[6]]
+    narrowed = sf.query_all(f"SELECT Id FROM Task WHERE Front_Message_Id__c IN {wanted} "
+                            "AND Subject != 'T4'")
+    assert sorted(ids(narrowed)) == sorted([seeded[0], seeded[3], seeded[5]])
+    assert ids(sf.query("SELECT Id FROM Task WHERE Front_Message_Id__c NOT IN ('msg_0') "
+                        "AND Subject = 'T7'")) == [seeded[7]]
+    assert sf.query("SELECT Id FROM Task WHERE Front_Message_Id__c = 'msg_1'")["totalSize"] == 0
