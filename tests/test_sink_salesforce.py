@@ -676,6 +676,88 @@ def test_a_logged_message_is_a_fact_a_redelivered_command_never_rewrites_its_tas
     assert run.sink.stats["api_calls"] - calls_before <= 2
 
 
+def _requests(env: Env, since: float) -> dict[str, int]:
+    """The emulator's public requests since ``since`` by route, version left out
+    ("GET query", "POST composite/sobjects")."""
+    r = env.sf.get("/__admin/requests", params={"since": since})
+    r.raise_for_status()
+    out: dict[str, int] = {}
+    for route, n in r.json()["requests"].items():
+        method, path = route.split(" ", 1)
+        if path.startswith("/services/data/v"):
+            path = path.split("/", 4)[-1]
+        out[f"{method} {path}"] = out.get(f"{method} {path}", 0) + n
+    return out
+
+
+@pytest.mark.parametrize("look_up", ["asks", "broken"])
+def test_a_replay_looks_its_tasks_up_instead_of_creating_them_and_restores_a_deleted_one(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running],
+        look_up: str) -> None:
+    """A replay re-reads commands whose Tasks exist. Once a flush's creates mostly answer
+    DUPLICATE_VALUE, the sink looks the next flushes' external ids up (one query for a
+    flush) instead of sending every record to be refused: nothing written, each command
+    SKIPPED with its Task's Id. Salesforce is still asked: a Task deleted there since is
+    found missing and created again (a replay is how it is recovered). New commands
+    after the replay are created at once, with no query. ``broken`` believes every Task
+    of the replay exists without asking (the shortcut a local "created" set would be):
+    the deleted Task is then not restored, and the test must see it."""
+    env = env_factory(sink={"batch_size": 200, "batch_wait_ms": 200})
+    ids = env.send(600, key=lambda i: "one-partition")
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=60), repr(run.error)
+    before = {t[EXT]: t["Id"] for t in env.tasks(ids)}
+    assert len(before) == 600
+    run.stop()
+    conn = connect(env.settings.salesforce)
+    deleted = ids[-2:]  # in the replay's last flush, by then in look-up mode
+    for mid in deleted:
+        conn.client.Task.delete(before[mid])
+
+    sink = SalesforceSink(env.replay_settings())
+    if look_up == "broken":
+        def trusting(items: list[Any]) -> None:
+            for it in items:
+                if it.write is None and not it.done:
+                    it.done = True
+                    sink._audit(it, "SKIPPED", None, None, 0.0)
+        sink._look_up = trusting  # type: ignore[method-assign]
+    since = time.time()
+    calls_before = env.api_calls()
+    run = running(sink)
+    assert env.committed_all(timeout=60), repr(run.error)
+    after = {t[EXT]: t["Id"] for t in env.tasks(ids)}
+    if look_up == "broken":
+        assert sorted(set(ids) - set(after)) == sorted(deleted)
+        return
+    assert sorted(after) == sorted(ids)  # the deleted ones are back, nothing doubled
+    assert len(env.tasks(ids)) == 600
+    assert all(after[mid] == before[mid] for mid in ids if mid not in deleted)
+    assert all(after[mid] != before[mid] for mid in deleted)
+    by = _audit_by_command(env, {f"cmd-{i}" for i in ids})
+    assert {c: [a["outcome"] for a in by[c]] for c in by} == {
+        f"cmd-{i}": ["CREATED", "CREATED" if i in deleted else "SKIPPED"] for i in ids}
+    assert all(by[f"cmd-{i}"][1]["record_id"] == after[i] for i in ids)
+    seen = _requests(env, since)
+    # The first flush is created (and refused); the next two are looked up, one query
+    # each; the last one's two missing Tasks are created.
+    assert seen.get("GET query", 0) == 2, seen
+    assert seen.get("POST composite/sobjects", 0) == 2, seen
+    assert env.api_calls() - calls_before <= START_CALLS + 4
+    assert env.deadletters() == []
+
+    # Back to new messages: the first flush still looks up (and finds nothing), then the
+    # sink creates at once.
+    fresh = env.send(200, key=lambda i: "one-partition")
+    assert env.committed_all(timeout=30), repr(run.error)
+    since = time.time()
+    more = env.send(200, key=lambda i: "one-partition")
+    assert env.committed_all(timeout=30), repr(run.error)
+    assert len(env.wait_tasks([*fresh, *more])) == 400
+    seen = _requests(env, since)
+    assert seen.get("GET query", 0) == 0 and seen.get("POST composite/sobjects", 0) == 1, seen
+
+
 # ------------------------------------------------------------------ 4. external id field
 @pytest.mark.parametrize("field", ["Nope__c", "Subject", "Front_Conversation_Id__c"])
 def test_start_refuses_an_external_id_field_that_is_not_a_unique_external_id(

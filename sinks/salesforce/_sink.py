@@ -26,7 +26,9 @@ a command's latency is the time until its flush starts, which was the whole prev
 flush, audits included. A crash anywhere before 5 replays the batch (and the one after it);
 the Unique external id makes the replay harmless: a Task that exists answers
 DUPLICATE_VALUE and is audited SKIPPED, never written again (a logged message is a fact;
-what a user edited in Salesforce since stays).
+what a user edited in Salesforce since stays). While creates mostly answer that (a replay),
+the records to create are looked up by external id first and only the missing created
+(``_look_up``).
 
 Whatever waits (backoff, the API budget, acknowledgements) waits with the partitions paused
 while the consumer keeps polling, so the member stays in its group. Before each Salesforce
@@ -124,6 +126,9 @@ COLLECTION_SIZE = 200
 # sObject Collections subrequests one /composite call may carry (of its 25 subrequests at
 # most 5 may be collections or queries; fact sheet §4.1).
 COMPOSITE_COLLECTIONS = 5
+# The encoded SOQL of one look-up query at most (``_look_up``): a GET's URI and headers
+# must stay under 16,384 bytes (fact sheet §3; about 400 Task external ids).
+_LOOKUP_URI_BYTES = 12_000
 
 
 def _chunks(groups: OrderedDict[str, list[_Item]]) -> list[OrderedDict[str, list[_Item]]]:
@@ -138,7 +143,7 @@ class _Stopping(Exception):
 
 class _Item:
     __slots__ = ("rec", "command", "op_name", "op", "attempts", "done", "last_error", "write",
-                 "read_calls", "record_id", "calls", "again")
+                 "read_calls", "record_id", "calls", "again", "looked_up")
 
     def __init__(self, rec: Received, command: dict[str, Any]) -> None:
         self.rec = rec
@@ -155,6 +160,7 @@ class _Item:
         self.record_id: str | None = None  # a CloseCase's Case, once closed (then its note)
         self.calls = 0.0  # its share of the writes made before its last step
         self.again = False  # to be written in the next round of this attempt
+        self.looked_up = False  # its external id was looked up in this process (``_look_up``)
 
     @property
     def ledger_key(self) -> str:
@@ -218,6 +224,9 @@ class SalesforceSink:
         # naming that external id as its Who/What is pointed at the record instead.
         self._attached: dict[tuple[str, str, str], str] = {}
         self._call_s = 0.0  # time spent in Salesforce calls (the flush line's call_ms)
+        # Look up before creating (``_look_up``): on while creates mostly answer "exists".
+        self._look_first = False
+        self._existing = [0, 0]  # this flush: records found existing, of records asked about
         # Steps 4 and 5 of the last flush, done during the next one (module docstring): its
         # audits not yet emitted, and the batch to commit once they are acknowledged.
         self._outcomes: list[_Outcome] = []  # this flush's
@@ -333,8 +342,14 @@ class SalesforceSink:
                 continue
             items.append(_Item(r, command))
         t1 = time.monotonic()
+        self._existing = [0, 0]
         self._write(items)  # its first call emits the last flush's audits meanwhile
         t2 = time.monotonic()
+        found, asked = self._existing
+        if asked and (found * 2 >= asked) != self._look_first:
+            self._look_first = not self._look_first
+            log.info("looking up before creating" if self._look_first else "creating at once",
+                     existing=found, of=asked)
         self._emit_last()  # when it made no call
         self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge audit and "
                        "dead-letter records")
@@ -390,6 +405,8 @@ class SalesforceSink:
             for it in todo:
                 it.again = False
             self._resolve(todo)
+            if self._look_first:
+                self._look_up([i for i in todo if not i.done and self.member.owns(i.rec)])
             self._read_blanks([i for i in todo if not i.done and self.member.owns(i.rec)])
             self._send(self._plan([i for i in todo if not i.done and self.member.owns(i.rec)],
                                   parents))
@@ -682,6 +699,9 @@ class SalesforceSink:
                         it.last_error = reason
                     else:
                         self._fail(it, reason, share)
+        dups = len(set(already))
+        self._existing[0] += dups
+        self._existing[1] += dups + sum(1 for r in results if isinstance(r, dict) and r.get("success"))
         if already:
             log.info("already created; not written again", sobject=sobject, field=field,
                      records=len(already), first_external_ids=already[:5])
@@ -755,6 +775,119 @@ class SalesforceSink:
                 it.done = True
                 continue
             it.write = Write("update", sobject, None, rid, it.write.fields)
+
+    def _look_up(self, items: list[_Item]) -> None:
+        """Records to create on an external id (Tasks, Leads) looked up first, by that id,
+        in SOQL queries of the batch (``IN`` lists of at most ``_LOOKUP_URI_BYTES``, up to
+        five as the subrequests of one /composite call: one API call for a flush of 1,000):
+        each found is audited SKIPPED with its Id, as a create answered DUPLICATE_VALUE
+        would be; the rest are created as usual.
+
+        Only while the last flush's creates mostly found their record already
+        (``_look_first``): a replay, the re-delivery after a crash. There a create call
+        carries every record's fields to be refused one by one, after Salesforce validated
+        each (its error order); a query carries only the ids and reads an index. The API
+        calls are the same, one per flush; a new record costs one call more, so in normal
+        running the sink creates at once. Salesforce is still asked: a Task deleted there
+        since is found missing and written again (a replay recovers it)."""
+        groups: dict[tuple[str, str], dict[str, list[_Item]]] = {}
+        for it in items:
+            if it.looked_up:
+                continue
+            it.looked_up = True
+            if it.write is None:
+                key = (("Task", str(it.op["external_id_field"])), str(it.op["external_id"]))
+            elif it.write.kind == "create" and it.write.key_field:
+                key = ((it.write.sobject, it.write.key_field), it.write.key)
+            else:
+                continue
+            groups.setdefault(key[0], {}).setdefault(key[1].lower(), []).append(it)
+        queries: list[tuple[str, str, str, list[str]]] = []  # (sobject, field, soql, keys)
+        for (sobject, field), by_key in groups.items():
+            head = f"SELECT Id, {field} FROM {sobject} WHERE {field} IN ("
+            size = len(quote(head + ")", safe=""))
+            keys: list[str] = []
+            literals: list[str] = []
+            for k, its in by_key.items():
+                lit = soql_literal(str(its[0].op["external_id"] if its[0].write is None
+                                       else its[0].write.key))
+                more = len(quote(lit, safe="")) + (len(quote(", ", safe="")) if keys else 0)
+                if keys and size + more > _LOOKUP_URI_BYTES:
+                    queries.append((sobject, field, head + ", ".join(literals) + ")", keys))
+                    size, keys, literals = len(quote(head + ")", safe="")), [], []
+                    more = len(quote(lit, safe=""))
+                size += more
+                keys.append(k)
+                literals.append(lit)
+            if keys:
+                queries.append((sobject, field, head + ", ".join(literals) + ")", keys))
+        for n in range(0, len(queries), COMPOSITE_COLLECTIONS):
+            pack = queries[n:n + COMPOSITE_COLLECTIONS]
+            answers = self._queries([q[2] for q in pack])
+            asked = sum(len(q[3]) for q in pack)
+            for (sobject, field, _, keys), answer in zip(pack, answers, strict=True):
+                if answer is None:
+                    continue  # not answered: created as usual, the create decides
+                found = {str(r.get(field)).lower(): r["Id"] for r in answer
+                         if isinstance(r, dict) and r.get(field) is not None and r.get("Id")}
+                self._existing[1] += len(keys)
+                for k in keys:
+                    rid = found.get(k)
+                    if rid is None:
+                        continue
+                    self._existing[0] += 1
+                    its = groups[(sobject, field)][k]
+                    self._attached.pop((sobject, field, str(its[0].op["external_id"])
+                                        if its[0].write is None else its[0].write.key), None)
+                    for it in its:
+                        it.attempts += 1
+                        it.read_calls += 1.0 / asked
+                        self.stats["skipped"] += 1
+                        self._audit(it, "SKIPPED", rid, None, 0.0)
+                        it.done = True
+
+    def _queries(self, soqls: list[str]) -> list[list[Any] | None]:
+        """The records each query answers (its first page: an ``IN`` list of one Unique
+        field answers at most one row a value, under the 2,000 of a page); None for a query
+        Salesforce refused (logged; its records are created as usual). One query alone, or
+        several as one /composite call."""
+        def rows(answer: Any) -> list[Any] | None:
+            records = answer.get("records") if isinstance(answer, dict) else None
+            return records if isinstance(records, list) else None
+
+        if len(soqls) == 1:
+            try:
+                return [rows(self._call(lambda c: c.restful("query", params={"q": soqls[0]},
+                                                            timeout=self.timeout_s)))]
+            except BatchRejected as exc:
+                log.warning("look-up query refused; creating as usual", error=str(exc))
+                return [None]
+
+        def call(c: Salesforce) -> Any:
+            base = urlsplit(c.base_url).path
+            return c.restful("composite", method="POST", timeout=self.timeout_s, json={
+                "allOrNone": False, "collateSubrequests": False,
+                "compositeRequest": [
+                    {"method": "GET", "url": f"{base}query?q={quote(q, safe='')}",
+                     "referenceId": f"q{n}"} for n, q in enumerate(soqls)]})
+
+        try:
+            answer = self._call(call)
+        except BatchRejected as exc:
+            log.warning("look-up queries refused; creating as usual", error=str(exc))
+            return [None] * len(soqls)
+        subs = answer.get("compositeResponse") if isinstance(answer, dict) else None
+        by_ref = {s.get("referenceId"): s for s in subs or [] if isinstance(s, dict)}
+        out: list[list[Any] | None] = []
+        for n in range(len(soqls)):
+            sub = by_ref.get(f"q{n}") or {}
+            if 200 <= int(sub.get("httpStatusCode") or 0) < 300:
+                out.append(rows(sub.get("body")))
+            else:
+                log.warning("look-up query refused; creating as usual",
+                            status=sub.get("httpStatusCode"), error=str(sub.get("body"))[:300])
+                out.append(None)
+        return out
 
     def _read_blanks(self, items: list[_Item]) -> None:
         """For updates with ``only_if_blank`` fields: read those fields (one sObject
