@@ -129,6 +129,10 @@ COMPOSITE_COLLECTIONS = 5
 # The encoded SOQL of one look-up query at most (``_look_up``): a GET's URI and headers
 # must stay under 16,384 bytes (fact sheet §3; about 400 Task external ids).
 _LOOKUP_URI_BYTES = 12_000
+# Records a flush must ask to create before the sink switches between looking up first and
+# creating at once (more than half found existing, or not): a small flush's Lead that exists
+# (a known unknown sender) must not cost the next flush a query.
+_LOOKUP_MIN = 50
 
 
 def _chunks(groups: OrderedDict[str, list[_Item]]) -> list[OrderedDict[str, list[_Item]]]:
@@ -346,10 +350,14 @@ class SalesforceSink:
         self._write(items)  # its first call emits the last flush's audits meanwhile
         t2 = time.monotonic()
         found, asked = self._existing
-        if asked and (found * 2 >= asked) != self._look_first:
-            self._look_first = not self._look_first
-            log.info("looking up before creating" if self._look_first else "creating at once",
-                     existing=found, of=asked)
+        if asked:
+            # On after a large flush that mostly exists; off after any that mostly does not.
+            mostly = found * 2 > asked
+            look = mostly if self._look_first else mostly and asked >= _LOOKUP_MIN
+            if look != self._look_first:
+                self._look_first = look
+                log.info("looking up before creating" if look else "creating at once",
+                         existing=found, of=asked)
         self._emit_last()  # when it made no call
         self.retry.run(self.out.await_acks, what="waiting for the broker to acknowledge audit and "
                        "dead-letter records")
@@ -783,8 +791,8 @@ class SalesforceSink:
         each found is audited SKIPPED with its Id, as a create answered DUPLICATE_VALUE
         would be; the rest are created as usual.
 
-        Only while the last flush's creates mostly found their record already
-        (``_look_first``): a replay, the re-delivery after a crash. There a create call
+        Only while the last flush of at least ``_LOOKUP_MIN`` creates mostly found their
+        record already (``_look_first``): a replay, the re-delivery of a large batch. There a create call
         carries every record's fields to be refused one by one, after Salesforce validated
         each (its error order); a query carries only the ids and reads an index. The API
         calls are the same, one per flush; a new record costs one call more, so in normal
