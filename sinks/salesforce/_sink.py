@@ -792,12 +792,12 @@ class SalesforceSink:
         would be; the rest are created as usual.
 
         Only while the last flush of at least ``_LOOKUP_MIN`` creates mostly found their
-        record already (``_look_first``): a replay, the re-delivery of a large batch. There a create call
-        carries every record's fields to be refused one by one, after Salesforce validated
-        each (its error order); a query carries only the ids and reads an index. The API
-        calls are the same, one per flush; a new record costs one call more, so in normal
-        running the sink creates at once. Salesforce is still asked: a Task deleted there
-        since is found missing and written again (a replay recovers it)."""
+        record already (``_look_first``): a replay, the re-delivery of a large batch. There
+        a create call carries every record's fields to be refused one by one, after
+        Salesforce validated each (its error order); a query carries only the ids and reads
+        an index. The API calls are the same, one per flush; a new record costs one call
+        more, so in normal running the sink creates at once. Salesforce is still asked: a
+        Task deleted there since is found missing and written again (a replay recovers it)."""
         groups: dict[tuple[str, str], dict[str, list[_Item]]] = {}
         for it in items:
             if it.looked_up:
