@@ -50,8 +50,7 @@ _CAVRO_PLAIN = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True)
 # InvalidRecordError); tests/test_serialization.py compares the two on random records of
 # every schema, both ways (with and without record names). The worker's own decodes (its
 # agents' events, its tables' values) stay fastavro's: the gain was measured in the sinks.
-_CAVRO_FULL = {False: _CAVRO_PLAIN, True: _CAVRO_PLAIN.replace(
-    union_decodes_to=cavro.UnionDecodeOption.TYPE_TUPLE_IF_RECORD)}
+_CAVRO_COMMANDS = _CAVRO_PLAIN.replace(union_decodes_to=cavro.UnionDecodeOption.TYPE_TUPLE_IF_RECORD)
 # The receiver's encode (a Front event per webhook) goes through cavro too: 13 us instead of
 # fastavro's 40 for a webhook's event; so does every audit record (a command's outcome in
 # each sink, a match in the worker): 7.5 us instead of 12. Whatever cavro encodes is byte for
@@ -248,7 +247,7 @@ class Serde:
             logical in COMMAND_TOPICS)
         if writer_json == reader_json and logical in COMMAND_TOPICS:
             self._compiled_full[(topic, schema_id)] = cavro.Schema(
-                json.dumps(writer_json), options=_CAVRO_FULL[True])
+                json.dumps(writer_json), options=_CAVRO_COMMANDS)
         if plain:  # the same plain values as every later record of this schema id
             return self.decode(topic, data, plain=True)
         return value

@@ -381,7 +381,8 @@ def test_the_compiled_full_decoder_reads_exactly_what_fastavro_reads(quick: None
     assert read > 150
     # The compiled decoder reads the commands (the sinks); the rest stay fastavro's.
     assert ((topic, struct.unpack(">I", WIRE[1:5])[0]) in serde._compiled_full) == named
-    decoders = {n: serialization.cavro.Schema(json.dumps(full), options=serialization._CAVRO_FULL[n])
+    decoders = {n: serialization.cavro.Schema(json.dumps(full), options=serialization._CAVRO_COMMANDS
+                                              if n else serialization._CAVRO_PLAIN)
                 for n in (False, True)}
     rng = random.Random(f"cavro-full-direct-{logical}")
     for _ in range(300):  # the decoder itself, with and without record names

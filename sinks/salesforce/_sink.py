@@ -798,27 +798,27 @@ class SalesforceSink:
         an index. The API calls are the same, one per flush; a new record costs one call
         more, so in normal running the sink creates at once. Salesforce is still asked: a
         Task deleted there since is found missing and written again (a replay recovers it)."""
-        groups: dict[tuple[str, str], dict[str, list[_Item]]] = {}
+        # (sObject, field) -> lower-cased external id -> (the id as given, its items)
+        groups: dict[tuple[str, str], dict[str, tuple[str, list[_Item]]]] = {}
         for it in items:
             if it.looked_up:
                 continue
             it.looked_up = True
             if it.write is None:
-                key = (("Task", str(it.op["external_id_field"])), str(it.op["external_id"]))
+                on, key = ("Task", str(it.op["external_id_field"])), str(it.op["external_id"])
             elif it.write.kind == "create" and it.write.key_field:
-                key = ((it.write.sobject, it.write.key_field), it.write.key)
+                on, key = (it.write.sobject, it.write.key_field), it.write.key
             else:
                 continue
-            groups.setdefault(key[0], {}).setdefault(key[1].lower(), []).append(it)
+            groups.setdefault(on, {}).setdefault(key.lower(), (key, []))[1].append(it)
         queries: list[tuple[str, str, str, list[str]]] = []  # (sobject, field, soql, keys)
         for (sobject, field), by_key in groups.items():
             head = f"SELECT Id, {field} FROM {sobject} WHERE {field} IN ("
             size = len(quote(head + ")", safe=""))
             keys: list[str] = []
             literals: list[str] = []
-            for k, its in by_key.items():
-                lit = soql_literal(str(its[0].op["external_id"] if its[0].write is None
-                                       else its[0].write.key))
+            for k, (given, _) in by_key.items():
+                lit = soql_literal(given)
                 more = len(quote(lit, safe="")) + (len(quote(", ", safe="")) if keys else 0)
                 if keys and size + more > _LOOKUP_URI_BYTES:
                     queries.append((sobject, field, head + ", ".join(literals) + ")", keys))
@@ -844,9 +844,8 @@ class SalesforceSink:
                     if rid is None:
                         continue
                     self._existing[0] += 1
-                    its = groups[(sobject, field)][k]
-                    self._attached.pop((sobject, field, str(its[0].op["external_id"])
-                                        if its[0].write is None else its[0].write.key), None)
+                    given, its = groups[(sobject, field)][k]
+                    self._attached.pop((sobject, field, given), None)
                     for it in its:
                         it.attempts += 1
                         it.read_calls += 1.0 / asked
