@@ -112,14 +112,19 @@ class Drill:
         stack = self.world.stack
         while not self.stopping.wait(1.0):
             with self.lock:
-                for name, args in PROCESSES.items():
+                # A second worker (the scale-out drill) is another machine's: restarted
+                # the same way, with its own config and state directory.
+                for name in [*PROCESSES, *self.world.extra_workers]:
                     proc = stack.procs.get(name)
                     if proc is None or proc.poll() is None:
                         continue
                     self.note("process exited; restarted", process=name, rc=proc.returncode)
                     self.restarts.append({"process": name, "rc": proc.returncode, "at_s": self.elapsed()})
+                    if name in self.world.extra_workers:
+                        self.world.start_second_worker(name, module=self.world.worker_module)
+                        continue
                     module = self.world.worker_module if name == "worker" else "frontforce"
-                    stack.spawn(name, *args, module=module)
+                    stack.spawn(name, *PROCESSES[name], module=module)
 
 
 def drain_front_webhooks(world: World, timeout_s: float) -> float:

@@ -144,7 +144,8 @@ class World:
         stack.procs[name] = subprocess.Popen(
             [sys.executable, "-m", module, "worker", "--config", str(second)],
             stdout=log, stderr=subprocess.STDOUT, env=stack.env(), cwd=REPO)
-        self.extra_workers.append(name)
+        if name not in self.extra_workers:
+            self.extra_workers.append(name)
 
     def close(self) -> None:
         self.person.close()
