@@ -66,6 +66,7 @@ from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
 from streams._context import account_command, apply_change, contact_command, contact_emails, digest, render
 from streams._fastlane import FastLane, Item, Src
+from streams._locks import KeyLocks
 from streams._matching import (
     FREE_MAIL,
     PEOPLE,
@@ -377,6 +378,9 @@ def create_app(settings: Settings) -> faust.App:
     match_view, ref_view = TableView(table), TableView(reference)
     # Account Id -> what Front shows of it (use case 3), keyed like the by-account topic.
     contexts = add_table("account-context", "context_table")
+    # Two agents write each of these tables (streams/_locks.py): one read-modify-write of a
+    # key at a time.
+    context_locks, record_locks = KeyLocks(), KeyLocks()
     # Match key -> the messages waiting for a record with that key (keyed like by-handle,
     # match-keys and release-waiting: co-partitioned, so every agent that touches a key
     # finds it in its own partition).
@@ -593,11 +597,12 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(changes, name="route-changes")
     async def route_changes(stream: StreamT) -> None:
         async def body(event: EventT, change: dict[str, Any], out: Outbox) -> None:
-            held = records.get(change["record_id"])
-            state, entries = record_update(held, change, region, free_mail)
-            if state is not held:
-                records[change["record_id"]] = state
-                out.changelog(records)
+            async with record_locks.hold(change["record_id"]):
+                held = records.get(change["record_id"])
+                state, entries = record_update(held, change, region, free_mail)
+                if state is not held:
+                    records[change["record_id"]] = state
+                    out.changelog(records)
             for key, entry in entries:
                 await out.send(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
             if change["sobject"] == "Case":
@@ -650,6 +655,10 @@ def create_app(settings: Settings) -> faust.App:
         await consume("account-context", stream, internal["by_account"], body)
 
     async def context_changed(account_id: str, change: dict[str, Any], out: Outbox) -> None:
+        async with context_locks.hold(account_id):  # the tag agent writes the context too
+            await context_changed_locked(account_id, change, out)
+
+    async def context_changed_locked(account_id: str, change: dict[str, Any], out: Outbox) -> None:
         """Use case 3: the Account's context table takes the change in; when what Front
         shows of it differs from what was sent last, the Front account (and the contacts of
         the Account, all of them when the shared fields changed, else the one that changed)
@@ -938,6 +947,10 @@ def create_app(settings: Settings) -> faust.App:
         await consume("account-tags", stream, internal["tags_by_account"], body)
 
     async def tag_stage(event: EventT, account_id: str, fe: dict[str, Any], out: Outbox) -> None:
+        async with context_locks.hold(account_id):  # the account-context agent writes it too
+            await tag_stage_locked(event, account_id, fe, out)
+
+    async def tag_stage_locked(event: EventT, account_id: str, fe: dict[str, Any], out: Outbox) -> None:
         """Use case 4, the stage: a mapped tag moves the Account's open Opportunity (the one
         closing first) to the rule's stage, once while the tag is on (a second add, a replay,
         does nothing); removing it puts the stage back when the rule says revert."""
@@ -1289,29 +1302,35 @@ def create_app(settings: Settings) -> faust.App:
             blank field of its kind, once (``asked`` until a change shows it), never over
             a value."""
             record_id, key = _key(event), str(ask["value"])
-            state = records.get(record_id)
-            if state is None or state["deleted"] or key in state["keys"] or key in (state.get("asked") or []):
-                return
-            sobject = state["entry"]["kind"]
-            kind, _, value = key.partition(":")
-            if kind == "email":
-                blank = [] if state["email"] else ["Email"]
-            else:
-                phones = [*(state.get("phones") or []), "", ""][:2]
-                blank = [f for f, v in zip(("Phone", "MobilePhone"), phones, strict=True) if not v]
-            blank = [f for f in blank if f not in exclude.get(sobject, ())]
-            if not blank:
-                log.info("new handle not added: no blank field", record=record_id, handle=key)
-                return
-            cmd = handle_command(str(ask.get("event_id") or ""), sobject, record_id, blank[0], value)
-            await send_sf(out, record_id, cmd)
-            # Stored before the table says it was asked: a worker killed in between asks again.
-            await out.delivered()
-            records[record_id] = {**state, "asked": [*(state.get("asked") or []), key]}
-            out.changelog(records)
-            log.info("new handle added", record=record_id, handle=key, field=blank[0])
+            async with record_locks.hold(record_id):  # the change router writes it too
+                await add_handle(record_id, key, ask, out)
 
         await consume("add-new-handles", stream, internal["new_handles"], body)
+
+    async def add_handle(record_id: str, key: str, ask: dict[str, Any], out: Outbox) -> None:
+        """Under the record's lock (``add_new_handles``): the table is written after the
+        command is stored, from the state read before it."""
+        state = records.get(record_id)
+        if state is None or state["deleted"] or key in state["keys"] or key in (state.get("asked") or []):
+            return
+        sobject = state["entry"]["kind"]
+        kind, _, value = key.partition(":")
+        if kind == "email":
+            blank = [] if state["email"] else ["Email"]
+        else:
+            phones = [*(state.get("phones") or []), "", ""][:2]
+            blank = [f for f, v in zip(("Phone", "MobilePhone"), phones, strict=True) if not v]
+        blank = [f for f in blank if f not in exclude.get(sobject, ())]
+        if not blank:
+            log.info("new handle not added: no blank field", record=record_id, handle=key)
+            return
+        cmd = handle_command(str(ask.get("event_id") or ""), sobject, record_id, blank[0], value)
+        await send_sf(out, record_id, cmd)
+        # Stored before the table says it was asked: a worker killed in between asks again.
+        await out.delivered()
+        records[record_id] = {**state, "asked": [*(state.get("asked") or []), key]}
+        out.changelog(records)
+        log.info("new handle added", record=record_id, handle=key, field=blank[0])
 
     lane = FastLane(settings, serde, route,
                     ready=lambda: bool(app.tables.recovery.completed.is_set()))  # type: ignore[attr-defined]

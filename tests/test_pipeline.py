@@ -940,6 +940,79 @@ def test_a_stage_tag_moves_the_open_opportunity_once_and_its_removal_reverts_it(
     assert stage(later) == "Prospecting"
 
 
+@pytest.mark.parametrize("variant", ["locked", "unlocked"])
+def test_a_stage_tag_and_a_salesforce_change_of_one_account_both_reach_front(
+        pipeline: Pipeline, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards streams/_locks.py. Two agents write an Account's context: the one of its
+    Salesforce changes and the one of stage tags, which writes once its stage command is
+    stored. Here the tag agent waits 8 s more after that (tests/slow_tag_worker.py), while
+    the tag's own stage change reaches Front through the other agent. Then a person puts the
+    stage back in Salesforce: Front must show it. ``unlocked``, the agents not taking turns,
+    must lose it: the tag agent writes back the context it read before the change, and the
+    person's change then looks like what Front was sent already (the scale-out drill lost an
+    Account's context this way)."""
+    from frontforce.salesforce import connect
+
+    tag = uuid.uuid4().hex[:6]
+    email = f"gil-{tag}@kramerica.example"
+    headers = {"Authorization": f"Bearer {pipeline.stack.front_token}"}
+    r = pipeline.admin.post("/__admin/seed", json={"records": {
+        "Account": [{"Name": f"Kramerica {tag}"}],
+        "Contact": [{"LastName": "Gil", "Email": email, "AccountId": "@Account[0]"}],
+        "Opportunity": [{"Name": "Oil bladder", "StageName": "Qualification", "Amount": 7000,
+                         "CloseDate": "2027-01-31", "AccountId": "@Account[0]"}]}})
+    r.raise_for_status()
+    ids = r.json()["ids"]
+    [account], [opp] = ids["Account"], ids["Opportunity"]
+
+    def shown() -> str:
+        got = pipeline.front.get(f"/accounts/alt:ext_id:{account}", headers=headers)
+        return str(got.json()["custom_fields"].get("Open opportunities")) if got.status_code == 200 else ""
+
+    wait("the Front account at Qualification", lambda: shown() == "1 open, 7,000 (Qualification)")
+    log_path = pipeline.stack.logs / "worker.log"
+
+    def logged(line: str) -> int:
+        return log_path.read_text(errors="replace").count(line) if log_path.exists() else 0
+
+    if variant == "unlocked":
+        monkeypatch.setenv("FRONTFORCE_TEST_NO_KEY_LOCK", "1")
+    before, written = logged('"fast lane started"'), logged("writing the context now")
+    pipeline.stack.stop_process("worker")
+    pipeline.stack.spawn("worker", "worker", module="tests.slow_tag_worker")
+    try:
+        wait("the slow worker's fast lane", lambda: logged('"fast lane started"') > before, timeout=180)
+        ev = {"id": f"evt_{tag}r", "type": "tag", "emitted_at": time.time(),
+              "source": {"_meta": {"type": "teammate"}, "data": {"email": "pam@acme.example"}},
+              "target": {"_meta": {"type": "tag"}, "data": {"id": "tag_upsell", "name": "Upsell"}},
+              "conversation": {"id": f"cnv_{tag}r", "subject": "More seats",
+                               "recipient": {"handle": email, "role": "from"}}}
+        assert pipeline.emitter.deliver(ev, kind="tag_added") == 200
+        wait("the tag's stage in Front", lambda: shown() == "1 open, 7,000 (Proposal/Price Quote)")
+        wait("the tag agent's write", lambda: logged("writing the context now") > written)
+        time.sleep(0.5)
+        person = connect(pipeline.stack.settings().salesforce).client
+        person.headers.pop("Sforce-Call-Options", None)
+        person.restful(f"sobjects/Opportunity/{opp}", method="PATCH", json={"StageName": "Qualification"})
+        deadline = time.monotonic() + 60
+        while not [c for c in pipeline.topic("salesforce.changes")
+                   if c["record_id"] == opp and c.get("stage_name") == "Qualification"
+                   and c["change_type"] == "UPDATE"]:
+            assert time.monotonic() < deadline, "no change event for the person's stage"
+            time.sleep(0.5)
+        if variant == "locked":
+            wait("the person's stage back in Front", lambda: shown() == "1 open, 7,000 (Qualification)")
+            return
+        pipeline.settle()
+        time.sleep(3)  # the Front sink's flush window, and then some
+        assert shown() == "1 open, 7,000 (Proposal/Price Quote)", (
+            "the unlocked variant showed the person's stage: the check proves nothing")
+    finally:
+        monkeypatch.delenv("FRONTFORCE_TEST_NO_KEY_LOCK", raising=False)
+        pipeline.stack.stop_process("worker")
+        pipeline.stack.spawn("worker", "worker")
+
+
 def test_corrupt_records_go_to_deadletter_and_the_next_ones_are_processed(pipeline: Pipeline) -> None:
     """A poison record must not stop the worker or the sink, and must not be lost."""
     from confluent_kafka import Producer
