@@ -341,7 +341,8 @@ class WorkerConfig(_Model):
         600.0, ge=10,
         description="A waiting entry that was released (its messages matched or made unknown) stays"
         " this long, so a worker replaying its release record finds them again, then is deleted"
-        " from the table (a tombstone in its changelog). Far above the commit interval (1 s).",
+        " from the table (a tombstone in its changelog). Far above the commit interval (1 s)."
+        " Meanwhile a message with that key does not wait: the wait was answered.",
     )
     match_priority: list[Literal["Contact", "Lead", "Account"]] = Field(
         ["Contact", "Lead", "Account"], min_length=1,

@@ -1086,7 +1086,14 @@ def create_app(settings: Settings) -> faust.App:
             if queued is not None and len(queued["events"]) < MAX_WAITING:
                 park(key, bytes(event.value), out)  # behind the ones already waiting: in order
                 return
-            await matched(event, fe, key, out, bytes(event.value) if wait_ms else None)
+            # No new wait over an entry that is still kept (full, or released less than
+            # ``waiting_purge_s`` ago): a new entry would replace the released one, and a
+            # worker that dies before the release's commands are stored replays its release
+            # record against the new entry and loses the released messages. Released means
+            # the wait was answered: the record is there, or the sender is unknown (their
+            # Lead is an upsert on the handle, so asking again makes no second one).
+            may_wait = bytes(event.value) if wait_ms and waiting.get(key) is None else None
+            await matched(event, fe, key, out, may_wait)
 
         await consume("match-front-events", stream, topics.front_events, body)
 
