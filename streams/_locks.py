@@ -7,9 +7,9 @@ the agent that adds new handles. A writer that reads a key, waits (for the broke
 what it sent: the table must not say "sent" before it is stored) and then writes what it
 read plus its own change puts back, over any write another agent made to that key
 meanwhile, the value from before it. The scale-out drill lost a Salesforce change that
-way (BENCHMARKS.md): the tag agent wrote back an Account's context as it was before an
-Opportunity change, with the "sent" digest of before; the next change, back to the old
-stage, then matched that digest and was never sent to Front.
+way (BENCHMARKS.md): handling an untag, the tag agent wrote back an Account's context as it
+was before the tag's own stage change, with the "sent" digest of before; the untag's
+revert, back to the old stage, then matched that digest and was never sent to Front.
 
 ``async with locks.hold(key):`` around the read, the wait and the write makes the writers
 of one key take turns. A lock exists while someone holds or waits for it. One task never
