@@ -48,6 +48,13 @@ class Routed:
     def worker_alive(self) -> bool:
         return self.stack.procs["worker"].poll() is None
 
+    def worker_log_tail(self, lines: int = 30) -> str:
+        """Why a worker stopped, for an assertion's message."""
+        path = self.stack.logs / "worker.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return f"worker exited {self.stack.procs['worker'].poll()}; its log ends:\n" + "\n".join(
+            line[:400] for line in text.splitlines()[-lines:])
+
 
 @pytest.fixture(scope="module")
 def routed(infra: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
@@ -86,7 +93,7 @@ def test_registry_outage_after_a_restart_is_retried_in_place_not_dead_lettered(r
         assert r.p.emitter.deliver(event(person.email, tag, i)) == 200
         sent[f"msg_{tag}{i}"] = person.email
     time.sleep(8)  # the outage: the worker must wait it out, not skip
-    assert r.worker_alive()
+    assert r.worker_alive(), r.worker_log_tail()
     assert not _tasks(r, set(sent))
     r.proxy.mode = "http503"
     time.sleep(3)
@@ -137,13 +144,19 @@ def test_poison_whose_dead_letter_cannot_be_stored_yet_is_not_acknowledged(route
     r = routed
     tag = uuid.uuid4().hex[:6]
     r.proxy.mode = "refuse"
-    r.restart_worker()
-    garbage = b"\x01poison " + tag.encode()
-    p = Producer({"bootstrap.servers": r.stack.bootstrap})
-    p.produce(f"{r.stack.topic_prefix}front.events", key=f"cnv_{tag}p".encode(), value=garbage)
-    assert p.flush(10) == 0
-    time.sleep(6)
-    assert r.worker_alive()
+    try:
+        r.restart_worker()
+        garbage = b"\x01poison " + tag.encode()
+        p = Producer({"bootstrap.servers": r.stack.bootstrap})
+        p.produce(f"{r.stack.topic_prefix}front.events", key=f"cnv_{tag}p".encode(), value=garbage)
+        assert p.flush(10) == 0
+        time.sleep(6)
+        assert r.worker_alive(), r.worker_log_tail()
+    except BaseException:
+        r.proxy.mode = "pass"  # the module's next tests need the registry
+        if not r.worker_alive():
+            r.stack.spawn("worker", "worker")
+        raise
     r.proxy.mode = "pass"
     deadline = time.monotonic() + 90
     dead: list[dict[str, Any]] = []
@@ -192,7 +205,7 @@ def test_a_command_the_broker_refuses_is_dead_lettered_not_committed_away(routed
     assert len(dead) == 1, "the refused command's event must be dead-lettered, not dropped"
     assert dead[0]["stage"] == "route-front-events"
     assert "too large" in dead[0]["error_message"]
-    assert r.worker_alive()
+    assert r.worker_alive(), r.worker_log_tail()
     assert not _tasks(r, {f"msg_{tag}0"})
 
 
