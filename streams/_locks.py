@@ -43,6 +43,3 @@ class KeyLocks:
             users[0] -= 1
             if not users[0]:
                 del self._locks[key]
-
-    def __len__(self) -> int:
-        return len(self._locks)

@@ -879,6 +879,18 @@ def test_a_mapped_tag_makes_one_follow_up_task_and_one_note_on_the_person(pipeli
     assert len(notes) == 1 and notes[0]["ParentId"] == task["WhatId"]
 
 
+def upsell(pipeline: Pipeline, event_id: str, conversation: str, email: str, kind: str) -> None:
+    """Pam adds ("tag") or removes ("untag") the "Upsell" tag (the stack's stage rule) on a
+    conversation from ``email``, delivered as Front's signed webhook."""
+    ev = {"id": event_id, "type": kind, "emitted_at": time.time(),
+          "source": {"_meta": {"type": "teammate"}, "data": {"email": "pam@acme.example"}},
+          "target": {"_meta": {"type": "tag"}, "data": {"id": "tag_upsell", "name": "Upsell"}},
+          "conversation": {"id": conversation, "subject": "More seats",
+                           "recipient": {"handle": email, "role": "from"}}}
+    envelope = "tag_added" if kind == "tag" else "tag_removed"
+    assert pipeline.emitter.deliver(ev, kind=envelope) == 200
+
+
 def test_a_stage_tag_moves_the_open_opportunity_once_and_its_removal_reverts_it(
         pipeline: Pipeline) -> None:
     """Use case 4, by the stack's rule for "Upsell" (stage Proposal/Price Quote, revert on
@@ -913,13 +925,7 @@ def test_a_stage_tag_moves_the_open_opportunity_once_and_its_removal_reverts_it(
             time.sleep(0.5)
 
     def tag_event(i: int, kind: str) -> None:
-        ev = {"id": f"evt_{tag}u{i}", "type": kind, "emitted_at": time.time(),
-              "source": {"_meta": {"type": "teammate"}, "data": {"email": "pam@acme.example"}},
-              "target": {"_meta": {"type": "tag"}, "data": {"id": "tag_upsell", "name": "Upsell"}},
-              "conversation": {"id": conversation, "subject": "More seats",
-                               "recipient": {"handle": email, "role": "from"}}}
-        envelope = "tag_added" if kind == "tag" else "tag_removed"
-        assert pipeline.emitter.deliver(ev, kind=envelope) == 200
+        upsell(pipeline, f"evt_{tag}u{i}", conversation, email, kind)
 
     tag_event(0, "tag")
     wait_stage(first, "Proposal/Price Quote")
@@ -982,12 +988,7 @@ def test_a_stage_tag_and_a_salesforce_change_of_one_account_both_reach_front(
     pipeline.stack.spawn("worker", "worker", module="tests.slow_tag_worker")
     try:
         wait("the slow worker's fast lane", lambda: logged('"fast lane started"') > before, timeout=180)
-        ev = {"id": f"evt_{tag}r", "type": "tag", "emitted_at": time.time(),
-              "source": {"_meta": {"type": "teammate"}, "data": {"email": "pam@acme.example"}},
-              "target": {"_meta": {"type": "tag"}, "data": {"id": "tag_upsell", "name": "Upsell"}},
-              "conversation": {"id": f"cnv_{tag}r", "subject": "More seats",
-                               "recipient": {"handle": email, "role": "from"}}}
-        assert pipeline.emitter.deliver(ev, kind="tag_added") == 200
+        upsell(pipeline, f"evt_{tag}r", f"cnv_{tag}r", email, "tag")
         wait("the tag's stage in Front", lambda: shown() == "1 open, 7,000 (Proposal/Price Quote)")
         wait("the tag agent's write", lambda: logged("writing the context now") > written)
         time.sleep(0.5)
