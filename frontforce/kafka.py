@@ -246,15 +246,16 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator
         c.close()
 
 
-def first_record_between(config: dict[str, Any], topic: str, partition: int, start: int, end: int,
-                         timeout_s: float = 30.0) -> int | None:
-    """The offset of the first record (committed: transaction markers and aborted records
-    are not records) that ``partition`` holds in ``[start, end)``, or None: offsets with no
-    record are markers, compacted or deleted ones. ``config``: a consumer config (its
-    group is never joined nor committed)."""
+def records_between(config: dict[str, Any], topic: str, partition: int, start: int, end: int,
+                    limit: int = 10_000, timeout_s: float = 30.0) -> list[Message] | None:
+    """The records (committed: transaction markers and aborted records are not records) that
+    ``partition`` holds in ``[start, end)``, in order; offsets with no record are markers,
+    compacted or deleted ones. None when there are more than ``limit`` of them. ``config``:
+    a consumer config (its group is never joined nor committed)."""
     c = Consumer({**config, "group.id": f"probe-{uuid.uuid4()}", "enable.auto.commit": False,
                   "enable.partition.eof": True, "isolation.level": "read_committed"})
     tp = TopicPartition(topic, partition, start)
+    found: list[Message] = []
     try:
         c.assign([tp])
         deadline = time.monotonic() + timeout_s
@@ -264,15 +265,19 @@ def first_record_between(config: dict[str, Any], topic: str, partition: int, sta
             m = c.poll(0.5)
             if m is None:
                 if c.position([TopicPartition(topic, partition)])[0].offset >= end:
-                    return None
+                    return found
                 continue
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    return None
+                    return found
                 continue
             offset = m.offset() or 0
-            return offset if offset < end else None
+            if offset >= end:
+                return found
+            found.append(m)
+            if len(found) > limit:
+                return None
     finally:
         c.close()
 

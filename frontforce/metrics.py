@@ -60,6 +60,8 @@ THROTTLED = Counter("frontforce_throttled",
                     "Times a remote asked to wait: Front 429, Salesforce budget pause", ["api"])
 RETRIES = Counter("frontforce_retries", "Transient failures retried in place, by stage", ["stage"])
 DEAD_LETTERS = Counter("frontforce_dead_letters", "Records dead-lettered, by stage", ["stage"])
+FAUST_SKIPS = Counter("frontforce_faust_skipped_records",
+                      "Records Faust's consumer skipped, read back and handled, by topic", ["topic"])
 SALESFORCE_API_USED = Gauge("frontforce_salesforce_api_used",
                             "Salesforce daily API requests used (Sforce-Limit-Info, /limits)")
 SALESFORCE_API_MAX = Gauge("frontforce_salesforce_api_max", "Salesforce daily API requests allowed")

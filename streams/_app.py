@@ -52,6 +52,7 @@ import faust
 import mode
 import structlog
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+from faust.events import Event
 from faust.serializers.codecs import Codec
 from faust.streams import _current_event
 from faust.types import EventT, FutureMessage, StreamT, TopicT
@@ -530,13 +531,31 @@ def create_app(settings: Settings) -> faust.App:
         os._exit(EXIT_STALLED)
 
     def faust_skipped(message: Any, found: int, since: int) -> None:
-        log.critical("Faust's consumer skipped records; stopping without acknowledging anything "
-                     "after them (they are read again from the committed offset)",
-                     at=f"{message.topic}[{message.partition}]@{message.offset}",
-                     skipped_from=found, expected=since)
+        log.critical("Faust's consumer skipped records that could not be read back; stopping "
+                     "without acknowledging anything after them (they are read again from the "
+                     "committed offset)",
+                     at=f"{message.topic}[{message.partition}]@{message.offset}", expected=since)
         exit_stalled()
 
-    offsets = OffsetGuard(app, consumer_config(settings, f"{w.app_id}-offset-guard"), faust_skipped)
+    def faust_skipped_found(message: Any, offsets: list[int], since: int) -> None:
+        metrics.FAUST_SKIPS.labels(message.topic).inc(len(offsets))
+        log.warning("Faust's consumer skipped records; read back from the broker and handled "
+                    "before the record after them",
+                    at=f"{message.topic}[{message.partition}]@{message.offset}", expected=since,
+                    skipped=len(offsets), first=offsets[0], last=offsets[-1])
+
+    offsets = OffsetGuard(app, consumer_config(settings, f"{w.app_id}-offset-guard"),
+                          faust_skipped, found=faust_skipped_found)
+
+    async def handle_first(stage: str, event: EventT, logical_topic: str,
+                           body: Body) -> tuple[EventT, Outbox]:
+        """An event's first try; its outbox is waited for by the acker."""
+        # A take batch is not stream iteration: make each event the current one, as
+        # iteration would (table reads and writes, windows, partitions).
+        _current_event.set(weakref.ref(event))
+        out = Outbox()
+        await reliably(stage, event, handle_once, logical_topic, body, out)
+        return event, out
 
     async def consume(stage: str, stream: Any, logical_topic: str, body: Body) -> None:
         """The one way every agent handles its events: decode, run ``body``, dead-letter
@@ -582,14 +601,13 @@ def create_app(settings: Settings) -> faust.App:
                     metrics.RECORDS_IN.labels(batch[0].message.topic).inc(len(batch))
                 items: list[tuple[EventT, Outbox]] = []
                 for event in batch:
-                    # Nothing is handled (nor acked) past a record Faust's consumer skipped.
-                    await offsets.check(event.message)
-                    # A take batch is not stream iteration: make each event the current one,
-                    # as iteration would (table reads and writes, windows, partitions).
-                    _current_event.set(weakref.ref(event))
-                    out = Outbox()
-                    await reliably(stage, event, handle_once, logical_topic, body, out)
-                    items.append((event, out))
+                    # Records Faust's consumer skipped before this one come first, read back
+                    # from the broker; nothing past them is acked before they are stored.
+                    for missed in await offsets.check(event.message):
+                        items.append(await handle_first(stage, Event(
+                            app, missed.key, missed.value, missed.headers, missed),
+                            logical_topic, body))
+                    items.append(await handle_first(stage, event, logical_topic, body))
                 await in_flight.put(items)
         finally:
             task.cancel()

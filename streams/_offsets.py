@@ -13,14 +13,20 @@ Every agent therefore checks, before it handles a record of the current generati
 the record follows the one it handled before in that partition (or, for the first record of
 a partition in a generation, the offset the group had committed). When it does not, the
 offsets between are read from the broker: a hole of transaction markers, compacted or
-deleted records holds no record and is fine; a hole that holds a record means the record
-was skipped. Then the worker stops without acknowledging anything after the hole (exit 75,
-as when it cannot make progress): whoever takes the partition reads it again from the
-committed offset, which is before the hole. Records of an earlier generation still in an
-agent's batch are handled (at least once) but not checked: their partition has been sought
-back to its committed offset since. A hole made only of records this process handled
-already (in an earlier generation, before a rebalance gave it the partition back) loses
-nothing and passes.
+deleted records holds no record and is fine; the records a hole does hold were skipped.
+The guard hands them to the agent, which handles them, in order, before the record that
+showed the hole, and takes them out of Faust's "gap" (which would count them as done: a
+commit past them before they are handled). The agent acks in order, so nothing after the
+hole is committed before the hole's records are stored. The worker goes on; the group is
+not disturbed (the scale-out bench saw 3 of 4 workers stop on such holes at one start).
+A hole it cannot read (more than ``limit`` records, or the broker not answering) stops the
+worker as before, without acknowledging anything after the hole (exit 75): whoever takes
+the partition reads it again from the committed offset, which is before the hole.
+
+Records of an earlier generation still in an agent's batch are handled (at least once) but
+not checked: their partition has been sought back to its committed offset since. A hole
+made only of records this process handled already (in an earlier generation, before a
+rebalance gave it the partition back) loses nothing and passes.
 """
 
 from __future__ import annotations
@@ -29,18 +35,23 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from frontforce.kafka import first_record_between, group_start
+from faust.types import Message
+
+from frontforce.kafka import group_start, records_between
 
 
 class OffsetGuard:
     def __init__(self, app: Any, consumer_config: dict[str, Any],
                  skipped: Callable[[Any, int, int], None],
-                 first_record: Callable[..., int | None] = first_record_between,
-                 start: Callable[..., int] = group_start) -> None:
+                 read_hole: Callable[..., list[Any] | None] = records_between,
+                 start: Callable[..., int] = group_start,
+                 found: Callable[[Any, list[int], int], None] | None = None) -> None:
         self.app = app
         self.config = consumer_config
-        self.skipped = skipped  # (message, first skipped offset, records checked from) -> no return
-        self.first_record = first_record
+        # (message, first skipped offset or -1 when unknown, records checked from) -> no return
+        self.skipped = skipped
+        self.found = found  # (message, the skipped offsets, checked from): handed to the agent
+        self.read_hole = read_hole
         self.start = start
         self.generation: int | None = None
         self.next: dict[Any, int] = {}  # tp -> the offset expected next, this generation
@@ -48,11 +59,13 @@ class OffsetGuard:
         # of records it handled already (before a rebalance) loses nothing.
         self.done: dict[Any, tuple[int, int]] = {}
 
-    async def check(self, message: Any) -> None:
+    async def check(self, message: Any) -> list[Message]:
+        """The records Faust skipped before ``message`` in its partition, to be handled
+        before it (usually none)."""
         generation = self.app.consumer_generation_id
         if message.generation_id != generation:
             self._handled(message.tp, message.offset)
-            return
+            return []
         if generation != self.generation:
             self.generation = generation
             self.next.clear()
@@ -68,12 +81,38 @@ class OffsetGuard:
                                                message.topic, message.partition)
         self.next[tp] = offset + 1
         lo, hi = self.done.get(tp, (0, -1))
+        missed: list[Message] = []
         if want is not None and offset > want and not lo <= want <= offset - 1 <= hi:
-            found = await asyncio.to_thread(self.first_record, self.config, message.topic,
-                                            message.partition, want, offset)
-            if found is not None:
-                self.skipped(message, found, want)
+            try:
+                held = await asyncio.to_thread(self.read_hole, self.config, message.topic,
+                                               message.partition, want, offset)
+            except Exception:  # noqa: BLE001 - cannot tell what the hole holds: stop, as before
+                held = None
+            if held is None:
+                self.skipped(message, -1, want)
+                return []  # not reached in the worker (it exits); a test's callback may return
+            if held:
+                missed = [self._message(m, message, generation) for m in held]
+                gap = self.app.consumer._gap.get(tp)
+                for m in missed:
+                    if gap is not None:
+                        gap.chop(m.offset, m.offset + 1)  # done once handled and acked, not before
+                    self._handled(tp, m.offset)
+                if self.found is not None:
+                    self.found(message, [m.offset for m in missed], want)
         self._handled(tp, offset)
+        return missed
+
+    @staticmethod
+    def _message(m: Any, current: Any, generation: int) -> Message:
+        """A Faust message for a record read from the broker (raw key and value, as the
+        agents' topics are)."""
+        key, value = m.key(), m.value()
+        _, ts = m.timestamp()
+        return Message(current.topic, current.partition, m.offset(), (ts or 0) / 1000.0, 0,
+                       m.headers() or [], key, value, None,
+                       len(key) if key else 0, len(value) if value else 0,
+                       tp=current.tp, generation_id=generation)
 
     def _handled(self, tp: Any, offset: int) -> None:
         lo, hi = self.done.get(tp, (offset, offset - 1))

@@ -37,8 +37,8 @@ async def _skipping(self: Consumer, timeout: float) -> AsyncIterator[tuple[Any, 
 Consumer.getmany = _skipping  # type: ignore[method-assign]
 
 if os.environ.get("FRONTFORCE_TEST_NO_GUARD"):
-    async def _unchecked(self: OffsetGuard, message: Any) -> None:
-        return None
+    async def _unchecked(self: OffsetGuard, message: Any) -> list[Any]:
+        return []
 
     OffsetGuard.check = _unchecked  # type: ignore[method-assign]
 
