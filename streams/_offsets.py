@@ -35,7 +35,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from faust.types import Message
+from faust.types import ConsumerMessage
 
 from frontforce.kafka import group_start, records_between
 
@@ -59,7 +59,7 @@ class OffsetGuard:
         # of records it handled already (before a rebalance) loses nothing.
         self.done: dict[Any, tuple[int, int]] = {}
 
-    async def check(self, message: Any) -> list[Message]:
+    async def check(self, message: Any) -> list[ConsumerMessage]:
         """The records Faust skipped before ``message`` in its partition, to be handled
         before it (usually none)."""
         generation = self.app.consumer_generation_id
@@ -81,7 +81,7 @@ class OffsetGuard:
                                                message.topic, message.partition)
         self.next[tp] = offset + 1
         lo, hi = self.done.get(tp, (0, -1))
-        missed: list[Message] = []
+        missed: list[ConsumerMessage] = []
         if want is not None and offset > want and not lo <= want <= offset - 1 <= hi:
             try:
                 held = await asyncio.to_thread(self.read_hole, self.config, message.topic,
@@ -104,12 +104,14 @@ class OffsetGuard:
         return missed
 
     @staticmethod
-    def _message(m: Any, current: Any, generation: int) -> Message:
+    def _message(m: Any, current: Any, generation: int) -> ConsumerMessage:
         """A Faust message for a record read from the broker (raw key and value, as the
-        agents' topics are)."""
+        agents' topics are). A consumer's message: its final ack reaches the consumer's
+        bookkeeping (a plain ``Message`` only marks itself acked, and nothing is committed
+        past it)."""
         key, value = m.key(), m.value()
         _, ts = m.timestamp()
-        return Message(current.topic, current.partition, m.offset(), (ts or 0) / 1000.0, 0,
+        return ConsumerMessage(current.topic, current.partition, m.offset(), (ts or 0) / 1000.0, 0,
                        m.headers() or [], key, value, None,
                        len(key) if key else 0, len(value) if value else 0,
                        tp=current.tp, generation_id=generation)

@@ -93,6 +93,18 @@ def test_skipped_records_are_handed_back_in_order_and_taken_out_of_fausts_gap() 
     assert h.check(18) == [] and h.stopped == []
 
 
+def test_the_ack_of_a_record_handed_back_reaches_the_consumer() -> None:
+    """Faust commits only what reached ``Consumer.ack``; a plain ``Message`` stops at marking
+    itself acked, and the partition's commits stall at the hole (the scale-out drill saw it)."""
+    h = Harness(committed=10, records=set(range(100)))
+    acked: list[int] = []
+    consumer = SimpleNamespace(ack=lambda m: acked.append(m.offset) or True)
+    got = asyncio.run(h.guard.check(message(12)))
+    for m in got:
+        m.ack(consumer)
+    assert acked == [10, 11]
+
+
 def test_a_hole_of_markers_only_passes() -> None:
     h = Harness(committed=10, records={10, 13})
     assert h.check(10) == [] and h.check(13) == []
