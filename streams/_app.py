@@ -141,6 +141,10 @@ NOTED_MAX = 100_000
 # (use case 3): its Account's context may have been pushed before Front had that contact.
 FRONT_CONTACT = "FrontContact"
 
+# How long a removed stage tag's entry is kept (use case 4): longer than any topic keeps the
+# events a replay could read again (Kafka's default retention is 7 days).
+TOMBSTONE_MS = 30 * 24 * 3600 * 1000
+
 # EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
 EXIT_STALLED = 75
 
@@ -977,12 +981,23 @@ def create_app(settings: Settings) -> faust.App:
         key = f"{fe['conversation_id']}/{tag.lower()}"
         held = contexts.get(account_id) or {"account": None, "opportunities": {}, "contacts": {},
                                             "sent": None, "tag_stages": {}}
-        stages = dict(held.get("tag_stages") or {})
+        at = _ms(fe["occurred_at"])
+        # A removed tag's entry stays (with its removal's time) for TOMBSTONE_MS: a replay of
+        # the add, after a rebalance or a crash re-read it with its removal, must not take it
+        # for a new add (it would move the stage again, and the removal's replay would then
+        # "revert" to that stage under the same idempotency key).
+        stages = {k: v for k, v in (held.get("tag_stages") or {}).items()
+                  if v.get("removed_at") is None or v["removed_at"] > at - TOMBSTONE_MS}
         on = stages.get(key)
+        removed = on is not None and on.get("removed_at") is not None
         if fe["event_type"] == "TAG":
-            if on is not None:
+            if on is not None and not removed:
                 await emit_audit(out, event, fe, "SKIPPED", f"tag {tag!r} already moved "
                                  f"Opportunity {on['opportunity_id']} for this conversation")
+                return
+            if removed and at <= on["removed_at"]:
+                await emit_audit(out, event, fe, "SKIPPED", f"tag {tag!r} was removed after "
+                                 f"this add (a replay): Opportunity {on['opportunity_id']} stays")
                 return
             open_opps = sorted((o["fields"].get("CloseDate") or "9999", oid)
                                for oid, o in held["opportunities"].items()
@@ -993,13 +1008,13 @@ def create_app(settings: Settings) -> faust.App:
                 return
             opp = open_opps[0][1]
             previous = held["opportunities"][opp]["fields"].get("StageName")
-            stages[key] = {"opportunity_id": opp, "previous_stage": previous,
-                           "at": _ms(fe["occurred_at"])}
+            stages[key] = {"opportunity_id": opp, "previous_stage": previous, "at": at,
+                           "removed_at": None}
             cmd = stage_command(fe, opp, str(rule.opportunity_stage))
         else:
-            if on is None:
+            if on is None or removed:
                 return  # the tag moved nothing (or its removal was handled already)
-            stages.pop(key)
+            stages[key] = {**on, "removed_at": max(at, on["at"])}
             cmd = None
             if rule.on_untag == "revert" and on["previous_stage"]:
                 cmd = stage_command(fe, on["opportunity_id"], on["previous_stage"])

@@ -1143,3 +1143,94 @@ def test_a_replacement_worker_with_no_local_state_recovers_its_tables_from_kafka
         replace_worker("frontforce")
     pipeline.settle()
 
+
+
+@pytest.mark.parametrize("variant", ["kept", "dropped"])
+def test_a_stage_tag_and_its_removal_read_again_move_nothing(
+        pipeline: Pipeline, variant: str) -> None:
+    """Use case 4 under at-least-once delivery. After a rebalance (or a crash) the stage-tag
+    agent can read an add and its removal again, right after it handled them, while its
+    Account's context still shows the stage the add set (the removal's revert has not come
+    back through CDC yet). The scale-out drill lost a revert that way: the add, read again,
+    looked new and noted the tag's own stage as the one to go back to, so the removal, read
+    again, "reverted" to it under the first removal's idempotency key, and the Salesforce
+    sink applied both in one flush. Here both records are put on the agent's topic again
+    right after the removal. ``kept`` is the product: a removed tag's entry stays, so the
+    add read again does nothing, and every command under the removal's key puts the stage
+    back. ``dropped`` (tests/tombstoneless_worker.py, the entry dropped at removal) must emit
+    the second, different command."""
+    from confluent_kafka import Producer
+
+    from frontforce.kafka import read_to_end
+
+    tag = uuid.uuid4().hex[:6]
+    email = f"hal-{tag}@pendant.example"
+    headers = {"Authorization": f"Bearer {pipeline.stack.front_token}"}
+    r = pipeline.admin.post("/__admin/seed", json={"records": {
+        "Account": [{"Name": f"Pendant {tag}"}],
+        "Contact": [{"LastName": "Hal", "Email": email, "AccountId": "@Account[0]"}],
+        "Opportunity": [{"Name": "Books", "StageName": "Qualification", "Amount": 9000,
+                         "CloseDate": "2027-01-31", "AccountId": "@Account[0]"}]}})
+    r.raise_for_status()
+    ids = r.json()["ids"]
+    [account], [opp] = ids["Account"], ids["Opportunity"]
+
+    def shown() -> str:
+        got = pipeline.front.get(f"/accounts/alt:ext_id:{account}", headers=headers)
+        return str(got.json()["custom_fields"].get("Open opportunities")) if got.status_code == 200 else ""
+
+    def stage() -> str:
+        rows = pipeline.admin.get("/__admin/records/Opportunity").json()["records"]
+        return str(next(o["StageName"] for o in rows if o["Id"] == opp))
+
+    wait("the Front account at Qualification", lambda: shown() == "1 open, 9,000 (Qualification)")
+    log_path = pipeline.stack.logs / "worker.log"
+
+    def logged(line: str) -> int:
+        return log_path.read_text(errors="replace").count(line) if log_path.exists() else 0
+
+    s = pipeline.stack.settings()
+    internal = s.worker_topics["tags_by_account"]
+    if variant == "dropped":
+        before = logged('"fast lane started"')
+        pipeline.stack.stop_process("worker")
+        pipeline.stack.spawn("worker", "worker", module="tests.tombstoneless_worker")
+        wait("the variant's fast lane", lambda: logged('"fast lane started"') > before, timeout=180)
+    try:
+        conversation = f"cnv_{tag}x"
+        upsell(pipeline, f"evt_{tag}x0", conversation, email, "tag")
+        # The add's stage is back through CDC: the context shows it (as in the drill).
+        wait("the tag's stage in Front", lambda: shown() == "1 open, 9,000 (Proposal/Price Quote)")
+        upsell(pipeline, f"evt_{tag}x1", conversation, email, "untag")
+
+        def both() -> list[Any]:
+            got = [m for m in read_to_end(pipeline.stack.bootstrap, internal)
+                   if m.key() == account.encode()]
+            return got if len(got) == 2 else []
+
+        records = wait("the add and the removal on the agent's topic", both, timeout=30)
+        p = Producer({"bootstrap.servers": pipeline.stack.bootstrap})
+        for m in records:
+            p.produce(internal, key=m.key(), value=m.value(), partition=m.partition())
+        assert p.flush(10) == 0
+        pipeline.settle()
+        time.sleep(3)  # the Salesforce sink's flush window, and then some
+        pipeline.settle()
+
+        def fields(c: dict[str, Any]) -> dict[str, Any]:
+            op = c["operation"]
+            return dict((op[1] if isinstance(op, (tuple, list)) else op)["fields"])
+
+        removal = [fields(c) for c in pipeline.topic("commands.salesforce")
+                   if c["idempotency_key"].endswith(f"/{opp}/evt_{tag}x1")]
+        if variant == "kept":
+            assert removal and all(f == {"StageName": "Qualification"} for f in removal), removal
+            wait("the stage put back", lambda: stage() == "Qualification")
+            wait("Front shows it", lambda: shown() == "1 open, 9,000 (Qualification)")
+            return
+        assert {"StageName": "Proposal/Price Quote"} in removal, (
+            f"the variant emitted only {removal}: the check proves nothing")
+    finally:
+        if variant == "dropped":
+            pipeline.stack.stop_process("worker")
+            pipeline.stack.spawn("worker", "worker")
