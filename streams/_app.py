@@ -989,13 +989,14 @@ def create_app(settings: Settings) -> faust.App:
         stages = {k: v for k, v in (held.get("tag_stages") or {}).items()
                   if v.get("removed_at") is None or v["removed_at"] > at - TOMBSTONE_MS}
         on = stages.get(key)
-        removed = on is not None and on.get("removed_at") is not None
+        removed_at = on.get("removed_at") if on is not None else None
+        removed = removed_at is not None
         if fe["event_type"] == "TAG":
             if on is not None and not removed:
                 await emit_audit(out, event, fe, "SKIPPED", f"tag {tag!r} already moved "
                                  f"Opportunity {on['opportunity_id']} for this conversation")
                 return
-            if removed and at <= on["removed_at"]:
+            if on is not None and removed_at is not None and at <= removed_at:
                 await emit_audit(out, event, fe, "SKIPPED", f"tag {tag!r} was removed after "
                                  f"this add (a replay): Opportunity {on['opportunity_id']} stays")
                 return
