@@ -891,6 +891,29 @@ def upsell(pipeline: Pipeline, event_id: str, conversation: str, email: str, kin
     assert pipeline.emitter.deliver(ev, kind=envelope) == 200
 
 
+def account_at_qualification(pipeline: Pipeline, company: str, person: str, email: str,
+                             amount: int) -> tuple[str, str, Any]:
+    """A new Account with one Contact (``email``) and one open Opportunity of ``amount`` at
+    Qualification, once Front shows it; its Id, the Opportunity's, and a function that reads
+    the "Open opportunities" Front shows on it."""
+    headers = {"Authorization": f"Bearer {pipeline.stack.front_token}"}
+    r = pipeline.admin.post("/__admin/seed", json={"records": {
+        "Account": [{"Name": company}],
+        "Contact": [{"LastName": person, "Email": email, "AccountId": "@Account[0]"}],
+        "Opportunity": [{"Name": f"{company} deal", "StageName": "Qualification", "Amount": amount,
+                         "CloseDate": "2027-01-31", "AccountId": "@Account[0]"}]}})
+    r.raise_for_status()
+    ids = r.json()["ids"]
+    [account], [opp] = ids["Account"], ids["Opportunity"]
+
+    def shown() -> str:
+        got = pipeline.front.get(f"/accounts/alt:ext_id:{account}", headers=headers)
+        return str(got.json()["custom_fields"].get("Open opportunities")) if got.status_code == 200 else ""
+
+    wait("the Front account at Qualification", lambda: shown() == f"1 open, {amount:,} (Qualification)")
+    return account, opp, shown
+
+
 def test_a_stage_tag_moves_the_open_opportunity_once_and_its_removal_reverts_it(
         pipeline: Pipeline) -> None:
     """Use case 4, by the stack's rule for "Upsell" (stage Proposal/Price Quote, revert on
@@ -961,21 +984,7 @@ def test_a_stage_tag_and_a_salesforce_change_of_one_account_both_reach_front(
 
     tag = uuid.uuid4().hex[:6]
     email = f"gil-{tag}@kramerica.example"
-    headers = {"Authorization": f"Bearer {pipeline.stack.front_token}"}
-    r = pipeline.admin.post("/__admin/seed", json={"records": {
-        "Account": [{"Name": f"Kramerica {tag}"}],
-        "Contact": [{"LastName": "Gil", "Email": email, "AccountId": "@Account[0]"}],
-        "Opportunity": [{"Name": "Oil bladder", "StageName": "Qualification", "Amount": 7000,
-                         "CloseDate": "2027-01-31", "AccountId": "@Account[0]"}]}})
-    r.raise_for_status()
-    ids = r.json()["ids"]
-    [account], [opp] = ids["Account"], ids["Opportunity"]
-
-    def shown() -> str:
-        got = pipeline.front.get(f"/accounts/alt:ext_id:{account}", headers=headers)
-        return str(got.json()["custom_fields"].get("Open opportunities")) if got.status_code == 200 else ""
-
-    wait("the Front account at Qualification", lambda: shown() == "1 open, 7,000 (Qualification)")
+    _, opp, shown = account_at_qualification(pipeline, f"Kramerica {tag}", "Gil", email, 7000)
     log_path = pipeline.stack.logs / "worker.log"
 
     def logged(line: str) -> int:
@@ -1165,25 +1174,12 @@ def test_a_stage_tag_and_its_removal_read_again_move_nothing(
 
     tag = uuid.uuid4().hex[:6]
     email = f"hal-{tag}@pendant.example"
-    headers = {"Authorization": f"Bearer {pipeline.stack.front_token}"}
-    r = pipeline.admin.post("/__admin/seed", json={"records": {
-        "Account": [{"Name": f"Pendant {tag}"}],
-        "Contact": [{"LastName": "Hal", "Email": email, "AccountId": "@Account[0]"}],
-        "Opportunity": [{"Name": "Books", "StageName": "Qualification", "Amount": 9000,
-                         "CloseDate": "2027-01-31", "AccountId": "@Account[0]"}]}})
-    r.raise_for_status()
-    ids = r.json()["ids"]
-    [account], [opp] = ids["Account"], ids["Opportunity"]
-
-    def shown() -> str:
-        got = pipeline.front.get(f"/accounts/alt:ext_id:{account}", headers=headers)
-        return str(got.json()["custom_fields"].get("Open opportunities")) if got.status_code == 200 else ""
+    account, opp, shown = account_at_qualification(pipeline, f"Pendant {tag}", "Hal", email, 9000)
 
     def stage() -> str:
         rows = pipeline.admin.get("/__admin/records/Opportunity").json()["records"]
         return str(next(o["StageName"] for o in rows if o["Id"] == opp))
 
-    wait("the Front account at Qualification", lambda: shown() == "1 open, 9,000 (Qualification)")
     log_path = pipeline.stack.logs / "worker.log"
 
     def logged(line: str) -> int:
