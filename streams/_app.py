@@ -534,7 +534,7 @@ def create_app(settings: Settings) -> faust.App:
         sys.stderr.flush()
         os._exit(EXIT_STALLED)
 
-    def faust_skipped(message: Any, found: int, since: int) -> None:
+    def faust_skipped(message: Any, since: int) -> None:
         log.critical("Faust's consumer skipped records that could not be read back; stopping "
                      "without acknowledging anything after them (they are read again from the "
                      "committed offset)",
@@ -990,9 +990,8 @@ def create_app(settings: Settings) -> faust.App:
                   if v.get("removed_at") is None or v["removed_at"] > at - TOMBSTONE_MS}
         on = stages.get(key)
         removed_at = on.get("removed_at") if on is not None else None
-        removed = removed_at is not None
         if fe["event_type"] == "TAG":
-            if on is not None and not removed:
+            if on is not None and removed_at is None:
                 await emit_audit(out, event, fe, "SKIPPED", f"tag {tag!r} already moved "
                                  f"Opportunity {on['opportunity_id']} for this conversation")
                 return
@@ -1013,7 +1012,7 @@ def create_app(settings: Settings) -> faust.App:
                            "removed_at": None}
             cmd = stage_command(fe, opp, str(rule.opportunity_stage))
         else:
-            if on is None or removed:
+            if on is None or removed_at is not None:
                 return  # the tag moved nothing (or its removal was handled already)
             stages[key] = {**on, "removed_at": max(at, on["at"])}
             cmd = None

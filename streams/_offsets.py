@@ -42,14 +42,13 @@ from frontforce.kafka import group_start, records_between
 
 class OffsetGuard:
     def __init__(self, app: Any, consumer_config: dict[str, Any],
-                 skipped: Callable[[Any, int, int], None],
+                 skipped: Callable[[Any, int], None],
                  read_hole: Callable[..., list[Any] | None] = records_between,
                  start: Callable[..., int] = group_start,
                  found: Callable[[Any, list[int], int], None] | None = None) -> None:
         self.app = app
         self.config = consumer_config
-        # (message, first skipped offset or -1 when unknown, records checked from) -> no return
-        self.skipped = skipped
+        self.skipped = skipped  # (message, records checked from): a hole not read back
         self.found = found  # (message, the skipped offsets, checked from): handed to the agent
         self.read_hole = read_hole
         self.start = start
@@ -89,7 +88,7 @@ class OffsetGuard:
             except Exception:  # noqa: BLE001 - cannot tell what the hole holds: stop, as before
                 held = None
             if held is None:
-                self.skipped(message, -1, want)
+                self.skipped(message, want)
                 return []  # not reached in the worker (it exits); a test's callback may return
             if held:
                 missed = [self._message(m, message, generation) for m in held]
@@ -111,10 +110,10 @@ class OffsetGuard:
         past it)."""
         key, value = m.key(), m.value()
         _, ts = m.timestamp()
-        return ConsumerMessage(current.topic, current.partition, m.offset(), (ts or 0) / 1000.0, 0,
-                       m.headers() or [], key, value, None,
-                       len(key) if key else 0, len(value) if value else 0,
-                       tp=current.tp, generation_id=generation)
+        return ConsumerMessage(current.topic, current.partition, m.offset(), (ts or 0) / 1000.0,
+                               0, m.headers() or [], key, value, None,
+                               len(key) if key else 0, len(value) if value else 0,
+                               tp=current.tp, generation_id=generation)
 
     def _handled(self, tp: Any, offset: int) -> None:
         lo, hi = self.done.get(tp, (offset, offset - 1))

@@ -1,10 +1,10 @@
 """``python -m tests.skipping_worker worker -c FILE``: the stream worker on a Faust consumer
-that skips one record, as Faust's consumer can around a rebalance (streams/_offsets.py):
+that skips records, as Faust's consumer can around a rebalance (streams/_offsets.py):
 the first ``FRONTFORCE_TEST_SKIP_COUNT`` (default 1) records of a topic whose name contains
 ``FRONTFORCE_TEST_SKIP_TOPIC`` and whose key contains ``FRONTFORCE_TEST_SKIP_KEY`` are never
 handed to the agents (the file ``FRONTFORCE_TEST_SKIP_ONCE`` is made then, with where the last
 of them is, so a worker started after this one reads them).
-Faust's own bookkeeping then commits past it. With ``FRONTFORCE_TEST_NO_GUARD=1`` the
+Faust's own bookkeeping then commits past them. With ``FRONTFORCE_TEST_NO_GUARD=1`` the
 offset guard is off too: the variant that must lose the record, which keeps
 test_worker_delivery's skipped-record test from proving nothing.
 """

@@ -63,7 +63,7 @@ class Harness:
             return None
         return [Held(o) for o in sorted(self.records) if start <= o < end]
 
-    def skipped(self, message: Message, found: int, since: int) -> None:
+    def skipped(self, message: Message, since: int) -> None:
         self.stopped.append((message.offset, since))
 
     def check(self, offset: int, generation: int = 1) -> list[int]:
