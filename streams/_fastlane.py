@@ -37,6 +37,15 @@ from typing import Any, cast
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_any,
+    stop_when_event_set,
+    wait_random_exponential,
+)
 
 from frontforce import metrics
 from frontforce.config import Settings
@@ -161,7 +170,9 @@ class FastLane(threading.Thread):
             log.info("fast lane started", group=self.group, topic=self.topic)
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - a dead lane would stall its partitions
-            self._stalled("fast lane failed", exc)
+            if not self.stopping.is_set():
+                self._stalled("fast lane failed", exc)
+            log.warning("fast lane stopped while failing", error=f"{type(exc).__name__}: {exc}")
         finally:
             try:
                 self._settle(0)
@@ -214,7 +225,24 @@ class FastLane(threading.Thread):
     # ------------------------------------------------------------------ rebalance
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self.seen[tp.partition] = self._restore(tp.partition)
+            self.seen[tp.partition] = self._restore_retrying(tp.partition)
+
+    def _restore_retrying(self, partition: int) -> SeenState:
+        """``_restore``, tried again while the registry or the broker does not answer, for up
+        to ``worker.max_stall_s`` like a batch; then the lane stops (exit 75) uncommitted."""
+        w = self.settings.worker
+
+        def again(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("dedupe state not restored yet; retrying", partition=partition,
+                        attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}")
+
+        retrying = Retrying(
+            retry=retry_if_exception_type((RetriableError, KafkaException)),
+            wait=wait_random_exponential(multiplier=0.2, max=w.retry_max_delay_s),
+            stop=stop_any(stop_after_delay(w.max_stall_s), stop_when_event_set(self.stopping)),
+            before_sleep=again, reraise=True)
+        return retrying(self._restore, partition)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Every batch handled so far is acknowledged (a batch is done before the next
@@ -252,13 +280,22 @@ class FastLane(threading.Thread):
             if start < 0 or high <= max(low, start):
                 return state
             probe.assign([TopicPartition(self.seen_topic, partition, max(low, start))])
-            position = start
+            position = max(low, start) - 1  # the last one read (none yet)
             while position < high - 1:
                 for m in probe.consume(1000, timeout=1.0):
                     if m.error():
                         continue
                     position = int(m.offset() or 0)
-                    for e in self.serde.decode(self.seen_topic, m.value())["events"]:
+                    try:
+                        events = self.serde.decode(self.seen_topic, m.value())["events"]
+                    except InvalidRecordError as exc:
+                        # Our own record, but unreadable for good: its ids are forgotten
+                        # (a repeat of them is then handled again, which the sinks' ledgers
+                        # absorb), rather than the lane stopped on every start.
+                        log.warning("dedupe record unreadable; skipped", partition=partition,
+                                    offset=position, error=str(exc))
+                        continue
+                    for e in events:
                         at = int(e["at"])
                         state.ids[str(e["event_id"])] = (f"{partition}@{e['offset']}", at)
                         state.newest = max(state.newest, at)

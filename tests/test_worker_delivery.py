@@ -109,6 +109,43 @@ def test_registry_outage_after_a_restart_is_retried_in_place_not_dead_lettered(r
     assert _dead_for(r, keys) == []
 
 
+def _log_has(r: Routed, text: str, after: int) -> bool:
+    path = r.stack.logs / "worker.log"
+    return path.exists() and text in path.read_text(errors="replace")[after:]
+
+
+def test_a_restart_while_the_registry_is_away_waits_to_restore_its_dedupe_state(routed: Routed) -> None:
+    """Guards: the fast lane restores its dedupe ids from a topic the registry decodes; with
+    the registry away at that moment the lane stopped the worker (exit 75) at once, instead
+    of waiting for the registry like any batch (seen once in CI as a worker dead 6 s after a
+    restart)."""
+    r = routed
+    path = r.stack.logs / "worker.log"
+    tag = uuid.uuid4().hex[:6]
+    r.proxy.mode = "refuse"
+    try:
+        r.stack.stop_process("worker")
+        start = len(path.read_text(errors="replace")) if path.exists() else 0
+        r.stack.spawn("worker", "worker")
+        # The module's first event left dedupe ids in the window: their partition's restore
+        # needs the registry, and must wait for it (a restore without ids would log
+        # "dedupe state restored" first).
+        deadline = time.monotonic() + 90
+        while not _log_has(r, "dedupe state not restored yet", start) and time.monotonic() < deadline:
+            assert r.worker_alive(), r.worker_log_tail()
+            time.sleep(0.5)
+        assert _log_has(r, "dedupe state not restored yet", start), r.worker_log_tail()
+        time.sleep(5)
+        assert r.worker_alive(), r.worker_log_tail()
+    finally:
+        r.proxy.mode = "pass"
+        if not r.worker_alive():
+            r.stack.spawn("worker", "worker")
+    assert r.p.emitter.deliver(event(KNOWN[1].email, tag)) == 200
+    assert len(r.p.tasks_for({f"msg_{tag}0"}, expect=1)) == 1
+    assert _log_has(r, "dedupe state restored", start), r.worker_log_tail()
+
+
 def test_a_worker_that_cannot_make_progress_stops_without_skipping(routed: Routed) -> None:
     """Guards: a transient failure that lasts must stop the worker (exit 75) with the event
     unacknowledged, so the worker that takes over processes it; never ack-and-skip."""
