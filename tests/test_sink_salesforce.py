@@ -1162,6 +1162,43 @@ def test_a_replayed_stage_move_does_not_undo_a_change_made_since(
     assert [a["outcome"] for a in by["stage-evt1"]] == ["UPDATED", "SKIPPED"]
 
 
+@pytest.mark.parametrize("twins", ["kept", "merged"])
+def test_two_updates_with_one_idempotency_key_in_one_flush_apply_the_first_only(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running],
+        twins: str) -> None:
+    """Two UpdateRecord commands under one idempotency key reach the sink in one flush (the
+    worker re-read a tag removal after a rebalance and emitted its revert again; or a
+    command re-delivered next to its original). The key is applied once: the first
+    command moves the stage, the second is audited SKIPPED. The ledger alone skips a key
+    applied in an earlier flush only; ``merged`` runs a sink without the in-flush check,
+    and the check must then see both applied, the second's stage winning."""
+    env = env_factory()
+    opp = env.seed({"Opportunity": [{"Name": "Deal", "StageName": "Prospecting",
+                                     "CloseDate": "2026-12-31"}]})["Opportunity"][0]
+    first = env.op_command("revert-1", "UpdateRecord", {
+        "sobject": "Opportunity", "record_id": opp, "fields": {"StageName": "Qualification"},
+        "only_if_blank": []})
+    second = env.op_command("revert-2", "UpdateRecord", {
+        "sobject": "Opportunity", "record_id": opp, "fields": {"StageName": "Proposal/Price Quote"},
+        "only_if_blank": []})
+    second["idempotency_key"] = first["idempotency_key"]
+    env.send_commands([first, second])  # both on the topic before the sink starts: one flush
+    sink = SalesforceSink(env.settings)
+    if twins == "merged":
+        sink._twin_waits = lambda it, firsts: False  # type: ignore[method-assign]
+    run = running(sink)
+    assert env.committed_all(timeout=30), repr(run.error)
+    by = _audit_by_command(env, {"revert-1", "revert-2"})
+    stage = env.rows("Opportunity")[opp]["StageName"]
+    if twins == "merged":
+        assert stage == "Proposal/Price Quote"
+        assert [a["outcome"] for a in by["revert-2"]] == ["UPDATED"]
+        return
+    assert stage == "Qualification"
+    assert [a["outcome"] for a in by["revert-1"]] == ["UPDATED"]
+    assert [a["outcome"] for a in by["revert-2"]] == ["SKIPPED"]
+
+
 def test_only_if_blank_fields_are_written_only_where_salesforce_has_no_value(
         env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
     """UpdateRecord.only_if_blank: the sink reads those fields first (one collections

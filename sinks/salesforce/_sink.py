@@ -447,6 +447,7 @@ class SalesforceSink:
         records: OrderedDict[tuple[str, str, str | None], OrderedDict[str, list[_Item]]] = OrderedDict()
         tasks: OrderedDict[str, OrderedDict[str, list[_Item]]] = OrderedDict()
         feed: list[_Item] = []
+        twins: dict[str, _Item] = {}
         for it in todo:
             if it.write is None:
                 waiting = self._waiting_parent(it, parents, in_round)
@@ -457,7 +458,8 @@ class SalesforceSink:
                     it.op["external_id"], []).append(it)
             elif it.write.kind == "feed":
                 feed.append(it)
-            elif it.op_name == "UpdateRecord" and self._applied_before(it):
+            elif it.op_name == "UpdateRecord" and (self._applied_before(it)
+                                                   or self._twin_waits(it, twins)):
                 continue
             else:
                 records.setdefault(it.write.group, OrderedDict()).setdefault(
@@ -1189,6 +1191,19 @@ class SalesforceSink:
         self.stats["skipped"] += 1
         self._audit(it, "SKIPPED", entry.result_id, None, 0.0)
         it.done = True
+        return True
+
+    @staticmethod
+    def _twin_waits(it: _Item, firsts: dict[str, _Item]) -> bool:
+        """An ``UpdateRecord`` whose idempotency key another one of this round carries (a
+        re-delivery next to its original, or a re-emitted command): it waits for the next
+        round, where the ledger shows the first one APPLIED and it is audited SKIPPED. Merged
+        into one write, the later one's fields would win and the key be applied twice."""
+        first = firsts.setdefault(it.ledger_key, it)
+        if first is it:
+            return False
+        it.again = True
+        it.last_error = f"waiting for command {first.command['command_id']} of the same key"
         return True
 
     def _produce_ledger(self, it: _Item, state: str, result_id: str | None) -> None:
