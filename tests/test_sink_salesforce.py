@@ -1199,6 +1199,48 @@ def test_two_updates_with_one_idempotency_key_in_one_flush_apply_the_first_only(
     assert [a["outcome"] for a in by["revert-2"]] == ["SKIPPED"]
 
 
+@pytest.mark.parametrize("ledger", ["kept", "broken"])
+def test_a_replayed_case_close_does_not_close_a_case_reopened_since(
+        env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running],
+        ledger: str) -> None:
+    """A conversation archived in Front closed its Case with a resolution note; a person then
+    reopened the Case in Salesforce. Replaying the command topic (or the worker handling the
+    archive again after a rebalance) must not close it again: the applied status is in the
+    ledger, the replay is audited SKIPPED with no call, and the note is not posted twice.
+    ``broken`` replays with a sink that ignores the ledger for the status, and the check must
+    then see the Case closed again."""
+    from frontforce.salesforce import connect
+
+    env = env_factory()
+    case = env.seed({"Case": [{"Subject": "Help", "Status": "New",
+                               "Front_Conversation_Id__c": "cnv_reopen"}]})["Case"][0]
+    env.send_commands([env.op_command("close-evt1", "CloseCase", {
+        "case_id": None, "front_conversation_id": "cnv_reopen", "status": "Closed",
+        "resolution_note": "Resolved in Front."})])
+    run = running(SalesforceSink(env.settings))
+    assert env.committed_all(timeout=30), repr(run.error)
+    assert env.rows("Case")[case]["Status"] == "Closed"
+    run.stop()
+    person = connect(env.settings.salesforce).client
+    person.headers.pop("Sforce-Call-Options", None)
+    person.restful(f"sobjects/Case/{case}", method="PATCH", json={"Status": "Working"})
+    sink = SalesforceSink(env.replay_settings())
+    if ledger == "broken":
+        sink._closed_before = lambda items: None  # type: ignore[method-assign]
+    run = running(sink)
+    assert env.committed_all(timeout=30), repr(run.error)
+    status = env.rows("Case")[case]["Status"]
+    if ledger == "broken":
+        assert status == "Closed"  # the check sees a replay that undoes a person's change
+        return
+    assert status == "Working"
+    notes = [f for f in env.rows("FeedItem").values() if f.get("ParentId") == case]
+    assert len(notes) == 1, notes
+    by = _audit_by_command(env, {"close-evt1"})
+    assert [a["outcome"] for a in by["close-evt1"]] == ["UPDATED", "SKIPPED"]
+    assert run.sink.stats["api_calls"] == START_CALLS, run.sink.stats  # no query, no write
+
+
 def test_only_if_blank_fields_are_written_only_where_salesforce_has_no_value(
         env_factory: Callable[..., Env], running: Callable[[SalesforceSink], Running]) -> None:
     """UpdateRecord.only_if_blank: the sink reads those fields first (one collections

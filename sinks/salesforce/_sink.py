@@ -147,7 +147,7 @@ class _Stopping(Exception):
 
 class _Item:
     __slots__ = ("rec", "command", "op_name", "op", "attempts", "done", "last_error", "write",
-                 "read_calls", "record_id", "calls", "again", "looked_up")
+                 "read_calls", "record_id", "calls", "again", "looked_up", "closed_before")
 
     def __init__(self, rec: Received, command: dict[str, Any]) -> None:
         self.rec = rec
@@ -165,11 +165,17 @@ class _Item:
         self.calls = 0.0  # its share of the writes made before its last step
         self.again = False  # to be written in the next round of this attempt
         self.looked_up = False  # its external id was looked up in this process (``_look_up``)
+        self.closed_before = False  # a CloseCase whose status the ledger shows applied
+
+    @property
+    def key(self) -> str:
+        return str(self.command["idempotency_key"] or self.command["command_id"])
 
     @property
     def ledger_key(self) -> str:
-        key = str(self.command["idempotency_key"] or self.command["command_id"])
-        return f"{key}:note" if self.op_name == "CloseCase" else key
+        """The key of what the ledger keeps for this command: an UpdateRecord's write, a
+        FeedItem; a CloseCase's note (its status: ``key``)."""
+        return f"{self.key}:note" if self.op_name == "CloseCase" else self.key
 
 
 @dataclass(frozen=True)
@@ -412,7 +418,8 @@ class SalesforceSink:
         while todo:
             for it in todo:
                 it.again = False
-            self._resolve(todo)
+            self._closed_before([i for i in todo if not i.done])
+            self._resolve([i for i in todo if not i.done])
             if self._look_first:
                 self._look_up([i for i in todo if not i.done and self.member.owns(i.rec)])
             self._read_blanks([i for i in todo if not i.done and self.member.owns(i.rec)])
@@ -986,14 +993,17 @@ class SalesforceSink:
                 continue
             for n, it in enumerate(groups[k]):
                 it.attempts += 1
+                if res.get("success") and it.op_name == "CloseCase":
+                    # Closed (or reopened): a replay must not set the status again over a
+                    # person's change since (the ledger, as for UpdateRecord).
+                    self._produce_ledger(it, APPLIED, res.get("id") or writes[k].key, key=it.key)
                 if res.get("success") and it.op_name == "CloseCase" and (
                         it.op.get("resolution_note") or "").strip():
                     # Closed; its resolution note goes on the Case next (the next round of
                     # this attempt), and the command is audited once both are done.
                     it.record_id = res.get("id") or writes[k].key
                     it.calls += share
-                    it.write = Write("feed", "FeedItem", None, it.record_id,
-                                     {"Body": it.op["resolution_note"].strip()[:FEED_BODY_MAX]})
+                    it.write = self._note_write(it)
                     it.again = True
                     continue
                 if res.get("success"):
@@ -1174,8 +1184,11 @@ class SalesforceSink:
 
     def _finish_feed(self, it: _Item, outcome: str, feed_id: str | None, share: float) -> None:
         if it.op_name == "CloseCase":
-            # The command's outcome is the Case's: closed (its note posted or found posted).
-            self._audit(it, "UPDATED", it.record_id, None, share + it.calls)
+            # The command's outcome is the Case's: closed (its note posted or found posted);
+            # a replay that found both done changed nothing.
+            done_before = it.closed_before and outcome == "SKIPPED"
+            self._audit(it, "SKIPPED" if done_before else "UPDATED", it.record_id, None,
+                        share + it.calls)
         else:
             self._audit(it, outcome, feed_id, None, share)
         it.done = True
@@ -1206,12 +1219,41 @@ class SalesforceSink:
         it.last_error = f"waiting for command {first.command['command_id']} of the same key"
         return True
 
-    def _produce_ledger(self, it: _Item, state: str, result_id: str | None) -> None:
+    def _closed_before(self, items: list[_Item]) -> None:
+        """A ``CloseCase`` whose status the ledger shows applied (a replay, a re-delivery,
+        the worker handling its archive again): the status is not written again, no query,
+        no call (a person may have reopened the Case since). Its resolution note still goes
+        through the note's own ledger entry (posted if a crash came between the two)."""
+        for it in items:
+            if it.op_name != "CloseCase" or it.record_id is not None or it.closed_before:
+                continue
+            entry = self.ledger.get(it.key)
+            if entry is None or entry.state != APPLIED:
+                continue
+            it.closed_before = True
+            it.record_id = entry.result_id
+            if (it.op.get("resolution_note") or "").strip() and it.record_id:
+                it.write = self._note_write(it)
+                continue
+            it.attempts += 1
+            self.stats["skipped"] += 1
+            self._audit(it, "SKIPPED", entry.result_id, None, 0.0)
+            it.done = True
+
+    @staticmethod
+    def _note_write(it: _Item) -> Write:
+        assert it.record_id is not None
+        return Write("feed", "FeedItem", None, it.record_id,
+                     {"Body": it.op["resolution_note"].strip()[:FEED_BODY_MAX]})
+
+    def _produce_ledger(self, it: _Item, state: str, result_id: str | None,
+                        key: str | None = None) -> None:
         assert it.write is not None
-        rec = Ledger.record(it.ledger_key, it.command["command_id"], it.op_name, state,
-                            it.write.key, result_id)
+        key = key or it.ledger_key
+        rec = Ledger.record(key, it.command["command_id"], it.op_name, state, it.write.key,
+                            result_id)
         self.ledger.observe(rec)
-        self.out.produce(self.topics.salesforce_ledger, it.ledger_key.encode(), rec)
+        self.out.produce(self.topics.salesforce_ledger, key.encode(), rec)
 
     def _fail(self, item: _Item, reason: str, share: float) -> None:
         self._dead_letter(item.rec, "sink.salesforce", InvalidRecordError(reason),
