@@ -145,6 +145,14 @@ FRONT_CONTACT = "FrontContact"
 # events a replay could read again (Kafka's default retention is 7 days).
 TOMBSTONE_MS = 30 * 24 * 3600 * 1000
 
+
+def removal_undoes(removed_at: int, added_at: int) -> bool:
+    """Whether a stage tag's removal at ``removed_at`` (Front's time) undoes the add held,
+    made at ``added_at``: not when it is older, i.e. an earlier removal read again (a replay,
+    a rebalance) after the tag was added anew. It would revert the new add's move, and the
+    tag's real removal later would find it removed already and revert nothing."""
+    return removed_at >= added_at
+
 # EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
 EXIT_STALLED = 75
 
@@ -473,6 +481,10 @@ def create_app(settings: Settings) -> faust.App:
 
     async def handle_once(stage: str, event: EventT, logical_topic: str, body: Body,
                           out: Outbox) -> None:
+        # A try again after a transient failure starts empty: a send that failed in the
+        # last try would fail every ``delivered()`` after it (and its records are sent again).
+        out.futures.clear()
+        out.then.clear()
         try:
             value = serde.decode(logical_topic, event.value)
         except InvalidRecordError as exc:
@@ -622,18 +634,43 @@ def create_app(settings: Settings) -> faust.App:
             async with record_locks.hold(change["record_id"]):
                 held = records.get(change["record_id"])
                 state, entries = record_update(held, change, region, free_mail)
+                if state is not held and takes_back(held, state, entries):
+                    # What this change takes back (keys it drops, the Account it leaves) is
+                    # known only against the state held before it: sent and stored first,
+                    # so handling it again (a failed send, a crash before the table's
+                    # changelog) still finds that state and sends the retractions again.
+                    await route_change(change, held, state, entries, out)
+                    await out.delivered()
+                    records[change["record_id"]] = state
+                    out.changelog(records)
+                    return
                 if state is not held:
                     records[change["record_id"]] = state
                     out.changelog(records)
-            for key, entry in entries:
-                await out.send(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
-            if change["sobject"] == "Case":
-                await case_changed(change, out)
-            if w.salesforce_context and change["sobject"] in ("Account", "Opportunity", "Contact") and (
-                    state is not held or change["sobject"] == "Account"):
-                await to_accounts(change, held, state, out)
+            await route_change(change, held, state, entries, out)
 
         await consume("route-changes", stream, topics.salesforce_changes, body)
+
+    def takes_back(held: dict[str, Any] | None, state: dict[str, Any] | None,
+                   entries: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Whether a change retracts match keys or moves its record to another Account
+        (rare: most changes only add or refresh keys, and handling those again sends the
+        same entries again)."""
+        if any(entry.get("deleted") for _, entry in entries):
+            return True
+        old_account = (held or {}).get("entry", {}).get("account_id")
+        return old_account is not None and old_account != (state or {}).get("entry", {}).get("account_id")
+
+    async def route_change(change: dict[str, Any], held: dict[str, Any] | None,
+                           state: dict[str, Any] | None, entries: list[tuple[str, dict[str, Any]]],
+                           out: Outbox) -> None:
+        for key, entry in entries:
+            await out.send(match_keys, key.encode(), serde.encode(internal["match_keys"], entry))
+        if change["sobject"] == "Case":
+            await case_changed(change, out)
+        if w.salesforce_context and change["sobject"] in ("Account", "Opportunity", "Contact") and (
+                state is not held or change["sobject"] == "Account"):
+            await to_accounts(change, held, state, out)
 
     async def owner_changed(user: dict[str, Any], out: Outbox) -> None:
         """A User's name or state changed (or arrived after their Accounts): the context of
@@ -1014,6 +1051,10 @@ def create_app(settings: Settings) -> faust.App:
         else:
             if on is None or removed_at is not None:
                 return  # the tag moved nothing (or its removal was handled already)
+            if not removal_undoes(at, on["at"]):
+                await emit_audit(out, event, fe, "SKIPPED", f"removal of tag {tag!r} is older than "
+                                 f"its add at {on['at']} (a replay): Opportunity {on['opportunity_id']} stays")
+                return
             stages[key] = {**on, "removed_at": max(at, on["at"])}
             cmd = None
             if rule.on_untag == "revert" and on["previous_stage"]:
@@ -1279,8 +1320,9 @@ def create_app(settings: Settings) -> faust.App:
             crd = _key(event)
             held = front_contacts.get(crd)
             if held is not None and held["record_id"] != note["record_id"] and (
-                    rank.get(held["kind"], 9) < rank.get(note["kind"], 9)):
-                return
+                    (rank.get(held["kind"], 9), -int(held["at"]))
+                    < (rank.get(note["kind"], 9), -int(note["at"]))):
+                return  # the held record outranks it, or is as good and newer (a replay)
             if held != note:
                 if (w.salesforce_context and note["kind"] == "Contact" and note.get("account_id")
                         and (held is None or held["record_id"] != note["record_id"])):
@@ -1309,6 +1351,14 @@ def create_app(settings: Settings) -> faust.App:
                         if front_contact_of(fe, k) == crd), None)
             if key is None:
                 await emit_audit(out, event, fe, "SKIPPED", f"no handle of Front contact {crd}")
+                return
+            direct, direct_why = find_record(key)
+            if direct is not None:
+                # The handle matches a record by itself now: this message read again after
+                # its handle was added (a replay, a rebalance), or a record made meanwhile.
+                # It lands there, and the handle is not added to another record (the Front
+                # contact's note may name a different one by now).
+                await land(event, fe, key, direct, direct_why, out)
                 return
             held = front_contacts.get(crd)
             # The record the noted handle matches now (the same, or the one it moved to).
