@@ -7,7 +7,7 @@ result at any timing, and this one only makes a rare timing certain.
 
 With ``FRONTFORCE_TEST_NO_KEY_LOCK=1`` the two agents also stop taking turns on a key
 (streams/_locks.py): the variant that must lose the change, which keeps
-test_pipeline's context race test from proving nothing.
+test_replayed_records' context race test from proving nothing.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 a removed stage tag's entry was kept (streams/_app.py ``TOMBSTONE_MS``): every removed
 entry is dropped at once. The variant that must emit a second, different command under a
 removal's idempotency key when the add and the removal are read again, which keeps
-test_pipeline's replayed-tag test from proving nothing."""
+test_replayed_records' replayed-tag test from proving nothing."""
 
 from __future__ import annotations
 
