@@ -380,12 +380,7 @@ def test_a_known_persons_new_phone_lands_on_their_contact_and_is_added_to_it_onc
     new, other = "+14155550" + str(100 + int(tag[:2], 16)), "+14155551" + str(100 + int(tag[:2], 16))
 
     def message(handle: str, i: int) -> dict[str, Any]:
-        ev = event(handle, tag, i)
-        ev["target"]["data"]["recipients"][0]["_links"]["related"]["contact"] = link
-        if handle.startswith("+"):
-            ev["target"]["data"]["type"] = "sms"
-            ev["target"]["data"]["recipients"][1]["handle"] = "+14155550000"
-        return ev
+        return front_contact_message(handle, tag, i, link)
 
     assert pipeline.emitter.deliver(message(email, 0)) == 200
     assert [t["WhoId"] for t in pipeline.tasks_for({f"msg_{tag}0"}, expect=1)] == [dana]
@@ -440,6 +435,17 @@ def test_a_known_persons_new_phone_lands_on_their_contact_and_is_added_to_it_onc
     pipeline.settle()
     assert [c["operation"]["fields"] for c in pipeline.topic("commands.salesforce")
             if c["operation"].get("record_id") == dana] == [{"Phone": new}]
+
+
+def front_contact_message(handle: str, tag: str, i: int, link: str) -> dict[str, Any]:
+    """An inbound message from ``handle`` that Front links to the Front contact ``link``;
+    an SMS when the handle is a phone number."""
+    ev = event(handle, tag, i)
+    ev["target"]["data"]["recipients"][0]["_links"]["related"]["contact"] = link
+    if handle.startswith("+"):
+        ev["target"]["data"]["type"] = "sms"
+        ev["target"]["data"]["recipients"][1]["handle"] = "+14155550000"
+    return ev
 
 
 def status_event(kind: str, conversation: str, event_id: str, at: float) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from frontforce.localstack import LocalStack
 from tests.test_pipeline import (
     Pipeline,
     account_at_qualification,
-    event,
+    front_contact_message,
     opportunity_stage,
     run_worker_variant,
     running_pipeline,
@@ -61,12 +61,7 @@ def test_a_new_handles_message_read_again_lands_where_the_handle_went_not_on_a_n
     number = "+14155552" + str(100 + int(tag[:2], 16))
 
     def message(handle: str, i: int) -> dict[str, Any]:
-        ev = event(handle, tag, i)
-        ev["target"]["data"]["recipients"][0]["_links"]["related"]["contact"] = link
-        if handle.startswith("+"):
-            ev["target"]["data"]["type"] = "sms"
-            ev["target"]["data"]["recipients"][1]["handle"] = "+14155550000"
-        return ev
+        return front_contact_message(handle, tag, i, link)
 
     def row(sobject: str, rid: str) -> dict[str, Any]:
         rows = pipeline.admin.get(f"/__admin/records/{sobject}").json()["records"]
