@@ -418,7 +418,7 @@ class SalesforceSink:
         while todo:
             for it in todo:
                 it.again = False
-            self._closed_before([i for i in todo if not i.done])
+            self._closed_before(todo)
             self._resolve([i for i in todo if not i.done])
             if self._look_first:
                 self._look_up([i for i in todo if not i.done and self.member.owns(i.rec)])
