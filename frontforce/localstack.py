@@ -27,10 +27,70 @@ REPO = Path(__file__).resolve().parents[1]
 STACK_SH = REPO / "deploy" / "stack.sh"
 
 
-def free_port() -> int:
+# Ports for the local stack's listeners come from below the kernel's range for outgoing
+# connections (Linux: 32768-60999). A port the kernel picked for ``bind(0)`` lies in that
+# range, so between the pick and the listener's own bind (seconds, for a JVM) any client
+# connection could take it: the test suite's stacks saw a listener fail to bind this way.
+# Processes running side by side (pytest-xdist workers, ``frontforce up`` from a test)
+# claim a port with a file made with O_EXCL, so two of them never hand out the same one.
+_PORT_RANGE = (20000, 32000)
+_CLAIM_TTL_S = 900.0
+_CLAIMS = Path(os.environ.get("TMPDIR", "/tmp")) / "frontforce-ports"
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _claim(port: int) -> bool:
+    path = _CLAIMS / str(port)
+    for _ in range(2):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return True
+        except FileExistsError:
+            try:
+                if time.time() - path.stat().st_mtime < _CLAIM_TTL_S:
+                    return False
+                path.unlink()  # an old claim: its stack is long gone or bound by now
+            except FileNotFoundError:
+                pass
+        except OSError:
+            return True  # no claim directory to write to: the bind check alone decides
+    return False
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, nor will be handed out again here
+    or in another process for a while; outside the range of outgoing connections."""
+    low, high = _PORT_RANGE
+    high = min(high, _ephemeral_low())
+    if high - low < 1000:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    try:
+        _CLAIMS.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    rng = secrets.SystemRandom()
+    for _ in range(4 * (high - low)):
+        port = rng.randrange(low, high)
+        if _bindable(port) and _claim(port) and _bindable(port):
+            return port
+    raise RuntimeError(f"no free port left between {low} and {high}")
 
 
 @dataclass
