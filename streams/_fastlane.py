@@ -75,7 +75,9 @@ class SeenState:
     __slots__ = ("ids", "newest")
 
     def __init__(self) -> None:
-        self.ids: dict[str, tuple[str, int]] = {}
+        # event id -> (where it was first seen, its time, whether the dedupe log holds it
+        # already: restored from it, so handling that very record again logs nothing new)
+        self.ids: dict[str, tuple[str, int, bool]] = {}
         self.newest = 0
 
     def sweep(self, window_ms: int) -> None:
@@ -268,9 +270,10 @@ class FastLane(threading.Thread):
         """The partition's dedupe state from its compacted topic (the window and the one
         before it, by record time)."""
         state = SeenState()
+        t0, records = time.monotonic(), 0
         probe = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
                           "group.id": f"{self.group}-restore", "enable.auto.commit": False,
-                          "isolation.level": "read_committed"})
+                          "isolation.level": "read_committed", "enable.partition.eof": True})
         try:
             tp = TopicPartition(self.seen_topic, partition)
             low, high = probe.get_watermark_offsets(tp, timeout=10)
@@ -281,13 +284,19 @@ class FastLane(threading.Thread):
                 return state
             probe.assign([TopicPartition(self.seen_topic, partition, max(low, start))])
             position = max(low, start) - 1  # the last one read (none yet)
-            while position < high - 1:
-                for m in probe.consume(1000, timeout=1.0):
-                    if m.error():
+            at_end = False
+            while position < high - 1 and not at_end:
+                # No more than the offsets left: consume(n) waits its whole timeout for n
+                # records (a second per partition restored, each start of the worker).
+                for m in probe.consume(min(1000, high - 1 - position), timeout=1.0):
+                    err = m.error()
+                    if err is not None:
+                        at_end = at_end or err.code() == KafkaError._PARTITION_EOF
                         continue
                     position = int(m.offset() or 0)
+                    records += 1
                     try:
-                        events = self.serde.decode(self.seen_topic, m.value())["events"]
+                        events = self.serde.decode(self.seen_topic, m.value(), plain=True)["events"]
                     except InvalidRecordError as exc:
                         # Our own record, but unreadable for good: its ids are forgotten
                         # (a repeat of them is then handled again, which the sinks' ledgers
@@ -295,11 +304,15 @@ class FastLane(threading.Thread):
                         log.warning("dedupe record unreadable; skipped", partition=partition,
                                     offset=position, error=str(exc))
                         continue
+                    ids, newest = state.ids, state.newest
                     for e in events:
-                        at = int(e["at"])
-                        state.ids[str(e["event_id"])] = (f"{partition}@{e['offset']}", at)
-                        state.newest = max(state.newest, at)
-            log.info("dedupe state restored", partition=partition, ids=len(state.ids))
+                        at = e["at"]
+                        ids[e["event_id"]] = (f"{partition}@{e['offset']}", at, True)
+                        if at > newest:
+                            newest = at
+                    state.newest = newest
+            log.info("dedupe state restored", partition=partition, ids=len(state.ids),
+                     records=records, seconds=round(time.monotonic() - t0, 3))
             return state
         finally:
             probe.close()
@@ -325,10 +338,12 @@ class FastLane(threading.Thread):
         items: list[Item] = []
         if held is not None and held[0] != here and at - held[1] <= self.window_ms:
             first = {"value": held[0], "at": held[1], "event_id": eid}
-        else:
+        elif held is None or held[0] != here or not held[2]:
             # New, or this very record again (a batch handled again, a replay after a kill):
-            # logged again too, in case the first log record was not stored.
-            state.ids[eid] = (here, at)
+            # logged again too, in case the first log record was not stored. This very
+            # record again with its id restored from the log (a replay, a restart) is there
+            # already.
+            state.ids[eid] = (here, at, False)
             state.newest = max(state.newest, at)
             self.fresh.setdefault(p, []).append({"event_id": eid, "offset": offset, "at": at})
         try:

@@ -26,7 +26,7 @@ from frontforce.demo import read_topic
 from frontforce.localstack import LocalStack
 from streams._app import EXIT_STALLED
 from tests.faultproxy import FaultProxy
-from tests.test_pipeline import KNOWN, Pipeline, event, running_pipeline
+from tests.test_pipeline import KNOWN, Pipeline, event, run_worker_variant, running_pipeline
 
 
 @dataclasses.dataclass
@@ -363,3 +363,37 @@ def test_a_record_fausts_consumer_skips_is_read_again_not_committed_away(
         monkeypatch.delenv("FRONTFORCE_TEST_SKIP_TOPIC")
         monkeypatch.delenv("FRONTFORCE_TEST_SKIP_COUNT")
         r.restart_worker()
+
+
+@pytest.mark.parametrize("lane", ["restoring", "amnesiac"])
+def test_a_webhook_redelivered_after_a_worker_restart_is_still_a_repeat(routed: Routed, lane: str) -> None:
+    """Guards the loop guard's dedupe across a restart: the fast lane restores the event ids
+    of its window from its dedupe log, so Front's redelivery of an event the worker handled
+    before it restarted is audited as a repeat, not matched and sent to the sink again.
+    ``amnesiac`` runs tests/amnesiac_lane.py, which restores nothing, and must audit the
+    redelivery MATCHED."""
+    r = routed
+    tag = uuid.uuid4().hex[:6]
+    ev = event(KNOWN[2].email, tag)
+    assert r.p.emitter.deliver(ev) == 200
+    assert len(r.p.tasks_for({f"msg_{tag}0"}, expect=1)) == 1
+    r.p.settle()
+    if lane == "amnesiac":
+        run_worker_variant(r.p, "tests.amnesiac_lane")
+    else:
+        r.restart_worker()
+    try:
+        assert r.p.emitter.deliver(ev) == 200
+        r.p.settle()
+    finally:
+        if lane == "amnesiac":
+            r.restart_worker()
+    audits = [a for a in r.topic("audit")
+              if a["correlation_id"] == ev["id"] and a["target"] in ("salesforce", "streams")]
+    outcomes = sorted((a["target"], a["outcome"]) for a in audits)
+    if lane == "amnesiac":
+        assert ("streams", "MATCHED") in outcomes and ("streams", "SKIPPED") not in outcomes, outcomes
+        return
+    assert outcomes == [("salesforce", "CREATED"), ("streams", "MATCHED"), ("streams", "SKIPPED")], audits
+    assert "repeat of event" in next(a["error"] for a in audits if a["outcome"] == "SKIPPED")
+    assert len(_tasks(r, {f"msg_{tag}0"})) == 1
