@@ -59,7 +59,49 @@ _CAVRO_COMMANDS = _CAVRO_PLAIN.replace(union_decodes_to=cavro.UnionDecodeOption.
 # fastavro, which decides.
 # Only for topics whose schema's unions are all [null, X] and whose timestamps arrive as
 # numbers: elsewhere the two differ on dates and on dicts in unions.
-_CAVRO_ENCODE = frozenset({"front.events", "audit"})
+_CAVRO_ENCODE = frozenset({"front.events", "audit", "seen"})
+# The commands too (the stream worker writes one per routed event: 10 % of its time in
+# fastavro's writer during a replay, py-spy), whose one union of records, ``operation``, the
+# worker always writes in fastavro's tuple notation ``(full name, value)``: cavro takes that
+# notation too and writes the named branch. A record whose such union is not a tuple (a
+# plain dict, which each library may match to a different branch) goes to fastavro; so does
+# a date or a datetime where a timestamp is (the schema cavro gets has no logical types).
+_CAVRO_ENCODE_TUPLES = frozenset({"commands.salesforce", "commands.front"})
+_CAVRO_TUPLE_OPTIONS = cavro.DEFAULT_OPTIONS.replace(allow_tuple_notation=True)
+
+
+def _record_unions(schema: dict[str, Any]) -> tuple[str, ...] | None:
+    """The top-level fields of ``schema`` whose type is a union of several records (to be
+    given in tuple notation), or None when such a union sits deeper (not compiled)."""
+    def records_in(t: Any) -> int:
+        return sum(1 for x in t if isinstance(x, dict | str) and x not in _PRIMITIVES) if isinstance(t, list) else 0
+
+    def deeper(t: Any) -> bool:
+        if isinstance(t, list):
+            return records_in(t) > 1 or any(deeper(x) for x in t)
+        if isinstance(t, dict):
+            kind = t.get("type")
+            if kind == "record":
+                return any(deeper(f["type"]) for f in t["fields"])
+            if kind == "array":
+                return deeper(t["items"])
+            if kind == "map":
+                return deeper(t["values"])
+        return False
+
+    top = []
+    for f in schema["fields"]:
+        t = f["type"]
+        if records_in(t) > 1:
+            top.append(f["name"])
+            if any(deeper(x) for x in t):
+                return None
+        elif deeper(t):
+            return None
+    return tuple(top)
+
+
+_PRIMITIVES = ("null", "boolean", "int", "long", "float", "double", "bytes", "string")
 
 
 def registry_client(url: str) -> SchemaRegistryClient:
@@ -133,7 +175,9 @@ class Serde:
         # fastavro with schemas parsed once: confluent's (de)serializers re-expand the reader
         # schema and run the data-contract rule machinery on every record, which cost more
         # than the rest of the stream worker together. Same bytes, same values.
-        self._fast_enc: dict[str, tuple[bytes, Any, cavro.Schema | None]] = {}
+        # topic -> (wire header, fastavro's schema, cavro's or None, the fields that must be
+        # tuples for cavro to write the record)
+        self._fast_enc: dict[str, tuple[bytes, Any, cavro.Schema | None, tuple[str, ...]]] = {}
         self._fast_dec: dict[tuple[str, int], tuple[Any, Any, bool]] = {}
         self._fast_plain: dict[tuple[str, int], tuple[Any, Any, bool]] = {}
         self._compiled: dict[tuple[str, int], cavro.Schema] = {}
@@ -151,10 +195,11 @@ class Serde:
         refuses the schema (it never will fit: dead-letter what it came from)."""
         fast = self._fast_enc.get(topic)
         if fast is not None:
-            header, parsed, compiled = fast
+            header, parsed, compiled, tuples = fast
             if compiled is not None:
                 try:
-                    return header + compiled.binary_encode(record)
+                    if not tuples or all(type(record[f]) is tuple for f in tuples):
+                        return header + compiled.binary_encode(record)
                 except Exception:  # noqa: BLE001, S110 - fastavro, below, has the last word
                     pass
             out = io.BytesIO()
@@ -179,9 +224,13 @@ class Serde:
         assert data is not None
         logical = self.logical(topic)
         schema = json.loads(load_schema_str(logical))
-        compiled = (cavro.Schema(json.dumps(_no_logical_types(schema)), options=cavro.DEFAULT_OPTIONS)
-                    if logical in _CAVRO_ENCODE else None)
-        self._fast_enc[topic] = (bytes(data[:5]), parse_schema(schema), compiled)
+        plain = _no_logical_types(schema)
+        compiled, unions = None, _record_unions(plain)
+        if logical in _CAVRO_ENCODE and unions == ():
+            compiled = cavro.Schema(json.dumps(plain), options=cavro.DEFAULT_OPTIONS)
+        elif logical in _CAVRO_ENCODE_TUPLES and unions is not None:
+            compiled = cavro.Schema(json.dumps(plain), options=_CAVRO_TUPLE_OPTIONS)
+        self._fast_enc[topic] = (bytes(data[:5]), parse_schema(schema), compiled, unions or ())
         return bytes(data)
 
     def decode(self, topic: str, data: bytes | None, plain: bool = False) -> dict[str, Any]:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,13 @@ _WRITES: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
+@functools.lru_cache(maxsize=256)
+def _excluded_keys(kind: str, out_fields: frozenset[str]) -> tuple[str, ...]:
+    """The keys of a ``kind`` operation that write a field of ``out_fields`` (once per pair,
+    not per command: the stream worker's hot path)."""
+    return tuple(key for key, sf in _WRITES[kind][1].items() if sf in out_fields)
+
+
 def without_excluded(cmd: dict[str, Any], exclude: dict[str, frozenset[str]]) -> dict[str, Any] | None:
     """A Salesforce command with no value for a field ``privacy.exclude_fields`` names on the
     object it writes (a new dict), or None when nothing of it may be written (an update of
@@ -108,9 +116,8 @@ def without_excluded(cmd: dict[str, Any], exclude: dict[str, frozenset[str]]) ->
         return None if "Body" in exclude.get("FeedItem", frozenset()) else cmd
     if kind not in _WRITES:
         return cmd
-    sobject, by_key = _WRITES[kind]
-    out_fields = exclude.get(sobject, frozenset())
-    drop = [key for key, sf in by_key.items() if sf in out_fields and op.get(key) is not None]
+    out_fields = exclude.get(_WRITES[kind][0], frozenset())
+    drop = [key for key in _excluded_keys(kind, out_fields) if op.get(key) is not None]
     more = op.get("fields") or {}
     if not drop and not out_fields.intersection(more):
         return cmd

@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -174,10 +175,19 @@ def test_the_fast_path_writes_and_reads_what_the_registry_client_does(quick: Non
         serde.decode("audit", first[:6])
 
 
-def _datum(schema: object, rng: random.Random, names: dict[str, dict[str, object]], depth: int = 0) -> object:
-    """A random value of an Avro schema (parsed JSON, no logical types), edge cases included."""
+def _datum(schema: object, rng: random.Random, names: dict[str, dict[str, object]], depth: int = 0,
+           tuples: bool = False) -> object:
+    """A random value of an Avro schema (parsed JSON, no logical types), edge cases included.
+    ``tuples``: a union of several records takes its value in tuple notation (full name,
+    value), as the stream worker writes a command's operation."""
     if isinstance(schema, list):
-        return _datum(rng.choice(schema), rng, names, depth)
+        branch = rng.choice(schema)
+        named = [b for b in schema if isinstance(b, dict) and b.get("type") == "record"]
+        value = _datum(branch, rng, names, depth, tuples)
+        if tuples and len(named) > 1 and branch in named:
+            full = [k for k, v in names.items() if v is branch and "." in k]  # _named_types'
+            return (full[0] if full else str(branch["name"]), value)
+        return value
     if isinstance(schema, str):
         if schema in names:
             return _datum(names[schema], rng, names, depth)
@@ -190,15 +200,16 @@ def _datum(schema: object, rng: random.Random, names: dict[str, dict[str, object
         names[str(schema["name"])] = schema
         if "namespace" in schema:
             names[f"{schema['namespace']}.{schema['name']}"] = schema
-        return {f["name"]: _datum(f["type"], rng, names, depth + 1) for f in schema["fields"]}  # type: ignore[index, union-attr]
+        return {f["name"]: _datum(f["type"], rng, names, depth + 1, tuples)  # type: ignore[index]
+                for f in schema["fields"]}  # type: ignore[union-attr]
     if t == "enum":
         names[str(schema["name"])] = schema
         return rng.choice(schema["symbols"])  # type: ignore[arg-type]
     n = 0 if depth > 4 else rng.choice([0, 1, 3])
     if t == "array":
-        return [_datum(schema["items"], rng, names, depth + 1) for _ in range(n)]
+        return [_datum(schema["items"], rng, names, depth + 1, tuples) for _ in range(n)]
     if t == "map":
-        return {f"k{i}é": _datum(schema["values"], rng, names, depth + 1) for i in range(n)}
+        return {f"k{i}é": _datum(schema["values"], rng, names, depth + 1, tuples) for i in range(n)}
     text = rng.choice(["", "a", "Grüße 🎉 <b>x</b>", "x" * 300, "\x00\n\t"])
     return {"null": None, "boolean": rng.random() < 0.5, "string": text, "bytes": text.encode(),
             "int": rng.choice([0, -1, 2**31 - 1, -(2**31)]), "long": rng.choice([0, -1, 2**63 - 1, 1764000000000]),
@@ -261,11 +272,13 @@ def test_the_plain_decode_goes_through_the_compiled_decoder_after_the_first_reco
         serde.decode("audit", body[:8], plain=True)
 
 
-@pytest.mark.parametrize("logical", sorted(serialization._CAVRO_ENCODE))
+@pytest.mark.parametrize("logical", sorted(serialization._CAVRO_ENCODE | serialization._CAVRO_ENCODE_TUPLES))
 def test_the_compiled_encoder_writes_exactly_what_fastavro_writes(quick: None, logical: str) -> None:
-    """The receiver encodes a Front event with cavro, every process its audit records. For
-    1,000 random records of the schema (edge values included) and for records fastavro takes
-    and cavro may not (a float or a bool for a long, an int for a boolean or a double),
+    """The receiver encodes a Front event with cavro, every process its audit records, the
+    stream worker its commands and its dedupe log. For 1,000 random records of the schema
+    (edge values included; a command's operation in tuple notation, as the worker writes it)
+    and for records fastavro takes and cavro may not (a float or a bool for a long, an int for
+    a boolean or a double, a date for a timestamp, an operation as a plain dict),
     ``Serde.encode`` gives fastavro's bytes, and a record neither can write is still poison."""
     from fastavro import parse_schema, schemaless_writer
 
@@ -275,42 +288,64 @@ def test_the_compiled_encoder_writes_exactly_what_fastavro_writes(quick: None, l
     plain = serialization._no_logical_types(full)
     names = _named_types(plain)
     reg = FakeRegistry(registry_serving(schema_str))
-    serde = Serde(settings(reg.url))
+    s = settings(reg.url)
+    topic = {**s.worker_topics, **s.worker_table_topics}.get(logical, logical)
+    serde = Serde(s)
     rng = random.Random(f"cavro-encode-{logical}")
+    tuples = logical in serialization._CAVRO_ENCODE_TUPLES
 
     def fastavro_bytes(record: object) -> bytes:
         out = io.BytesIO()
         schemaless_writer(out, parsed, record)
         return WIRE + out.getvalue()
 
-    first = _datum(plain, rng, names)
-    assert serde.encode(logical, first) == fastavro_bytes(first)  # the registry's answer
-    assert serde._fast_enc[logical][2] is not None  # from now on, the compiled encoder
+    first = _datum(plain, rng, names, tuples=tuples)
+    assert serde.encode(topic, first) == fastavro_bytes(first)  # the registry's answer
+    compiled = serde._fast_enc[topic][2]
+    assert compiled is not None  # from now on, the compiled encoder
     for _ in range(1000):
-        record = _datum(plain, rng, names)
-        assert serde.encode(logical, record) == fastavro_bytes(record)
+        record = _datum(plain, rng, names, tuples=tuples)
+        assert serde.encode(topic, record) == fastavro_bytes(record)
+        compiled.binary_encode(record)  # which wrote it, not fastavro
 
     def base(t: object) -> object:
         return t.get("type") if isinstance(t, dict) else t
 
     longs = [f["name"] for f in plain["fields"] if base(f["type"]) == "long"]
     bools = [f["name"] for f in plain["fields"] if base(f["type"]) == "boolean"]
-    assert longs
-    for field, value in [(longs[0], 1.0), (longs[0], True)] + [(b, 1) for b in bools[:1]]:
+    odds = [(f, v) for f in longs[:1] for v in (1.0, True)] + [(b, 1) for b in bools[:1]]
+    for field, value in odds:
         odd = {**first, field: value}
         with pytest.raises(Exception):  # noqa: B017 - cavro refuses it (any error)
-            serde._fast_enc[logical][2].binary_encode(odd)
-        assert serde.encode(logical, odd) == fastavro_bytes(odd)
+            compiled.binary_encode(odd)
+        assert serde.encode(topic, odd) == fastavro_bytes(odd)
     maps = [f["name"] for f in plain["fields"]
             if isinstance(f["type"], dict) and f["type"].get("type") == "map" and f["type"]["values"] == "double"]
     for field in maps:  # an int where a double is: fastavro writes the double, and so must we
         odd = {**first, field: {"salesforce.rest": 1, "x": 0}}
-        assert serde.encode(logical, odd) == fastavro_bytes(odd)
-    with pytest.raises(InvalidRecordError, match="cannot encode"):
-        serde.encode(logical, {**first, longs[0]: "not a number"})
+        assert serde.encode(topic, odd) == fastavro_bytes(odd)
+    stamps = [f["name"] for f in full["fields"]
+              if isinstance(f["type"], dict) and f["type"].get("logicalType") == "timestamp-millis"]
+    for field in stamps:  # a datetime where a timestamp is: fastavro converts it
+        odd = {**first, field: datetime(2026, 12, 5, 6, 0, 0, 123000, tzinfo=UTC)}
+        assert serde.encode(topic, odd) == fastavro_bytes(odd)
+    if tuples:
+        # The union of records as a plain dict: each library might take another branch, so
+        # fastavro decides (here: the branch whose fields fit best).
+        union = serialization._record_unions(plain)
+        assert union
+        for _ in range(50):
+            record = _datum(plain, rng, names, tuples=True)
+            odd = {**record, union[0]: record[union[0]][1]}
+            assert serde.encode(topic, odd) == fastavro_bytes(odd)
+    if longs:
+        with pytest.raises(InvalidRecordError, match="cannot encode"):
+            serde.encode(topic, {**first, longs[0]: "not a number"})
     strings = [f["name"] for f in plain["fields"] if base(f["type"]) == "string"]
-    with pytest.raises(InvalidRecordError, match="cannot encode"):  # a lone surrogate: neither writes it
-        serde.encode(logical, {**first, strings[0]: "\ud800"})
+    odd = ({**first, strings[0]: "\ud800"} if strings else  # a lone surrogate: neither writes it
+           {**first, plain["fields"][0]["name"]: "not an array"})
+    with pytest.raises(InvalidRecordError, match="cannot encode"):
+        serde.encode(topic, odd)
 
 
 def _logical_datum(schema: object, rng: random.Random, names: dict[str, dict[str, object]],
