@@ -88,7 +88,7 @@ def free_port() -> int:
     rng = secrets.SystemRandom()
     for _ in range(4 * (high - low)):
         port = rng.randrange(low, high)
-        if _bindable(port) and _claim(port) and _bindable(port):
+        if _bindable(port) and _claim(port):
             return port
     raise RuntimeError(f"no free port left between {low} and {high}")
 

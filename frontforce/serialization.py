@@ -68,6 +68,7 @@ _CAVRO_ENCODE = frozenset({"front.events", "audit", "seen"})
 # a date or a datetime where a timestamp is (the schema cavro gets has no logical types).
 _CAVRO_ENCODE_TUPLES = frozenset({"commands.salesforce", "commands.front"})
 _CAVRO_TUPLE_OPTIONS = cavro.DEFAULT_OPTIONS.replace(allow_tuple_notation=True)
+_PRIMITIVES = ("null", "boolean", "int", "long", "float", "double", "bytes", "string")
 
 
 def _record_unions(schema: dict[str, Any]) -> tuple[str, ...] | None:
@@ -100,8 +101,6 @@ def _record_unions(schema: dict[str, Any]) -> tuple[str, ...] | None:
             return None
     return tuple(top)
 
-
-_PRIMITIVES = ("null", "boolean", "int", "long", "float", "double", "bytes", "string")
 
 
 def registry_client(url: str) -> SchemaRegistryClient:
