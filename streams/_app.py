@@ -45,7 +45,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import faust
@@ -153,6 +153,27 @@ def removal_undoes(removed_at: int, added_at: int) -> bool:
     tag's real removal later would find it removed already and revert nothing."""
     return removed_at >= added_at
 
+
+def takes_back(held: dict[str, Any] | None, state: dict[str, Any] | None,
+               entries: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether a Salesforce change retracts match keys or moves its record to another Account
+    (rare: most changes only add or refresh keys, and handling those again sends the same
+    entries again). Such a change is sent and acknowledged before the record-keys table
+    stores it: what it takes back is known only against the state held before it."""
+    if any(entry.get("deleted") for _, entry in entries):
+        return True
+    old_account = (held or {}).get("entry", {}).get("account_id")
+    return old_account is not None and old_account != (state or {}).get("entry", {}).get("account_id")
+
+
+def note_outranks(held: dict[str, Any], note: dict[str, Any], rank: Mapping[Any, int]) -> bool:
+    """Whether the record a Front contact's held note names keeps its place against ``note``
+    (both name different records): it outranks the note's by ``worker.match_priority``, or
+    ranks the same and was noted later. An older note read again (a replay, a rebalance)
+    never takes the Front contact back from a newer match of equal rank."""
+    return ((rank.get(held["kind"], 9), -int(held["at"]))
+            < (rank.get(note["kind"], 9), -int(note["at"])))
+
 # EX_TEMPFAIL: the worker stopped because an event kept failing transiently; restart it.
 EXIT_STALLED = 75
 
@@ -258,6 +279,12 @@ class Outbox:
     def __init__(self) -> None:
         self.futures: list[tuple[str, asyncio.Future[Any]]] = []
         self.then: list[Callable[[], None]] = []  # run once all of it is delivered
+
+    def fresh(self) -> None:
+        """Empty, for a try again after a transient failure: a send that failed in the last
+        try would fail every ``delivered()`` after it (its records are sent again anyway)."""
+        self.futures.clear()
+        self.then.clear()
 
     async def send(self, topic: TopicT, key: bytes | None, value: bytes) -> None:
         await self.send_to(topic.app.producer, topic.get_topic_name(), key, value)
@@ -481,10 +508,7 @@ def create_app(settings: Settings) -> faust.App:
 
     async def handle_once(stage: str, event: EventT, logical_topic: str, body: Body,
                           out: Outbox) -> None:
-        # A try again after a transient failure starts empty: a send that failed in the
-        # last try would fail every ``delivered()`` after it (and its records are sent again).
-        out.futures.clear()
-        out.then.clear()
+        out.fresh()
         try:
             value = serde.decode(logical_topic, event.value)
         except InvalidRecordError as exc:
@@ -650,16 +674,6 @@ def create_app(settings: Settings) -> faust.App:
             await route_change(change, held, state, entries, out)
 
         await consume("route-changes", stream, topics.salesforce_changes, body)
-
-    def takes_back(held: dict[str, Any] | None, state: dict[str, Any] | None,
-                   entries: list[tuple[str, dict[str, Any]]]) -> bool:
-        """Whether a change retracts match keys or moves its record to another Account
-        (rare: most changes only add or refresh keys, and handling those again sends the
-        same entries again)."""
-        if any(entry.get("deleted") for _, entry in entries):
-            return True
-        old_account = (held or {}).get("entry", {}).get("account_id")
-        return old_account is not None and old_account != (state or {}).get("entry", {}).get("account_id")
 
     async def route_change(change: dict[str, Any], held: dict[str, Any] | None,
                            state: dict[str, Any] | None, entries: list[tuple[str, dict[str, Any]]],
@@ -1319,9 +1333,7 @@ def create_app(settings: Settings) -> faust.App:
             worker.match_priority); among equals the newest note wins."""
             crd = _key(event)
             held = front_contacts.get(crd)
-            if held is not None and held["record_id"] != note["record_id"] and (
-                    (rank.get(held["kind"], 9), -int(held["at"]))
-                    < (rank.get(note["kind"], 9), -int(note["at"]))):
+            if held is not None and held["record_id"] != note["record_id"] and note_outranks(held, note, rank):
                 return  # the held record outranks it, or is as good and newer (a replay)
             if held != note:
                 if (w.salesforce_context and note["kind"] == "Contact" and note.get("account_id")

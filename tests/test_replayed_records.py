@@ -20,6 +20,7 @@ from frontforce.localstack import LocalStack
 from tests.test_pipeline import (
     Pipeline,
     account_at_qualification,
+    event,
     front_contact_message,
     opportunity_stage,
     run_worker_variant,
@@ -295,3 +296,128 @@ def test_an_old_tag_removal_read_again_after_a_new_add_leaves_the_next_removal_i
         if variant == "unordered":
             pipeline.stack.stop_process("worker")
             pipeline.stack.spawn("worker", "worker")
+
+
+@pytest.mark.parametrize("variant", ["newest", "rank-only"])
+def test_an_older_note_read_again_leaves_a_front_contact_on_its_newer_match(
+        pipeline: Pipeline, variant: str) -> None:
+    """Use case 2 under at-least-once delivery. One Front contact wrote from Contact A's email,
+    then from Contact B's: two records of equal rank, and the newer match wins (README).
+    Then the agent reads A's note again (a rebalance, a restart upstream). An SMS from a
+    number no record has, from that Front contact, must still land on B and add the number
+    to B. ``rank-only`` (tests/rank_only_notes_worker.py: equal ranks not ordered by time)
+    lets the old note take the Front contact back, and the number lands on A."""
+    from confluent_kafka import Producer
+
+    from frontforce.kafka import read_to_end
+
+    tag = uuid.uuid4().hex[:6]
+    first_email, second_email = f"max-{tag}@hooli.example", f"max.b-{tag}@hooli.example"
+    r = pipeline.admin.post("/__admin/seed", json={"records": {"Contact": [
+        {"LastName": "Max", "Email": first_email}, {"LastName": "Max", "Email": second_email}]}})
+    r.raise_for_status()
+    first, second = r.json()["ids"]["Contact"]
+    wait_changes(pipeline, {first, second})
+    link = f"https://acme.api.frontapp.com/contacts/crd_{tag}"
+    number = "+14155553" + str(100 + int(tag[:2], 16))
+    notes = pipeline.stack.settings().worker_topics["contact_notes"]
+
+    def message(handle: str, i: int) -> dict[str, Any]:
+        return front_contact_message(handle, tag, i, link)
+
+    def phone(rid: str) -> Any:
+        rows = pipeline.admin.get("/__admin/records/Contact").json()["records"]
+        return next(x for x in rows if x["Id"] == rid).get("Phone")
+
+    assert pipeline.emitter.deliver(message(first_email, 0)) == 200
+    assert [t["WhoId"] for t in pipeline.tasks_for({f"msg_{tag}0"}, expect=1)] == [first]
+    pipeline.settle()
+    assert pipeline.emitter.deliver(message(second_email, 1)) == 200
+    assert [t["WhoId"] for t in pipeline.tasks_for({f"msg_{tag}1"}, expect=1)] == [second]
+
+    def two() -> list[Any]:
+        got = [m for m in read_to_end(pipeline.stack.bootstrap, notes) if m.key() == f"crd_{tag}".encode()]
+        return got if len(got) == 2 else []
+
+    old_note = wait("both notes on the agent's topic", two, timeout=30)[0]
+    assert first.encode() in (old_note.value() or b"")
+    pipeline.settle()
+    if variant == "rank-only":
+        run_worker_variant(pipeline, "tests.rank_only_notes_worker")
+    try:
+        p = Producer({"bootstrap.servers": pipeline.stack.bootstrap})
+        p.produce(notes, key=old_note.key(), value=old_note.value(), partition=old_note.partition())
+        assert p.flush(10) == 0
+        pipeline.settle()
+        assert pipeline.emitter.deliver(message(number, 2)) == 200
+        [task] = pipeline.tasks_for({f"msg_{tag}2"}, expect=1)
+        if variant == "rank-only":
+            assert task["WhoId"] == first, "the variant kept the newer match: the check proves nothing"
+            return
+        assert task["WhoId"] == second
+        wait("the number on the newer match", lambda: phone(second) == number)
+        pipeline.settle()
+        time.sleep(3)  # the Salesforce sink's flush window, and then some
+        assert phone(first) in (None, "")
+    finally:
+        if variant == "rank-only":
+            pipeline.stack.stop_process("worker")
+            pipeline.stack.spawn("worker", "worker")
+
+
+@pytest.mark.parametrize("variant", ["resent", "stored-first", "stale-outbox"])
+def test_an_email_change_whose_retraction_the_broker_refused_still_takes_the_old_email_back(
+        pipeline: Pipeline, variant: str) -> None:
+    """Matching under a transient send failure. A Contact's email changes; the broker does
+    not acknowledge the record that takes the old email back (tests/failing_retraction_worker.py
+    refuses it once), so the change-routing agent handles the change again. The second try
+    must still send that retraction (the record-keys table stores the change only once it is
+    sent) and must not fail on the first try's refused send: a message from the old email is
+    then an unknown sender's (a Lead), one from the new email lands on the Contact.
+    ``stored-first`` stores the change before sending (the try again finds its own new state
+    and takes nothing back): the old email keeps matching the Contact. ``stale-outbox`` keeps
+    the refused send in the try again's outbox: the agent never gets past the change."""
+    from frontforce.lag import describe_lag, wait_settled
+    from frontforce.salesforce import connect
+
+    module = {"resent": "tests.failing_retraction_worker",
+              "stored-first": "tests.failing_retraction_stored_first_worker",
+              "stale-outbox": "tests.failing_retraction_stale_outbox_worker"}[variant]
+    tag = uuid.uuid4().hex[:6]
+    old, new = f"flaky-old-{tag}@initrode.example", f"flaky-new-{tag}@initrode.example"
+    run_worker_variant(pipeline, module)
+    try:
+        person = connect(pipeline.stack.settings().salesforce).client
+        person.headers.pop("Sforce-Call-Options", None)  # a person's edit, not one of ours
+        made = person.restful("sobjects/Contact", method="POST", json={"LastName": "Moved", "Email": old})
+        assert made is not None
+        contact = made["id"]
+        wait_changes(pipeline, {contact})
+
+        def logged(i: int, sender: str) -> str:
+            assert pipeline.emitter.deliver(event(sender, tag, i)) == 200
+            [task] = pipeline.tasks_for({f"msg_{tag}{i}"}, expect=1)
+            return str(task["WhoId"])
+
+        assert logged(0, old) == contact
+        person.restful(f"sobjects/Contact/{contact}", method="PATCH", json={"Email": new})
+        wait("the update's change event", lambda: [
+            c for c in pipeline.topic("salesforce.changes")
+            if c["record_id"] == contact and c["change_type"] == "UPDATE"])
+        log = pipeline.stack.logs / "worker.log"
+        wait("the refused retraction", lambda: f"refused email:{old}" in log.read_text(errors="replace"))
+        groups = pipeline.stack.worker_groups
+        if variant == "stale-outbox":
+            assert not wait_settled(pipeline.stack.bootstrap, groups, timeout_s=25), \
+                "the variant got past the change: the check proves nothing"
+            return
+        assert wait_settled(pipeline.stack.bootstrap, groups, timeout_s=90), \
+            describe_lag(pipeline.stack.bootstrap, groups)
+        assert logged(1, new) == contact
+        if variant == "stored-first":
+            assert logged(2, old) == contact, "the variant took the old email back: the check proves nothing"
+            return
+        assert logged(2, old).startswith("00Q")  # the old address: an unknown sender's Lead
+    finally:
+        pipeline.stack.stop_process("worker")
+        pipeline.stack.spawn("worker", "worker")
