@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -80,9 +80,37 @@ def luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+_DIGITS = re.compile(r"\d+")
+
+
+def mask_cards(span: str, token: Callable[[str], str]) -> str:
+    """A match of ``CARD_NUMBER`` with every card number in it replaced by ``token(it)``:
+    the longest run of whole digit groups (13-19 digits) that passes the Luhn check, from the
+    first group on. The pattern is greedy: a card number followed by its expiry or code
+    ("4111 1111 1111 1111 12/27", "4111111111111111 123") matches with those digits, and
+    the whole fails the check while the card number in it does not."""
+    groups = [(g.start(), g.end()) for g in _DIGITS.finditer(span)]
+    out: list[str] = []
+    pos = i = 0
+    while i < len(groups):
+        for j in range(len(groups) - 1, i - 1, -1):  # the longest first
+            digits = "".join(span[a:b] for a, b in groups[i:j + 1])
+            if 13 <= len(digits) <= 19 and luhn(digits):
+                start, end = groups[i][0], groups[j][1]
+                out.append(span[pos:start])
+                out.append(token(span[start:end]))
+                pos, i = end, j + 1
+                break
+        else:
+            i += 1
+    if not out:
+        return span
+    out.append(span[pos:])
+    return "".join(out)
+
+
 def _card(m: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", m.group(0))
-    return _mask_with if 13 <= len(digits) <= 19 and luhn(digits) else m.group(0)
+    return mask_cards(m.group(0), lambda _: _mask_with)
 
 
 def mask_text(text: str) -> str:

@@ -63,6 +63,7 @@ from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
 from frontforce.kafka import consumer_config, ensure_topics
 from frontforce.logs import bind_correlation
+from frontforce.masking import masker
 from frontforce.salesforce import is_our_change
 from frontforce.serialization import Serde
 from streams._context import account_command, apply_change, contact_command, contact_emails, digest, render
@@ -84,7 +85,7 @@ from streams._matching import (
     web_domain,
 )
 from streams._offsets import OffsetGuard
-from streams._privacy import context_fields_shown, excluded, masked, masker, without_excluded
+from streams._privacy import context_fields_shown, excluded, masked, without_excluded
 from streams._rules import (
     CASE_LINK_FIELD,
     _ms,

@@ -50,7 +50,9 @@ from tenacity import (
 from frontforce import metrics
 from frontforce.config import Settings
 from frontforce.errors import InvalidRecordError, RetriableError
+from frontforce.masking import masked_bytes, masker
 from frontforce.serialization import Serde
+from streams._privacy import masked
 
 log = structlog.get_logger("streams.fastlane")
 
@@ -122,6 +124,9 @@ class FastLane(threading.Thread):
         self.window_ms = int(w.dedupe_window_s * 1000)
         self.group = settings.fast_lane_group
         self.seen: dict[int, SeenState] = {}
+        # A dead letter of a Front event carries it masked, as every topic after front.events.
+        self.mask = masker(settings.privacy)
+        self.mask_in_place = masker(settings.privacy, keep_length=True)
         # Ids first seen in the batch being handled, per partition: one dedupe log record each.
         self.fresh: dict[int, list[dict[str, Any]]] = {}
         self.batches = 0
@@ -357,15 +362,28 @@ class FastLane(threading.Thread):
         return items
 
     def _dead_letter(self, m: Message, stage: str, exc: BaseException) -> Item:
+        error = self.mask(str(exc)[:4000]) or ""
         metrics.DEAD_LETTERS.labels(stage).inc()
-        log.warning("dead-lettered", stage=stage, error=str(exc),
+        log.warning("dead-lettered", stage=stage, error=error,
                     at=f"{m.topic()}[{m.partition()}]@{m.offset()}")
         topics = self.settings.topics
         return (topics.deadletter, m.key(), self.serde.encode(topics.deadletter, {
             "original_topic": m.topic(), "original_partition": m.partition(),
-            "original_offset": m.offset(), "original_key": m.key(), "original_value": m.value(),
-            "stage": stage, "error_class": type(exc).__name__, "error_message": str(exc)[:4000],
+            "original_offset": m.offset(), "original_key": m.key(),
+            "original_value": self._masked_value(m.value() or b""),
+            "stage": stage, "error_class": type(exc).__name__, "error_message": error,
             "attempts": 1, "at": int(time.time() * 1000)}))
+
+    def _masked_value(self, raw: bytes) -> bytes:
+        """A front.events record as its dead letter keeps it: decoded, masked and encoded
+        again (re-driven, it is an ordinary event, masked as the worker would mask it); a
+        record that does not decode, masked in place (same bytes, same lengths, each masked
+        character a ``*``)."""
+        try:
+            fe = self.serde.decode(self.topic, raw, plain=True)
+            return self.serde.encode(self.topic, masked(fe, self.mask))
+        except Exception:  # noqa: BLE001 - undecodable, or the registry away: in place
+            return masked_bytes(raw, self.mask_in_place)
 
     def _seen_items(self) -> list[Item]:
         """The batch's new ids, one record per partition (to the same partition number)."""

@@ -9,39 +9,18 @@
   with ``privacy.mask_with`` in the message text, the message subject and the conversation
   subject, before the event is re-keyed, matched, turned into commands or audited: what is
   masked never reaches a topic after ``front.events`` nor Salesforce.
+- A dead letter of a Front event (the worker's fast lane, the Events API backfill) carries it
+  masked the same way, and its error message too: the dead-letter topic is after
+  ``front.events`` as well.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from typing import Any
 
 from frontforce.config import PrivacyConfig
-from frontforce.logs import CARD_NUMBER, US_SSN, luhn
-
-
-def masker(cfg: PrivacyConfig) -> Callable[[str | None], str | None]:
-    custom = [re.compile(p) for p in cfg.mask_patterns]
-    token = cfg.mask_with
-
-    def card(m: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", m.group(0))
-        return token if 13 <= len(digits) <= 19 and luhn(digits) else m.group(0)
-
-    def mask(text: str | None) -> str | None:
-        if not text:
-            return text
-        if "card_numbers" in cfg.mask_builtin:
-            text = CARD_NUMBER.sub(card, text)
-        if "us_ssn" in cfg.mask_builtin:
-            text = US_SSN.sub(token, text)
-        for pattern in custom:
-            text = pattern.sub(token, text)
-        return text
-
-    return mask
 
 
 def excluded(cfg: PrivacyConfig, event: dict[str, Any]) -> str | None:

@@ -8,7 +8,8 @@ import pytest
 
 from frontforce.config import PrivacyConfig
 from frontforce.errors import ConfigError
-from streams._privacy import context_fields_shown, excluded, masked, masker, without_excluded
+from frontforce.masking import masker
+from streams._privacy import context_fields_shown, excluded, masked, without_excluded
 
 
 def test_card_numbers_ssns_and_custom_patterns_are_masked_and_nothing_else() -> None:
@@ -24,6 +25,30 @@ def test_card_numbers_ssns_and_custom_patterns_are_masked_and_nothing_else() -> 
     assert out["conversation_subject"] == "Refund to [masked]"
     assert out["message"] == {"text": "ssn [masked] please", "subject": "hi"}
     assert event["message"]["text"] == "ssn 078-05-1120 please"  # the input is not changed
+
+
+def test_a_card_number_followed_by_its_expiry_or_code_is_masked_and_they_stay() -> None:
+    """Customers write the expiry and the code after the number. The card pattern takes the
+    digit groups after it too (greedy), and that whole does not pass the Luhn check: the
+    card number in it, whole digit groups from the first on, is masked; the rest stays.
+    The same rule masks log lines (frontforce/logs.py)."""
+    from frontforce.logs import mask_text
+
+    mask = masker(PrivacyConfig())  # type: ignore[call-arg]
+    in_place = masker(PrivacyConfig(), keep_length=True)  # type: ignore[call-arg]
+    cases = {
+        "card 4111 1111 1111 1111 12/27": "card [masked] 12/27",
+        "4111111111111111 123 please": "[masked] 123 please",
+        "call 5555-5555-5555-4444 2 times": "call [masked] 2 times",
+        "exp 12/27 4111 1111 1111 1111": "exp 12/27 [masked]",
+        "two: 4111 1111 1111 1111 5555 5555 5555 4444": "two: [masked] [masked]",
+        "not one: 4111 1111 1111 1112 12/27": "not one: 4111 1111 1111 1112 12/27",
+    }
+    for text, want in cases.items():
+        assert mask(text) == want, text
+        assert mask_text(text) == want, text
+        assert len(in_place(text) or "") == len(text)
+        assert "4111 1111 1111 1111" not in (in_place(text) or "")
 
 
 def test_the_built_in_patterns_match_exactly_what_their_written_out_forms_match() -> None:
@@ -128,3 +153,99 @@ privacy:
         with pytest.raises(ConfigError) as err:
             load_settings(path)
         assert "frontforce.yaml:4 privacy.exclude_fields" in str(err.value) and expect in str(err.value)
+
+
+CARD, SSN = "4111 1111 1111 1111", "078-05-1120"
+
+
+def _lane_event(subject: str, text: str) -> dict[str, Any]:
+    return {"event_id": "evt_dl", "event_type": "INBOUND_MESSAGE", "front_type": "inbound",
+            "occurred_at": 1, "received_at": 1, "source": "APP_WEBHOOK", "conversation_id": "cnv_dl",
+            "conversation_subject": subject, "inbox_ids": ["inb_1"],
+            "message": {"id": "msg_dl", "channel_type": "email", "is_inbound": True, "created_at": 1,
+                        "subject": subject, "text": text, "author_email": None,
+                        "recipients": [{"handle": "a@b.example", "role": "from", "name": None}]}}
+
+
+class _WireSerde:
+    """Serde's decode/encode of front.events without a registry: Confluent wire format with
+    schema id 1 and the project's schema (fastavro)."""
+
+    def __init__(self) -> None:
+        import json
+
+        from fastavro import parse_schema
+
+        from schemas import load_schema_str
+
+        self.schema = parse_schema(json.loads(load_schema_str("front.events")))
+
+    def encode(self, topic: str, record: dict[str, Any]) -> bytes:
+        import io
+
+        from fastavro import schemaless_writer
+
+        out = io.BytesIO(b"\x00\x00\x00\x00\x01")
+        out.seek(5)
+        schemaless_writer(out, self.schema, record)
+        return out.getvalue()
+
+    def decode(self, topic: str, data: bytes, plain: bool = False) -> dict[str, Any]:
+        import io
+
+        from fastavro import schemaless_reader
+
+        if data[:5] != b"\x00\x00\x00\x00\x01":
+            raise ValueError("not schema 1")
+        return schemaless_reader(io.BytesIO(data[5:]), self.schema, None)  # type: ignore[return-value]
+
+
+def test_a_front_events_dead_letter_carries_the_event_masked_decoded_or_not() -> None:
+    """What the worker's fast lane puts in a dead letter of a front.events record
+    (streams/_fastlane.py ``_masked_value``): a record that decodes comes back masked like
+    every topic after front.events, and still decodes; one that does not decode is masked in
+    place, byte for byte the same length, so nothing else in it moves."""
+    from types import SimpleNamespace
+
+    from frontforce.masking import masked_bytes
+    from streams._fastlane import FastLane
+
+    cfg = PrivacyConfig()  # type: ignore[call-arg]
+    serde = _WireSerde()
+    lane = SimpleNamespace(serde=serde, topic="front.events", mask=masker(cfg),
+                           mask_in_place=masker(cfg, keep_length=True))
+    raw = serde.encode("front.events", _lane_event(f"Refund {CARD}", f"my ssn is {SSN}"))
+    kept = FastLane._masked_value(lane, raw)  # type: ignore[arg-type]
+    assert CARD.encode() not in kept and SSN.encode() not in kept
+    back = serde.decode("front.events", kept)
+    assert back["conversation_subject"] == back["message"]["subject"] == "Refund [masked]"
+    assert back["message"]["text"] == "my ssn is [masked]"
+    assert [r["handle"] for r in back["message"]["recipients"]] == ["a@b.example"]
+
+    broken = b"\x00\x00\x00\x00\x07" + raw[5:-3]  # another schema id, truncated: does not decode
+    kept = FastLane._masked_value(lane, broken)  # type: ignore[arg-type]
+    assert kept == broken.replace(CARD.encode(), b"*" * len(CARD)).replace(SSN.encode(), b"*" * len(SSN))
+    assert CARD.encode() in broken and SSN.encode() in broken  # there was something to mask
+    assert masked_bytes(b"x " + CARD.encode(), lane.mask_in_place) == b"x " + b"*" * len(CARD)
+    assert FastLane._masked_value(lane, b"\x01plain garbage") == b"\x01plain garbage"  # type: ignore[arg-type]
+
+
+def test_a_raw_front_event_is_masked_in_every_string_it_holds() -> None:
+    """The Events API backfill's dead letter of an event it cannot store keeps Front's JSON
+    with every string masked (sources/front/_backfill.py)."""
+    import json
+
+    from frontforce.masking import masked_strings
+    from sources.front._backfill import _dead_letter
+
+    raw = {"id": "evt_x", "type": "inbound", "conversation": {"subject": f"card {CARD}", "tags": [
+        {"name": f"ssn {SSN}"}]}, "target": {"data": {"text": f"{CARD} again", "count": 3}}}
+    mask = masker(PrivacyConfig())  # type: ignore[call-arg]
+    assert masked_strings(raw, mask) == {
+        "id": "evt_x", "type": "inbound",
+        "conversation": {"subject": "card [masked]", "tags": [{"name": "ssn [masked]"}]},
+        "target": {"data": {"text": "[masked] again", "count": 3}}}
+    letter = _dead_letter(raw, ValueError(f"cannot store {CARD}"), mask)
+    assert CARD not in letter["original_value"].decode() and SSN not in letter["original_value"].decode()
+    assert json.loads(letter["original_value"])["conversation"]["subject"] == "card [masked]"
+    assert letter["error_message"] == "cannot store [masked]"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from frontforce.cursors import read_cursor, write_cursor
 from frontforce.errors import RetriableError
 from frontforce.front import FrontClient, FrontRequestError
 from frontforce.kafka import producer_config
+from frontforce.masking import masked_strings, masker
 from frontforce.serialization import Serde
 from sources.front._normalize import UnsupportedEvent, event_key, normalize_event
 
@@ -152,7 +154,7 @@ def _store_page(settings: Settings, serde: Serde, producer: Producer, events: li
             # Front's own API gave us something we cannot store: keep it, with the reason.
             result.dead_lettered += 1
             producer.produce(topics.deadletter, key=str(raw.get("id", "")).encode(), value=serde.encode(
-                topics.deadletter, _dead_letter(raw, exc)), on_delivery=on_delivery)
+                topics.deadletter, _dead_letter(raw, exc, masker(settings.privacy))), on_delivery=on_delivery)
             continue
         producer.produce(topics.front_events, key=event_key(record), value=value, on_delivery=on_delivery)
         result.events += 1
@@ -162,7 +164,10 @@ def _store_page(settings: Settings, serde: Serde, producer: Producer, events: li
     return oldest
 
 
-def _dead_letter(raw: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+def _dead_letter(raw: dict[str, Any], exc: BaseException,
+                 mask: Callable[[str | None], str | None]) -> dict[str, Any]:
+    """Front's event as the API gave it, every string in it masked by ``privacy`` (the
+    dead-letter topic is after ``front.events``: what is masked never reaches it)."""
     import json
 
     return {
@@ -170,10 +175,10 @@ def _dead_letter(raw: dict[str, Any], exc: BaseException) -> dict[str, Any]:
         "original_partition": -1,
         "original_offset": -1,
         "original_key": str(raw.get("id", "")).encode(),
-        "original_value": json.dumps(raw, default=str).encode(),
+        "original_value": json.dumps(masked_strings(raw, mask), default=str).encode(),
         "stage": "source.front.events-api",
         "error_class": type(exc).__name__,
-        "error_message": str(exc)[:4000],
+        "error_message": mask(str(exc)[:4000]) or "",
         "attempts": 1,
         "at": int(time.time() * 1000),
     }
