@@ -51,9 +51,11 @@ _FREE_TEXT_KEYS = frozenset({
 # pattern opening on a lookbehind is tried at every position (23 us against 4 for 400
 # characters without digits, the stream worker's every message body). The written-out forms
 # they are equal to (tests/test_privacy.py checks it on random text):
-#   (?<!\d)(?:\d[ -]?){12,18}\d(?!\d)
+#   (?<!\d)(?:\d[ \u00a0\u202f-]?){12,18}\d(?!\d)
 #   (?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)
-CARD_NUMBER = re.compile(r"\d(?<!\d\d)(?:[ -]?\d){12,18}(?!\d)")
+# A card number's groups may be apart by a space, a dash, or a no-break space (U+00A0,
+# U+202F): text taken from an HTML email (Front's message text) often has &nbsp; there.
+CARD_NUMBER = re.compile(r"\d(?<!\d\d)(?:[ \u00a0\u202f-]?\d){12,18}(?!\d)")
 US_SSN = re.compile(r"\d(?<!\d\d)\d\d(?<!000)(?<!666)(?<!9\d\d)-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=!-]+")
 _URL_SECRET = re.compile(r"(?i)\b(access_token|client_secret|password|token|sig|signature)=[^&\s\"']+")

@@ -19,15 +19,16 @@ __all__ = ["masked_bytes", "masked_strings", "masker"]
 
 def masker(cfg: PrivacyConfig, keep_length: bool = False) -> Callable[[str | None], str | None]:
     """The masking of free text by ``cfg``. ``keep_length``: each masked span becomes as many
-    ``*`` instead of ``privacy.mask_with``, so that a record's bytes keep their lengths (a
-    dead letter of a record that does not decode, masked in place: see ``masked_bytes``)."""
+    ``*`` as it has bytes in UTF-8, instead of ``privacy.mask_with``, so that a record's bytes
+    keep their lengths (a dead letter of a record that does not decode, masked in place: see
+    ``masked_bytes``)."""
     custom = [re.compile(p) for p in cfg.mask_patterns]
 
-    def token(m: re.Match[str]) -> str:
-        return "*" * len(m.group(0)) if keep_length else cfg.mask_with
-
     def span_token(span: str) -> str:
-        return "*" * len(span) if keep_length else cfg.mask_with
+        return "*" * len(span.encode("utf-8", "surrogateescape")) if keep_length else cfg.mask_with
+
+    def token(m: re.Match[str]) -> str:
+        return span_token(m.group(0))
 
     def card(m: re.Match[str]) -> str:
         return mask_cards(m.group(0), span_token)
@@ -48,10 +49,10 @@ def masker(cfg: PrivacyConfig, keep_length: bool = False) -> Callable[[str | Non
 
 def masked_bytes(data: bytes, mask: Callable[[str | None], str | None]) -> bytes:
     """Raw bytes (a record that does not decode) with what ``mask`` (a ``keep_length``
-    masker) finds masked in place: read as Latin-1, one character per byte, so every length
-    and offset in the record stays as it was. ASCII text is found whatever the encoding
-    around it; a custom pattern for non-ASCII text may not match the UTF-8 bytes."""
-    return (mask(data.decode("latin-1")) or "").encode("latin-1")
+    masker) finds masked in place: read as UTF-8 (a byte that is not UTF-8 kept as it is),
+    each masked span replaced by as many ``*`` as it had bytes, so every length and offset
+    in the record stays as it was."""
+    return (mask(data.decode("utf-8", "surrogateescape")) or "").encode("utf-8", "surrogateescape")
 
 
 def masked_strings(value: Any, mask: Callable[[str | None], str | None]) -> Any:

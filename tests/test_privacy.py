@@ -43,11 +43,13 @@ def test_a_card_number_followed_by_its_expiry_or_code_is_masked_and_they_stay() 
         "exp 12/27 4111 1111 1111 1111": "exp 12/27 [masked]",
         "two: 4111 1111 1111 1111 5555 5555 5555 4444": "two: [masked] [masked]",
         "not one: 4111 1111 1111 1112 12/27": "not one: 4111 1111 1111 1112 12/27",
+        "from an HTML mail: 4111\u00a01111\u00a01111\u00a01111.": "from an HTML mail: [masked].",
+        "narrow: 4111\u202f1111\u202f1111\u202f1111": "narrow: [masked]",
     }
     for text, want in cases.items():
         assert mask(text) == want, text
         assert mask_text(text) == want, text
-        assert len(in_place(text) or "") == len(text)
+        assert len((in_place(text) or "").encode()) == len(text.encode())  # its UTF-8 bytes
         assert "4111 1111 1111 1111" not in (in_place(text) or "")
 
 
@@ -60,13 +62,14 @@ def test_the_built_in_patterns_match_exactly_what_their_written_out_forms_match(
 
     from frontforce.logs import CARD_NUMBER, US_SSN
 
-    card = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+    card = re.compile(r"(?<!\d)(?:\d[ \u00a0\u202f-]?){12,18}\d(?!\d)")
     ssn = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
     rng = random.Random(7)
     found = {"card": 0, "ssn": 0}
     for n in range(40_000):
         if n % 2:
-            text = "".join(rng.choice("0123456789" * 3 + " -" * 3 + "ab\n") for _ in range(rng.randint(0, 60)))
+            alphabet = "0123456789" * 3 + " -" * 3 + "ab\n\u00a0\u202f"
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
         else:  # SSN-shaped, with edge areas, groups and serials, a neighbour either side
             parts = ["".join(rng.choice(rng.choice(["0", "6", "9", "0123456789"])) for _ in range(k))
                      for k in (3, 2, 4)]
@@ -227,6 +230,9 @@ def test_a_front_events_dead_letter_carries_the_event_masked_decoded_or_not() ->
     assert kept == broken.replace(CARD.encode(), b"*" * len(CARD)).replace(SSN.encode(), b"*" * len(SSN))
     assert CARD.encode() in broken and SSN.encode() in broken  # there was something to mask
     assert masked_bytes(b"x " + CARD.encode(), lane.mask_in_place) == b"x " + b"*" * len(CARD)
+    # Not UTF-8 around it, no-break spaces (two bytes each) in it: still masked, same length.
+    nbsp = "4111\u00a01111\u00a01111\u00a01111".encode()
+    assert masked_bytes(b"\xff " + nbsp + b" \x80", lane.mask_in_place) == b"\xff " + b"*" * len(nbsp) + b" \x80"
     assert FastLane._masked_value(lane, b"\x01plain garbage") == b"\x01plain garbage"  # type: ignore[arg-type]
 
 
