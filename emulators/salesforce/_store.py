@@ -152,12 +152,17 @@ class OrgState:
     # ----------------------------------------------------------------- clock & ids
     def now(self) -> dt.datetime:
         """Org time, millisecond precision, never going backwards between writes; fixed for
-        the duration of a transaction."""
+        the duration of a transaction. A transaction's time is after every earlier one's:
+        two writes of one record never share a LastModifiedDate, so an update's change event
+        always lists it (a Salesforce API call takes tens of milliseconds; the emulator can
+        answer two within one)."""
         if self._depth > 0 and self._txn_now is not None:
             return self._txn_now
         raw = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.config["clock_offset"])
         raw = raw.replace(microsecond=raw.microsecond // 1000 * 1000)
-        if raw < self._last_stamp:
+        if self._depth > 0 and raw <= self._last_stamp:
+            raw = self._last_stamp + dt.timedelta(milliseconds=1)
+        elif raw < self._last_stamp:
             raw = self._last_stamp
         self._last_stamp = raw
         if self._depth > 0:

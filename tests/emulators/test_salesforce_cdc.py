@@ -596,6 +596,26 @@ def test_gap_events_can_be_injected(emulator: Emulator, sf: Salesforce) -> None:
     assert set(body_fields(gap).values()) == {None}
 
 
+def test_updates_within_one_millisecond_still_list_last_modified_date() -> None:
+    """Every update sets LastModifiedDate, so its change event lists it. The emulator can
+    answer two writes within one millisecond (a real call takes tens): each write's time is
+    after the one before, or the second update's LastModifiedDate would equal the first's
+    and its event would not list it (seen once in CI, on two upserts back to back)."""
+    state = OrgState()
+    ctx = Ctx(state, state.integration_user_id)
+    with state.lock:
+        record_id = create(ctx, "Contact", {"LastName": "Quick"})
+        for i in range(50):  # far faster than the clock's millisecond
+            state.begin()  # each its own transaction, as the router runs a request
+            try:
+                update(ctx, "Contact", record_id, {"Title": f"T{i}"})
+            finally:
+                state.end()
+    updates = [e["payload"][HEADER] for e in state.cdc.events][1:]
+    assert len(updates) == 50
+    assert all(h["changedFields"] == ["Title", "LastModifiedDate"] for h in updates), updates
+
+
 def test_change_log_survives_persistence(tmp_path: Path) -> None:
     state = OrgState()
     ctx = Ctx(state, state.integration_user_id)
