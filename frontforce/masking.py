@@ -1,9 +1,9 @@
-"""Masking of free text by ``privacy``: card numbers (13-19 digits with spaces or dashes
-that pass the Luhn check), US social security numbers and ``privacy.mask_patterns``. The
-stream worker masks Front events with it before anything leaves ``front.events``
-(streams/_privacy.py); the dead letters of Front events (the worker's fast lane, the Events
-API backfill) are masked with it too. Here, not in streams/, so that a source can use it
-without importing the Faust app."""
+"""Masking of free text by ``privacy``: card numbers (13-19 digits, their groups apart by
+spaces, no-break spaces or dashes, that pass the Luhn check), US social security numbers and
+``privacy.mask_patterns``. The stream worker masks Front events with it before anything
+leaves ``front.events`` (streams/_privacy.py); the dead letters of Front events (the worker's
+fast lane, the Events API backfill) are masked with it too. Here, not in streams/, so that a
+source can use it without importing the Faust app."""
 
 from __future__ import annotations
 

@@ -102,7 +102,6 @@ def _record_unions(schema: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(top)
 
 
-
 def registry_client(url: str) -> SchemaRegistryClient:
     """A registry client that never waits forever: httpx's default here is no timeout, and
     one stalled registry request must not hang a worker (the client retries transport

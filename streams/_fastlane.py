@@ -377,8 +377,8 @@ class FastLane(threading.Thread):
     def _masked_value(self, raw: bytes) -> bytes:
         """A front.events record as its dead letter keeps it: decoded, masked and encoded
         again (re-driven, it is an ordinary event, masked as the worker would mask it); a
-        record that does not decode, masked in place (same bytes, same lengths, each masked
-        character a ``*``)."""
+        record that does not decode, masked in place (the same length: as many ``*`` as the
+        masked text had bytes)."""
         try:
             fe = self.serde.decode(self.topic, raw, plain=True)
             return self.serde.encode(self.topic, masked(fe, self.mask))

@@ -170,39 +170,6 @@ def _lane_event(subject: str, text: str) -> dict[str, Any]:
                         "recipients": [{"handle": "a@b.example", "role": "from", "name": None}]}}
 
 
-class _WireSerde:
-    """Serde's decode/encode of front.events without a registry: Confluent wire format with
-    schema id 1 and the project's schema (fastavro)."""
-
-    def __init__(self) -> None:
-        import json
-
-        from fastavro import parse_schema
-
-        from schemas import load_schema_str
-
-        self.schema = parse_schema(json.loads(load_schema_str("front.events")))
-
-    def encode(self, topic: str, record: dict[str, Any]) -> bytes:
-        import io
-
-        from fastavro import schemaless_writer
-
-        out = io.BytesIO(b"\x00\x00\x00\x00\x01")
-        out.seek(5)
-        schemaless_writer(out, self.schema, record)
-        return out.getvalue()
-
-    def decode(self, topic: str, data: bytes, plain: bool = False) -> dict[str, Any]:
-        import io
-
-        from fastavro import schemaless_reader
-
-        if data[:5] != b"\x00\x00\x00\x00\x01":
-            raise ValueError("not schema 1")
-        return schemaless_reader(io.BytesIO(data[5:]), self.schema, None)  # type: ignore[return-value]
-
-
 def test_a_front_events_dead_letter_carries_the_event_masked_decoded_or_not() -> None:
     """What the worker's fast lane puts in a dead letter of a front.events record
     (streams/_fastlane.py ``_masked_value``): a record that decodes comes back masked like
@@ -211,21 +178,26 @@ def test_a_front_events_dead_letter_carries_the_event_masked_decoded_or_not() ->
     from types import SimpleNamespace
 
     from frontforce.masking import masked_bytes
+    from frontforce.serialization import Serde
+    from schemas import load_schema_str
     from streams._fastlane import FastLane
+    from tests.test_serialization import FakeRegistry, registry_serving, settings
 
     cfg = PrivacyConfig()  # type: ignore[call-arg]
-    serde = _WireSerde()
-    lane = SimpleNamespace(serde=serde, topic="front.events", mask=masker(cfg),
+    s = settings(FakeRegistry(registry_serving(load_schema_str("front.events"))).url)
+    serde = Serde(s)
+    topic = s.topics.front_events
+    lane = SimpleNamespace(serde=serde, topic=topic, mask=masker(cfg),
                            mask_in_place=masker(cfg, keep_length=True))
-    raw = serde.encode("front.events", _lane_event(f"Refund {CARD}", f"my ssn is {SSN}"))
+    raw = serde.encode(topic, _lane_event(f"Refund {CARD}", f"my ssn is {SSN}"))
     kept = FastLane._masked_value(lane, raw)  # type: ignore[arg-type]
     assert CARD.encode() not in kept and SSN.encode() not in kept
-    back = serde.decode("front.events", kept)
+    back = serde.decode(topic, kept, plain=True)
     assert back["conversation_subject"] == back["message"]["subject"] == "Refund [masked]"
     assert back["message"]["text"] == "my ssn is [masked]"
     assert [r["handle"] for r in back["message"]["recipients"]] == ["a@b.example"]
 
-    broken = b"\x00\x00\x00\x00\x07" + raw[5:-3]  # another schema id, truncated: does not decode
+    broken = raw[:-3]  # truncated: does not decode
     kept = FastLane._masked_value(lane, broken)  # type: ignore[arg-type]
     assert kept == broken.replace(CARD.encode(), b"*" * len(CARD)).replace(SSN.encode(), b"*" * len(SSN))
     assert CARD.encode() in broken and SSN.encode() in broken  # there was something to mask
